@@ -1,0 +1,1 @@
+//! The control socket and the `mxspool queue` commands (issue 7).

@@ -1,0 +1,3 @@
+//! Delivery: scheduler, destinations, the SMTP client driver, DSNs.
+
+pub mod dsn;

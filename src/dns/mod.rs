@@ -1,0 +1,1 @@
+//! The DNS resolver (issue 3).

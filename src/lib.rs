@@ -1,0 +1,18 @@
+//! mxspool: a backup MX and mail relay for OpenWrt routers.
+//!
+//! Module map (one concern each): `config` (UCI parse, typed model),
+//! `smtp` (protocol, sans-IO state machines), `receive` (listener, session
+//! driver, policy), `spool` (redb schema, spool thread), `deliver`
+//! (scheduler, destinations, client driver, DSNs), `dns` (resolver),
+//! `control` (control socket, `queue` commands), `log`, `cli`.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod deliver;
+pub mod dns;
+pub mod log;
+pub mod receive;
+pub mod smtp;
+pub mod spool;
+pub mod time;

@@ -1,0 +1,3 @@
+//! Receiving mail: listeners, per-connection session drivers, policy.
+
+pub mod received;

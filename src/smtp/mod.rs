@@ -1,0 +1,9 @@
+//! The SMTP protocol: replies, paths, and the sans-IO server and client
+//! state machines.
+
+pub mod address;
+pub mod client;
+pub mod reply;
+pub mod server;
+
+pub use reply::{Enhanced, Reply};

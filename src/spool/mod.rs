@@ -1,0 +1,1 @@
+//! The spool: redb schema and the spool thread.
