@@ -1,1 +1,1246 @@
-//! The spool: redb schema and the spool thread.
+//! The spool: messages, their bodies and their delivery state in one redb
+//! file, written by one dedicated spool thread.
+//!
+//! Why one thread: redb has one writer at a time, and a commit is an fsync
+//! that must not stall the executor thread that runs every SMTP session.
+//! The thread takes every request waiting in its (bounded) queue and applies
+//! them in one write transaction: messages finishing DATA at about the same
+//! moment share one fsync (group commit), and each client gets its 250 only
+//! after the commit that holds its message returned.
+//!
+//! Bodies arrive as chunks while the client sends them and are written in
+//! cheap non-durable transactions; the durable commit at the end of DATA
+//! makes them durable together with the envelope. A crash before that
+//! leaves the chunks listed in `incoming`, and start-up removes them.
+//!
+//! Reads (the scheduler, the delivery client streaming a body) open their
+//! own read transactions from any thread; redb serves them from a snapshot
+//! without waiting for the writer.
+
+pub mod schema;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+use std::time::Duration;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use smol::channel::{Receiver, Sender, bounded};
+
+use crate::config::RetryStep;
+use crate::deliver::destination::Destination;
+use crate::deliver::dsn;
+use crate::deliver::retry::{self, Next};
+pub use schema::{Attempt, Message, RcptState, Recipient};
+use schema::{ATTEMPTS, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
+
+/// Requests waiting for the spool thread, at most. A full queue makes the
+/// sessions wait (back-pressure) instead of growing memory: with 32 KiB
+/// chunks this bounds body bytes in flight to about 1 MiB.
+pub const SPOOL_QUEUE: usize = 32;
+/// Requests applied in one write transaction, at most.
+pub const MAX_BATCH: usize = 64;
+/// The header section copied into a DSN, at most.
+pub const DSN_HEADER_CAP: usize = 64 * 1024;
+/// Free disk space we keep beyond one maximal message before answering
+/// 452: redb needs room for its own pages and commits.
+pub const DISK_RESERVE: u64 = 1024 * 1024;
+/// The file name inside `spool_dir`.
+pub const SPOOL_FILE: &str = "spool.redb";
+
+/// A queue id: unique, sorting by arrival. Shown as upper-case hex.
+pub type QueueId = u64;
+
+pub fn format_id(id: QueueId) -> String {
+    format!("{id:X}")
+}
+
+pub fn parse_id(s: &str) -> Option<QueueId> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolError {
+    /// The storage failed (disk full, I/O error): answer 452 4.3.1.
+    Storage(String),
+    /// The spool is over `max_spool_size` or the disk is nearly full.
+    Full,
+    /// A record does not decode.
+    Damaged(String),
+    /// No such message.
+    NotFound,
+    /// The spool thread is gone (shutting down).
+    Closed,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Storage(e) => write!(f, "spool storage error: {e}"),
+            SpoolError::Full => f.write_str("spool is full"),
+            SpoolError::Damaged(e) => write!(f, "spool damaged: {e}"),
+            SpoolError::NotFound => f.write_str("no such message in the queue"),
+            SpoolError::Closed => f.write_str("spool is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+fn storage<E: fmt::Display>(e: E) -> SpoolError {
+    SpoolError::Storage(e.to_string())
+}
+
+/// Counters the spool keeps for limits and stats.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolState {
+    /// Body bytes of queued messages.
+    pub bytes: u64,
+    /// Queued messages.
+    pub messages: u64,
+    /// Body bytes being received (not yet committed).
+    pub incoming_bytes: u64,
+}
+
+/// Per-recipient outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptResult {
+    /// Index into `Message::recipients`.
+    pub index: usize,
+    pub outcome: Outcome,
+    /// The reply or error as one line.
+    pub reply: String,
+    /// `host[ip]:port` that answered, or empty.
+    pub remote: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// 4xx or no answer: try again on the schedule.
+    Deferred,
+    /// 5xx: return to the sender.
+    Failed,
+}
+
+/// What the delivery side reports after trying one destination of a message.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub time: u64,
+    pub destination: Destination,
+    pub relay: String,
+    pub summary: String,
+    pub results: Vec<RcptResult>,
+}
+
+/// How to return mail: the settings the spool thread needs to make DSNs.
+#[derive(Debug, Clone)]
+pub struct ReturnPolicy {
+    pub steps: Vec<RetryStep>,
+    pub reporting_mta: String,
+    /// Where DSNs go: the smarthost, or None for the MX of the sender's domain.
+    pub smarthost: Option<Destination>,
+}
+
+/// What became of a message after an attempt was recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Recipients returned in this step (5xx or expired).
+    pub failed: Vec<String>,
+    /// The DSN queued for them, if one was made.
+    pub dsn: Option<QueueId>,
+    /// Failed recipients whose DSN was not made because the sender is `<>`.
+    pub dropped: bool,
+    /// Next attempt time if recipients remain; None if the message is gone.
+    pub next_attempt: Option<u64>,
+    /// Every recipient of the message is done; it was removed.
+    pub removed: bool,
+}
+
+/// An envelope to commit at the end of DATA.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub sender: String,
+    pub recipients: Vec<(String, Destination)>,
+    pub flags: u8,
+    pub client: String,
+    pub arrival: u64,
+}
+
+enum Request {
+    Append {
+        id: QueueId,
+        seq: u32,
+        data: Vec<u8>,
+    },
+    Commit {
+        id: QueueId,
+        envelope: Envelope,
+        chunks: u32,
+        size: u64,
+        reply: Sender<Result<(), SpoolError>>,
+    },
+    Abort {
+        id: QueueId,
+    },
+    Finish {
+        id: QueueId,
+        report: AttemptReport,
+        policy: ReturnPolicy,
+        reply: Sender<Result<Finished, SpoolError>>,
+    },
+    /// Move the next attempt of matching messages to `now` and reset their
+    /// back-off. `domain`: only messages with a pending recipient there.
+    Reschedule {
+        filter: Filter,
+        now: u64,
+        reply: Sender<Result<usize, SpoolError>>,
+    },
+    Delete {
+        id: QueueId,
+        reply: Sender<Result<(), SpoolError>>,
+    },
+}
+
+/// Which messages a queue-wide operation touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    /// Messages with a pending recipient in this domain.
+    Domain(String),
+    /// Messages with a pending recipient for this destination.
+    Destination(Destination),
+}
+
+struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
+    state: Mutex<SpoolState>,
+    next_id: Mutex<u64>,
+    path: PathBuf,
+    dir: PathBuf,
+    cache_size: usize,
+}
+
+/// The handle every part of the daemon uses. Cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    tx: Sender<Request>,
+    wake: Sender<()>,
+}
+
+/// The spool thread, joined at shutdown after the last handle is gone.
+pub struct SpoolThread(Option<thread::JoinHandle<()>>);
+
+impl SpoolThread {
+    pub fn join(mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A summary of start-up, for the log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Recovered {
+    pub messages: u64,
+    pub bytes: u64,
+    pub leftovers: u64,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, removes crash
+    /// leftovers and starts the spool thread. `wake` is signalled whenever
+    /// the schedule changes (a new message, a flush, a DSN).
+    pub fn open(
+        dir: &Path,
+        cache_size: u64,
+        wake: Sender<()>,
+    ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SpoolError::Storage(format!("cannot create spool_dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join(SPOOL_FILE);
+        let existed = path.exists();
+        let cache_size = usize::try_from(cache_size).unwrap_or(usize::MAX);
+        let db = open_db(&path, cache_size)?;
+        if !existed {
+            // The new file's directory entry must survive a power cut too.
+            sync_dir(dir);
+        }
+        let (recovered, max_id) = recover(&db)?;
+        let state = SpoolState {
+            bytes: recovered.bytes,
+            messages: recovered.messages,
+            incoming_bytes: 0,
+        };
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            state: Mutex::new(state),
+            next_id: Mutex::new(max_id),
+            path,
+            dir: dir.to_path_buf(),
+            cache_size,
+        });
+        let (tx, rx) = bounded(SPOOL_QUEUE);
+        let thread_shared = shared.clone();
+        let thread_wake = wake.clone();
+        let handle = thread::Builder::new()
+            .name("spool".into())
+            .spawn(move || spool_thread(thread_shared, rx, thread_wake))
+            .map_err(|e| SpoolError::Storage(format!("cannot start the spool thread: {e}")))?;
+        Ok((
+            Spool { shared, tx, wake },
+            SpoolThread(Some(handle)),
+            recovered,
+        ))
+    }
+
+    /// A new, unique queue id, increasing with time (and never repeating
+    /// even when a router without a clock boots in 1970).
+    pub fn new_id(&self, now: u64) -> QueueId {
+        let mut next = lock(&self.shared.next_id);
+        let candidate = now << 20;
+        *next = (*next + 1).max(candidate);
+        *next
+    }
+
+    pub fn state(&self) -> SpoolState {
+        *lock(&self.shared.state)
+    }
+
+    /// Whether `more` bytes may be received now: under `max_spool_size`
+    /// (queued plus incoming) and with room on the disk.
+    pub fn has_room(&self, more: u64, max_spool_size: u64, max_message_size: u64) -> bool {
+        let s = self.state();
+        if s.bytes.saturating_add(s.incoming_bytes).saturating_add(more) > max_spool_size {
+            return false;
+        }
+        match free_disk(&self.shared.dir) {
+            Some(free) => free > max_message_size.max(more).saturating_add(DISK_RESERVE),
+            None => true,
+        }
+    }
+
+    fn add_incoming(&self, n: i64) {
+        let mut s = lock(&self.shared.state);
+        s.incoming_bytes = s.incoming_bytes.saturating_add_signed(n);
+    }
+
+    /// Appends a body chunk (not yet durable). Waits only when the spool
+    /// thread's queue is full.
+    pub async fn append(&self, id: QueueId, seq: u32, data: Vec<u8>) -> Result<(), SpoolError> {
+        self.add_incoming(data.len() as i64);
+        self.tx
+            .send(Request::Append { id, seq, data })
+            .await
+            .map_err(|_| SpoolError::Closed)
+    }
+
+    /// Makes the message durable: returns after the fsync.
+    pub async fn commit(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        chunks: u32,
+        size: u64,
+    ) -> Result<(), SpoolError> {
+        let (reply, rx) = bounded(1);
+        let r = self.call(
+            Request::Commit {
+                id,
+                envelope,
+                chunks,
+                size,
+                reply,
+            },
+            rx,
+        );
+        let result = r.await;
+        self.add_incoming(-(size as i64));
+        result
+    }
+
+    /// Drops a partly received body. `size`: the bytes appended so far.
+    pub async fn abort(&self, id: QueueId, size: u64) {
+        self.add_incoming(-(size as i64));
+        // If the thread is gone the chunks stay in `incoming` and are
+        // removed at the next start: nothing is lost but a little space.
+        let _ = self.tx.send(Request::Abort { id }).await;
+    }
+
+    pub async fn finish(
+        &self,
+        id: QueueId,
+        report: AttemptReport,
+        policy: ReturnPolicy,
+    ) -> Result<Finished, SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(
+            Request::Finish {
+                id,
+                report,
+                policy,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    pub async fn reschedule(&self, filter: Filter, now: u64) -> Result<usize, SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(Request::Reschedule { filter, now, reply }, rx)
+            .await
+    }
+
+    pub async fn delete(&self, id: QueueId) -> Result<(), SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(Request::Delete { id, reply }, rx).await
+    }
+
+    async fn call<T>(
+        &self,
+        req: Request,
+        rx: Receiver<Result<T, SpoolError>>,
+    ) -> Result<T, SpoolError> {
+        self.tx.send(req).await.map_err(|_| SpoolError::Closed)?;
+        rx.recv().await.map_err(|_| SpoolError::Closed)?
+    }
+
+    fn db(&self) -> Result<Arc<Database>, SpoolError> {
+        read_lock(&self.shared.db)
+            .clone()
+            .ok_or_else(|| SpoolError::Storage("spool is being reopened".into()))
+    }
+
+    pub fn message(&self, id: QueueId) -> Result<Option<Message>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        match t.get(id).map_err(storage)? {
+            Some(v) => schema::decode_message(v.value())
+                .map(Some)
+                .map_err(|e| SpoolError::Damaged(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    pub fn chunk(&self, id: QueueId, seq: u32) -> Result<Option<Vec<u8>>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(CHUNKS).map_err(storage)?;
+        Ok(t.get((id, seq)).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every queued message, oldest first (for `queue list`). Damaged
+    /// records are listed as errors, not skipped silently.
+    pub fn list(&self) -> Result<Vec<(QueueId, Result<Message, String>)>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut out = vec![];
+        for e in t.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            out.push((
+                k.value(),
+                schema::decode_message(v.value()).map_err(|e| e.to_string()),
+            ));
+        }
+        Ok(out)
+    }
+
+    pub fn attempts(&self, id: QueueId) -> Result<Vec<Attempt>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(ATTEMPTS).map_err(storage)?;
+        let mut out = vec![];
+        for e in t.range((id, 0)..=(id, u32::MAX)).map_err(storage)? {
+            let (_, v) = e.map_err(storage)?;
+            if let Ok(a) = schema::decode_attempt(v.value()) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Due messages (next attempt ≤ `now`), earliest first, skipping
+    /// `busy` ones, at most `limit`; and the time of the first entry after
+    /// them that is not busy (when to wake up next).
+    pub fn due(
+        &self,
+        now: u64,
+        limit: usize,
+        busy: &HashSet<QueueId>,
+    ) -> Result<(Vec<QueueId>, Option<u64>), SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(SCHEDULE).map_err(storage)?;
+        let mut due = vec![];
+        let mut next = None;
+        for e in t.iter().map_err(storage)? {
+            let (k, _) = e.map_err(storage)?;
+            let (when, id) = k.value();
+            if busy.contains(&id) {
+                continue;
+            }
+            if when <= now && due.len() < limit {
+                due.push(id);
+            } else {
+                next = Some(when);
+                break;
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// Signals the scheduler (new work).
+    pub fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn open_db(path: &Path, cache_size: usize) -> Result<Database, SpoolError> {
+    let db = Database::builder()
+        .set_cache_size(cache_size)
+        .create(path)
+        .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    let tx = db.begin_write().map_err(storage)?;
+    {
+        // Create every table so readers never meet a missing one.
+        tx.open_table(MESSAGES).map_err(storage)?;
+        tx.open_table(CHUNKS).map_err(storage)?;
+        tx.open_table(SCHEDULE).map_err(storage)?;
+        tx.open_table(ATTEMPTS).map_err(storage)?;
+        tx.open_table(INCOMING).map_err(storage)?;
+        let mut meta = tx.open_table(META).map_err(storage)?;
+        let version = meta.get("schema").map_err(storage)?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("schema", schema::SCHEMA_VERSION)
+                    .map_err(storage)?;
+            }
+            Some(v) if v == schema::SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(SpoolError::Damaged(format!(
+                    "{} has spool schema {v}; this mxspool reads {}",
+                    path.display(),
+                    schema::SCHEMA_VERSION
+                )));
+            }
+        }
+    }
+    tx.commit().map_err(storage)?;
+    Ok(db)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn free_disk(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Removes half-received bodies, rebuilds the schedule index from the
+/// messages (so the two can never disagree after a crash), and counts.
+fn recover(db: &Database) -> Result<(Recovered, u64), SpoolError> {
+    let tx = db.begin_write().map_err(storage)?;
+    let mut rec = Recovered::default();
+    let mut max_id = 0u64;
+    {
+        let mut incoming = tx.open_table(INCOMING).map_err(storage)?;
+        let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
+        let mut leftovers = vec![];
+        for e in incoming.iter().map_err(storage)? {
+            let (k, _) = e.map_err(storage)?;
+            leftovers.push(k.value());
+        }
+        for id in leftovers {
+            max_id = max_id.max(id);
+            chunks
+                .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+                .map_err(storage)?;
+            incoming.remove(id).map_err(storage)?;
+            rec.leftovers += 1;
+        }
+        let messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut schedule = tx.open_table(SCHEDULE).map_err(storage)?;
+        schedule.retain(|_, _| false).map_err(storage)?;
+        for e in messages.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            let id = k.value();
+            max_id = max_id.max(id);
+            match schema::decode_message(v.value()) {
+                Ok(m) => {
+                    rec.messages += 1;
+                    rec.bytes += m.size;
+                    if m.has_pending() {
+                        schedule.insert((m.next_attempt, id), ()).map_err(storage)?;
+                    }
+                }
+                Err(e) => {
+                    log::error!("id={} event=damaged error=\"{e}\"", format_id(id));
+                }
+            }
+        }
+    }
+    tx.commit().map_err(storage)?;
+    Ok((rec, max_id))
+}
+
+/// Replies owed after the batch's commit.
+enum Owed {
+    Unit(Sender<Result<(), SpoolError>>, Result<(), SpoolError>),
+    Finished(
+        Sender<Result<Finished, SpoolError>>,
+        Result<Finished, SpoolError>,
+    ),
+    Count(Sender<Result<usize, SpoolError>>, Result<usize, SpoolError>),
+}
+
+impl Owed {
+    fn fail(self, e: &SpoolError) {
+        match self {
+            Owed::Unit(s, _) => drop(s.try_send(Err(e.clone()))),
+            Owed::Finished(s, _) => drop(s.try_send(Err(e.clone()))),
+            Owed::Count(s, _) => drop(s.try_send(Err(e.clone()))),
+        }
+    }
+    fn send(self) {
+        match self {
+            Owed::Unit(s, r) => drop(s.try_send(r)),
+            Owed::Finished(s, r) => drop(s.try_send(r)),
+            Owed::Count(s, r) => drop(s.try_send(r)),
+        }
+    }
+}
+
+struct ThreadState {
+    shared: Arc<Shared>,
+    /// Messages whose chunks failed to be written: their commit must fail.
+    broken: HashSet<QueueId>,
+    /// Size deltas applied to the shared counters once the commit is done.
+    bytes_delta: i64,
+    messages_delta: i64,
+    wake: bool,
+}
+
+fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
+    let mut st = ThreadState {
+        shared: shared.clone(),
+        broken: HashSet::new(),
+        bytes_delta: 0,
+        messages_delta: 0,
+        wake: false,
+    };
+    while let Ok(first) = rx.recv_blocking() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        run_batch(&shared, &mut st, batch);
+        if st.wake {
+            st.wake = false;
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
+    let db = match read_lock(&shared.db).clone() {
+        Some(db) => db,
+        None => {
+            reopen(shared);
+            match read_lock(&shared.db).clone() {
+                Some(db) => db,
+                None => {
+                    fail_batch(st, batch, &SpoolError::Storage("spool unavailable".into()));
+                    return;
+                }
+            }
+        }
+    };
+    let durable = batch.iter().any(|r| !matches!(r, Request::Append { .. }));
+    let mut appended: Vec<QueueId> = vec![];
+    let mut owed: Vec<Owed> = vec![];
+    st.bytes_delta = 0;
+    st.messages_delta = 0;
+    let result = (|| -> Result<(), SpoolError> {
+        let mut tx = db.begin_write().map_err(storage)?;
+        tx.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(storage)?;
+        for req in batch {
+            match req {
+                Request::Append { id, seq, data } => {
+                    appended.push(id);
+                    if st.broken.contains(&id) {
+                        continue;
+                    }
+                    if seq == 0 {
+                        tx.open_table(INCOMING)
+                            .map_err(storage)?
+                            .insert(id, crate::time::now_unix())
+                            .map_err(storage)?;
+                    }
+                    tx.open_table(CHUNKS)
+                        .map_err(storage)?
+                        .insert((id, seq), data.as_slice())
+                        .map_err(storage)?;
+                }
+                Request::Commit {
+                    id,
+                    envelope,
+                    chunks,
+                    size,
+                    reply,
+                } => {
+                    let r = if st.broken.remove(&id) {
+                        remove_body(&tx, id)?;
+                        Err(SpoolError::Storage(
+                            "a part of the message could not be written".into(),
+                        ))
+                    } else {
+                        commit_message(&tx, id, envelope, chunks, size)?;
+                        st.bytes_delta += size as i64;
+                        st.messages_delta += 1;
+                        st.wake = true;
+                        Ok(())
+                    };
+                    owed.push(Owed::Unit(reply, r));
+                }
+                Request::Abort { id } => {
+                    st.broken.remove(&id);
+                    remove_body(&tx, id)?;
+                }
+                Request::Finish {
+                    id,
+                    report,
+                    policy,
+                    reply,
+                } => {
+                    let r = finish(&tx, st, id, report, &policy);
+                    let r = match r {
+                        Err(SpoolError::Storage(e)) => return Err(SpoolError::Storage(e)),
+                        other => other,
+                    };
+                    owed.push(Owed::Finished(reply, r));
+                }
+                Request::Reschedule { filter, now, reply } => {
+                    let n = reschedule(&tx, &filter, now)?;
+                    if n > 0 {
+                        st.wake = true;
+                    }
+                    owed.push(Owed::Count(reply, Ok(n)));
+                }
+                Request::Delete { id, reply } => {
+                    let r = delete_message(&tx, st, id);
+                    let r = match r {
+                        Err(SpoolError::Storage(e)) => return Err(SpoolError::Storage(e)),
+                        other => other,
+                    };
+                    owed.push(Owed::Unit(reply, r));
+                }
+            }
+        }
+        tx.commit().map_err(storage)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            {
+                let mut s = lock(&shared.state);
+                s.bytes = s.bytes.saturating_add_signed(st.bytes_delta);
+                s.messages = s.messages.saturating_add_signed(st.messages_delta);
+            }
+            for o in owed {
+                o.send();
+            }
+        }
+        Err(e) => {
+            log::error!("event=spool_error error=\"{e}\"");
+            // Every message with a chunk in this batch has a hole now.
+            st.broken.extend(appended);
+            st.wake = false;
+            for o in owed {
+                o.fail(&e);
+            }
+            drop(db);
+            reopen(shared);
+        }
+    }
+}
+
+fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
+    for req in batch {
+        match req {
+            Request::Append { id, .. } => {
+                st.broken.insert(id);
+            }
+            Request::Commit { reply, .. } | Request::Delete { reply, .. } => {
+                let _ = reply.try_send(Err(e.clone()));
+            }
+            Request::Finish { reply, .. } => {
+                let _ = reply.try_send(Err(e.clone()));
+            }
+            Request::Reschedule { reply, .. } => {
+                let _ = reply.try_send(Err(e.clone()));
+            }
+            Request::Abort { .. } => {}
+        }
+    }
+}
+
+/// After a failed write (a full disk), redb refuses every later operation
+/// until the database is reopened. Wait for readers to let go of the old
+/// handle, then open the file again; what was committed before is intact.
+fn reopen(shared: &Shared) {
+    let old = shared
+        .db
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(mut old) = old {
+        for _ in 0..500 {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    break;
+                }
+                Err(still_shared) => {
+                    old = still_shared;
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    match open_db(&shared.path, shared.cache_size) {
+        Ok(db) => {
+            log::warn!("event=spool_reopened path={}", shared.path.display());
+            *shared
+                .db
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        }
+        Err(e) => log::error!("event=spool_reopen_failed error=\"{e}\""),
+    }
+}
+
+fn remove_body(tx: &redb::WriteTransaction, id: QueueId) -> Result<(), SpoolError> {
+    tx.open_table(CHUNKS)
+        .map_err(storage)?
+        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+        .map_err(storage)?;
+    tx.open_table(INCOMING)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn commit_message(
+    tx: &redb::WriteTransaction,
+    id: QueueId,
+    env: Envelope,
+    chunks: u32,
+    size: u64,
+) -> Result<(), SpoolError> {
+    let m = Message {
+        sender: env.sender,
+        arrival: env.arrival,
+        backoff_base: env.arrival,
+        size,
+        chunks,
+        flags: env.flags,
+        // A new message is tried at once: the primary may well be up.
+        next_attempt: env.arrival,
+        attempts: 0,
+        last_error: String::new(),
+        client: env.client,
+        recipients: env
+            .recipients
+            .into_iter()
+            .map(|(address, destination)| Recipient {
+                address,
+                destination,
+                state: RcptState::Pending,
+                last_reply: String::new(),
+                remote: String::new(),
+                last_attempt: 0,
+            })
+            .collect(),
+    };
+    tx.open_table(MESSAGES)
+        .map_err(storage)?
+        .insert(id, schema::encode_message(&m).as_slice())
+        .map_err(storage)?;
+    tx.open_table(SCHEDULE)
+        .map_err(storage)?
+        .insert((m.next_attempt, id), ())
+        .map_err(storage)?;
+    tx.open_table(INCOMING)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    Ok(())
+}
+
+fn load(tx: &redb::WriteTransaction, id: QueueId) -> Result<Message, SpoolError> {
+    let t = tx.open_table(MESSAGES).map_err(storage)?;
+    let v = t.get(id).map_err(storage)?.ok_or(SpoolError::NotFound)?;
+    schema::decode_message(v.value()).map_err(|e| SpoolError::Damaged(e.to_string()))
+}
+
+fn store(
+    tx: &redb::WriteTransaction,
+    id: QueueId,
+    old_next: u64,
+    m: &Message,
+) -> Result<(), SpoolError> {
+    tx.open_table(MESSAGES)
+        .map_err(storage)?
+        .insert(id, schema::encode_message(m).as_slice())
+        .map_err(storage)?;
+    let mut s = tx.open_table(SCHEDULE).map_err(storage)?;
+    s.remove((old_next, id)).map_err(storage)?;
+    if m.has_pending() {
+        s.insert((m.next_attempt, id), ()).map_err(storage)?;
+    }
+    Ok(())
+}
+
+fn delete_message(
+    tx: &redb::WriteTransaction,
+    st: &mut ThreadState,
+    id: QueueId,
+) -> Result<(), SpoolError> {
+    let m = load(tx, id)?;
+    tx.open_table(MESSAGES)
+        .map_err(storage)?
+        .remove(id)
+        .map_err(storage)?;
+    tx.open_table(SCHEDULE)
+        .map_err(storage)?
+        .remove((m.next_attempt, id))
+        .map_err(storage)?;
+    tx.open_table(CHUNKS)
+        .map_err(storage)?
+        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+        .map_err(storage)?;
+    tx.open_table(ATTEMPTS)
+        .map_err(storage)?
+        .retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+        .map_err(storage)?;
+    st.bytes_delta -= m.size as i64;
+    st.messages_delta -= 1;
+    Ok(())
+}
+
+fn record_attempt(
+    tx: &redb::WriteTransaction,
+    id: QueueId,
+    n: u32,
+    a: &Attempt,
+) -> Result<(), SpoolError> {
+    let mut t = tx.open_table(ATTEMPTS).map_err(storage)?;
+    t.insert((id, n), schema::encode_attempt(a).as_slice())
+        .map_err(storage)?;
+    if n >= schema::MAX_ATTEMPT_RECORDS {
+        t.remove((id, n - schema::MAX_ATTEMPT_RECORDS))
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// Applies an attempt's results: marks recipients, returns the failed ones
+/// with a DSN, removes the message when nothing is pending, reschedules it
+/// otherwise.
+fn finish(
+    tx: &redb::WriteTransaction,
+    st: &mut ThreadState,
+    id: QueueId,
+    report: AttemptReport,
+    policy: &ReturnPolicy,
+) -> Result<Finished, SpoolError> {
+    let mut m = load(tx, id)?;
+    let old_next = m.next_attempt;
+    let now = report.time;
+    let mut out = Finished::default();
+    let mut newly_failed: Vec<usize> = vec![];
+    for r in &report.results {
+        let Some(rcpt) = m.recipients.get_mut(r.index) else {
+            continue;
+        };
+        if rcpt.state != RcptState::Pending {
+            continue;
+        }
+        rcpt.last_reply = r.reply.clone();
+        rcpt.remote = r.remote.clone();
+        rcpt.last_attempt = now;
+        match r.outcome {
+            Outcome::Delivered => rcpt.state = RcptState::Delivered,
+            Outcome::Deferred => m.last_error = r.reply.clone(),
+            Outcome::Failed => {
+                rcpt.state = RcptState::Failed;
+                m.last_error = r.reply.clone();
+                newly_failed.push(r.index);
+            }
+        }
+    }
+    record_attempt(
+        tx,
+        id,
+        m.attempts,
+        &Attempt {
+            time: now,
+            destination: report.destination.to_string(),
+            relay: report.relay.clone(),
+            result: report.summary.clone(),
+        },
+    )?;
+    m.attempts = m.attempts.saturating_add(1);
+    let mut expired: Vec<usize> = vec![];
+    if m.has_pending() {
+        match retry::next_attempt(&policy.steps, m.arrival, m.backoff_base, now) {
+            Next::At(t) => m.next_attempt = t,
+            Next::Expired => {
+                for (i, r) in m.recipients.iter_mut().enumerate() {
+                    if r.state == RcptState::Pending {
+                        r.state = RcptState::Failed;
+                        expired.push(i);
+                    }
+                }
+            }
+        }
+    }
+    if !newly_failed.is_empty() || !expired.is_empty() {
+        out.failed = newly_failed
+            .iter()
+            .chain(expired.iter())
+            .filter_map(|&i| m.recipients.get(i).map(|r| r.address.clone()))
+            .collect();
+        if m.sender.is_empty() || m.flags & schema::FLAG_DSN != 0 {
+            // Never a DSN to <> (RFC 5321 6.1): the drop is logged by the caller.
+            out.dropped = true;
+        } else {
+            let dsn_id = make_dsn(tx, st, id, &m, &newly_failed, &expired, policy, now)?;
+            out.dsn = Some(dsn_id);
+        }
+    }
+    if m.has_pending() {
+        store(tx, id, old_next, &m)?;
+        out.next_attempt = Some(m.next_attempt);
+    } else {
+        store(tx, id, old_next, &m)?;
+        delete_message(tx, st, id)?;
+        out.removed = true;
+    }
+    Ok(out)
+}
+
+/// The enhanced status of a reply line such as `550 5.1.1 no such user`,
+/// or one made from its basic code.
+fn status_of(reply: &str) -> Option<String> {
+    let mut it = reply.split_whitespace();
+    let code = it.next()?;
+    if let Some(enh) = it.next()
+        && crate::smtp::Enhanced::parse_prefix(enh).is_some()
+    {
+        return Some(enh.to_string());
+    }
+    match code.as_bytes().first() {
+        Some(b'5') => Some("5.0.0".into()),
+        Some(b'4') => Some("4.0.0".into()),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_dsn(
+    tx: &redb::WriteTransaction,
+    st: &mut ThreadState,
+    id: QueueId,
+    m: &Message,
+    failed: &[usize],
+    expired: &[usize],
+    policy: &ReturnPolicy,
+    now: u64,
+) -> Result<QueueId, SpoolError> {
+    let mut reports = vec![];
+    for &i in failed {
+        let Some(r) = m.recipients.get(i) else {
+            continue;
+        };
+        reports.push(dsn::RecipientReport {
+            address: r.address.clone(),
+            action: dsn::Action::Failed,
+            status: status_of(&r.last_reply).unwrap_or_else(|| "5.0.0".into()),
+            diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
+            remote_mta: remote_host(&r.remote),
+            last_attempt: (r.last_attempt > 0).then_some(r.last_attempt),
+        });
+    }
+    for &i in expired {
+        let Some(r) = m.recipients.get(i) else {
+            continue;
+        };
+        reports.push(dsn::RecipientReport {
+            address: r.address.clone(),
+            action: dsn::Action::Failed,
+            // RFC 3463 X.4.7: delivery time expired.
+            status: "5.4.7".into(),
+            diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
+            remote_mta: remote_host(&r.remote),
+            last_attempt: (r.last_attempt > 0).then_some(r.last_attempt),
+        });
+    }
+    let headers = original_headers(tx, id, m.chunks)?;
+    let dsn_id = {
+        let mut next = lock(&st.shared.next_id);
+        *next = (*next + 1).max(now << 20);
+        *next
+    };
+    let message_id = format!("<{}.dsn@{}>", format_id(dsn_id), policy.reporting_mta);
+    let qid = format_id(id);
+    let body = dsn::build(&dsn::DsnInput {
+        reporting_mta: &policy.reporting_mta,
+        sender: &m.sender,
+        queue_id: &qid,
+        arrival: m.arrival,
+        now,
+        recipients: &reports,
+        original_headers: &headers,
+        message_id: &message_id,
+    });
+    let destination = match &policy.smarthost {
+        Some(d) => d.clone(),
+        None => Destination::Mx {
+            domain: m
+                .sender
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default(),
+            port: 25,
+        },
+    };
+    let mut chunks = 0u32;
+    {
+        let mut t = tx.open_table(CHUNKS).map_err(storage)?;
+        for piece in body.chunks(crate::smtp::server::BODY_CHUNK) {
+            t.insert((dsn_id, chunks), piece).map_err(storage)?;
+            chunks += 1;
+        }
+    }
+    let size = body.len() as u64;
+    commit_message(
+        tx,
+        dsn_id,
+        Envelope {
+            sender: String::new(),
+            recipients: vec![(m.sender.clone(), destination)],
+            flags: schema::FLAG_DSN,
+            client: "mxspool (delivery status notification)".into(),
+            arrival: now,
+        },
+        chunks,
+        size,
+    )?;
+    st.bytes_delta += size as i64;
+    st.messages_delta += 1;
+    st.wake = true;
+    Ok(dsn_id)
+}
+
+fn remote_host(remote: &str) -> Option<String> {
+    let host = remote.split('[').next().unwrap_or("").trim();
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// The original message's header section, up to the empty line, capped.
+fn original_headers(
+    tx: &redb::WriteTransaction,
+    id: QueueId,
+    chunks: u32,
+) -> Result<Vec<u8>, SpoolError> {
+    let t = tx.open_table(CHUNKS).map_err(storage)?;
+    let mut out: Vec<u8> = vec![];
+    for seq in 0..chunks {
+        let Some(v) = t.get((id, seq)).map_err(storage)? else {
+            break;
+        };
+        let start = out.len().saturating_sub(3);
+        out.extend_from_slice(v.value());
+        if let Some(p) = find(&out[start..], b"\r\n\r\n") {
+            out.truncate(start + p + 2);
+            return Ok(out);
+        }
+        if out.len() >= DSN_HEADER_CAP {
+            break;
+        }
+    }
+    out.truncate(DSN_HEADER_CAP);
+    // Cut at the last whole line.
+    if let Some(p) = out.windows(2).rposition(|w| w == b"\r\n") {
+        out.truncate(p + 2);
+    }
+    Ok(out)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn reschedule(
+    tx: &redb::WriteTransaction,
+    filter: &Filter,
+    now: u64,
+) -> Result<usize, SpoolError> {
+    let mut changed: BTreeMap<QueueId, (u64, Message)> = BTreeMap::new();
+    {
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        for e in t.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            let Ok(m) = schema::decode_message(v.value()) else {
+                continue;
+            };
+            let hit = m.pending().any(|(_, r)| match filter {
+                Filter::All => true,
+                Filter::Domain(d) => r
+                    .address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d)),
+                Filter::Destination(d) => &r.destination == d,
+            });
+            if hit {
+                changed.insert(k.value(), (m.next_attempt, m));
+            }
+        }
+    }
+    let n = changed.len();
+    for (id, (old_next, mut m)) in changed {
+        m.next_attempt = now;
+        m.backoff_base = now;
+        store(tx, id, old_next, &m)?;
+    }
+    Ok(n)
+}
