@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod deliver;
 pub mod dns;
 pub mod log;

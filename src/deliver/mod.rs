@@ -1,5 +1,248 @@
-//! Delivery: scheduler, destinations, the SMTP client driver, DSNs.
+//! Delivery: the scheduler that sleeps until the next due message, the
+//! per-destination queues and workers (bounded connections, connection
+//! reuse), the client driver, and DSNs.
+//!
+//! Flow: the scheduler reads due ids from the spool's schedule index,
+//! splits each message's pending recipients by destination, and queues one
+//! job per (message, destination). Up to `max_destination_connections`
+//! workers per destination take jobs from that queue over one connection
+//! each; when a destination cannot be reached, the worker defers every job
+//! waiting for it at once (one connection attempt, not one per message).
 
-pub mod dsn;
+pub mod client;
 pub mod destination;
+pub mod dsn;
+pub mod guard;
 pub mod retry;
+pub mod route;
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use smol::channel::Receiver;
+
+use crate::daemon::Ctx;
+use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
+use destination::Destination;
+
+/// Jobs (message, destination) held in memory at most; more due mail waits
+/// in the spool's schedule until some finish.
+pub const MAX_JOBS: usize = 512;
+/// The scheduler re-reads the schedule at least this often, so a wall-clock
+/// step (NTP on a router without RTC) cannot make it oversleep.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// One message's pending recipients for one destination.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: QueueId,
+    /// (index into the message's recipients, address).
+    pub rcpts: Vec<(usize, String)>,
+}
+
+#[derive(Default)]
+struct DestQueue {
+    jobs: VecDeque<Job>,
+    workers: usize,
+}
+
+/// The delivery side's in-memory state.
+#[derive(Default)]
+pub struct Deliverer {
+    /// Message → jobs of it still running.
+    in_flight: RefCell<HashMap<QueueId, usize>>,
+    queues: RefCell<HashMap<Destination, DestQueue>>,
+}
+
+impl Deliverer {
+    fn jobs(&self) -> usize {
+        self.in_flight.borrow().values().sum()
+    }
+}
+
+/// The scheduler task.
+pub async fn scheduler(ctx: Rc<Ctx>, wake: Receiver<()>) {
+    loop {
+        if ctx.stopping.get() {
+            return;
+        }
+        let now = crate::time::now_unix();
+        let room = MAX_JOBS.saturating_sub(ctx.deliverer.jobs());
+        let busy: HashSet<QueueId> = ctx.deliverer.in_flight.borrow().keys().copied().collect();
+        let sleep = match ctx.spool.due(now, room, &busy) {
+            Ok((due, next)) => {
+                for id in due {
+                    dispatch(&ctx, id);
+                }
+                match next {
+                    Some(t) if t > now => Duration::from_secs(t - now).min(MAX_SLEEP),
+                    // More is due but no room: wait for a job to finish.
+                    Some(_) => MAX_SLEEP,
+                    None => MAX_SLEEP,
+                }
+            }
+            Err(e) => {
+                log::error!("event=scheduler_error error=\"{e}\"");
+                Duration::from_secs(5)
+            }
+        };
+        futures_lite::future::or(
+            async {
+                let _ = wake.recv().await;
+            },
+            async {
+                smol::Timer::after(sleep).await;
+            },
+        )
+        .await;
+    }
+}
+
+/// Queues the jobs of one due message.
+fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
+    let m = match ctx.spool.message(id) {
+        Ok(Some(m)) => m,
+        Ok(None) => return,
+        Err(e) => {
+            log::error!("id={} event=spool_error error=\"{e}\"", spool::format_id(id));
+            return;
+        }
+    };
+    let mut groups: Vec<(Destination, Vec<(usize, String)>)> = vec![];
+    for (i, r) in m.pending() {
+        let entry = (i, r.address.clone());
+        match groups.iter_mut().find(|(d, _)| *d == r.destination) {
+            Some((_, v)) => v.push(entry),
+            None => groups.push((r.destination.clone(), vec![entry])),
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    let cap = ctx.config().main.max_destination_connections.max(1);
+    *ctx.deliverer.in_flight.borrow_mut().entry(id).or_insert(0) += groups.len();
+    for (dest, rcpts) in groups {
+        let spawn = {
+            let mut qs = ctx.deliverer.queues.borrow_mut();
+            let q = qs.entry(dest.clone()).or_default();
+            q.jobs.push_back(Job { id, rcpts });
+            if q.workers < cap && q.jobs.len() > q.workers {
+                q.workers += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if spawn {
+            ctx.spawn(worker(ctx.clone(), dest));
+        }
+    }
+}
+
+/// Takes the next job for `dest`, or None (and the worker ends).
+fn next_job(ctx: &Ctx, dest: &Destination) -> Option<Job> {
+    let mut qs = ctx.deliverer.queues.borrow_mut();
+    let q = qs.get_mut(dest)?;
+    q.jobs.pop_front()
+}
+
+fn worker_done(ctx: &Ctx, dest: &Destination) {
+    let mut qs = ctx.deliverer.queues.borrow_mut();
+    if let Some(q) = qs.get_mut(dest) {
+        q.workers = q.workers.saturating_sub(1);
+        if q.workers == 0 && q.jobs.is_empty() {
+            qs.remove(dest);
+        }
+    }
+}
+
+/// Marks a job finished; wakes the scheduler (room for more work).
+fn job_done(ctx: &Ctx, id: QueueId) {
+    let mut f = ctx.deliverer.in_flight.borrow_mut();
+    if let Some(n) = f.get_mut(&id) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            f.remove(&id);
+        }
+    }
+    drop(f);
+    ctx.spool.wake();
+}
+
+pub fn return_policy(ctx: &Ctx) -> ReturnPolicy {
+    let cfg = ctx.config();
+    ReturnPolicy {
+        steps: cfg.main.retry.clone(),
+        reporting_mta: cfg.main.hostname.clone(),
+        smarthost: cfg.main.smarthost.as_ref().map(|h| Destination::Relay {
+            host: h.host.clone(),
+            port: h.port,
+        }),
+    }
+}
+
+/// Records an attempt's results in the spool and logs each recipient.
+pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
+    let qid = spool::format_id(job.id);
+    let delay = report.time.saturating_sub(arrival);
+    {
+        let mut st = ctx.stats.borrow_mut();
+        for r in &report.results {
+            let status = match r.outcome {
+                Outcome::Delivered => {
+                    st.delivered += 1;
+                    "sent"
+                }
+                Outcome::Deferred => {
+                    st.deferred += 1;
+                    "deferred"
+                }
+                Outcome::Failed => "bounced",
+            };
+            log::info!(
+                "id={qid} event=delivery to=<{}> relay={} delay={delay}s status={status} reply=\"{}\"",
+                job.rcpts
+                    .iter()
+                    .find(|(i, _)| *i == r.index)
+                    .map_or("", |(_, a)| a.as_str()),
+                if r.remote.is_empty() { "none" } else { &r.remote },
+                r.reply.replace('"', "'")
+            );
+        }
+    }
+    match ctx.spool.finish(job.id, report, return_policy(ctx)).await {
+        Ok(f) => {
+            if !f.failed.is_empty() {
+                ctx.stats.borrow_mut().bounced += f.failed.len() as u64;
+            }
+            if let Some(dsn) = f.dsn {
+                log::info!(
+                    "id={qid} event=bounce dsn={} failed={}",
+                    spool::format_id(dsn),
+                    f.failed.join(",")
+                );
+            }
+            if f.dropped {
+                log::warn!(
+                    "id={qid} event=drop reason=\"undeliverable mail from <> is not returned\" failed={}",
+                    f.failed.join(",")
+                );
+            }
+            if f.removed {
+                log::info!("id={qid} event=removed");
+            } else if let Some(t) = f.next_attempt {
+                log::debug!("id={qid} event=scheduled next_attempt={t}");
+            }
+        }
+        Err(e) => log::error!("id={qid} event=spool_error error=\"{e}\""),
+    }
+}
+
+/// One worker: connects to `dest` and delivers queued jobs over that
+/// connection until the queue is empty.
+async fn worker(ctx: Rc<Ctx>, dest: Destination) {
+    client::run_worker(&ctx, &dest).await;
+    worker_done(&ctx, &dest);
+}

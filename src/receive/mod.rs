@@ -1,3 +1,175 @@
-//! Receiving mail: listeners, per-connection session drivers, policy.
+//! Receiving mail: the listeners with their connection limits, the driver
+//! that runs one `smtp::server::Session` per connection, and the policy
+//! consulted at MAIL, RCPT and DATA.
 
+pub mod policy;
 pub mod received;
+pub mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+
+use async_net::{TcpListener, TcpStream};
+use futures_lite::AsyncWriteExt;
+
+use crate::daemon::Ctx;
+
+/// The bound listening sockets and the live connection counts.
+#[derive(Default)]
+pub struct Listeners {
+    sockets: RefCell<Vec<TcpListener>>,
+    active: Cell<usize>,
+    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    closed: Cell<bool>,
+}
+
+impl Listeners {
+    /// Binds every `listen` address (before any privilege drop).
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, String> {
+        let mut sockets = vec![];
+        for a in addrs {
+            let l = bind_one(*a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+            sockets.push(l);
+        }
+        Ok(Listeners {
+            sockets: RefCell::new(sockets),
+            ..Listeners::default()
+        })
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.get()
+    }
+
+    /// Stops accepting: the accept loops end at their next wake-up.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.sockets.borrow_mut().clear();
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .borrow()
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    // std's bind sets SO_REUSEADDR on Unix, so a restart does not wait for
+    // TIME_WAIT; an IPv6 wildcard is made v6-only by the OS default on
+    // OpenWrt (bindv6only=0 would clash with 0.0.0.0:25, so we set it).
+    let l = if addr.is_ipv6() {
+        let sock = rustix::net::socket(
+            rustix::net::AddressFamily::INET6,
+            rustix::net::SocketType::STREAM,
+            None,
+        )?;
+        rustix::net::sockopt::set_ipv6_v6only(&sock, true)?;
+        rustix::net::sockopt::set_socket_reuseaddr(&sock, true)?;
+        rustix::net::bind(&sock, &addr)?;
+        rustix::net::listen(&sock, 128)?;
+        std::net::TcpListener::from(sock)
+    } else {
+        std::net::TcpListener::bind(addr)?
+    };
+    TcpListener::try_from(l)
+}
+
+/// Starts an accept loop per listener.
+pub fn start(ctx: &Rc<Ctx>) {
+    let sockets: Vec<TcpListener> = ctx.listeners.sockets.borrow().clone();
+    for l in sockets {
+        ctx.spawn(accept_loop(ctx.clone(), l));
+    }
+}
+
+/// Decrements the connection counts when a session ends, however it ends.
+struct Slot {
+    ctx: Rc<Ctx>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let l = &self.ctx.listeners;
+        l.active.set(l.active.get().saturating_sub(1));
+        let mut m = l.per_ip.borrow_mut();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener) {
+    loop {
+        let accepted = listener.accept().await;
+        if ctx.listeners.closed.get() {
+            return;
+        }
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                log::warn!("event=accept_error error=\"{e}\"");
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = canonical_ip(peer.ip());
+        let cfg = ctx.config();
+        let l = &ctx.listeners;
+        let per_ip = l.per_ip.borrow().get(&ip).copied().unwrap_or(0);
+        if l.active.get() >= cfg.main.max_connections || per_ip >= cfg.main.max_connections_per_ip
+        {
+            log::info!(
+                "id=NOQUEUE event=reject stage=connect client=[{ip}] reason=too_many_connections active={} from_ip={per_ip}",
+                l.active.get()
+            );
+            ctx.stats.borrow_mut().reject("connections");
+            let host = cfg.main.hostname.clone();
+            ctx.spawn(refuse(stream, host));
+            continue;
+        }
+        l.active.set(l.active.get() + 1);
+        *l.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
+        let slot = Slot {
+            ctx: ctx.clone(),
+            ip,
+        };
+        let local = stream.local_addr().ok();
+        ctx.spawn(async move {
+            session::serve(slot.ctx.clone(), stream, SocketAddr::new(ip, peer.port()), local)
+                .await;
+            drop(slot);
+        });
+    }
+}
+
+/// Over a connection limit: RFC 5321 allows a 421 in place of the greeting.
+async fn refuse(mut stream: TcpStream, host: String) {
+    let line = format!("421 4.7.0 {host} Too many connections, try again later\r\n");
+    let write = stream.write_all(line.as_bytes());
+    let _ = futures_lite::future::or(async { write.await.ok() }, async {
+        smol::Timer::after(std::time::Duration::from_secs(5)).await;
+        None
+    })
+    .await;
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 client it stands for.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}

@@ -1,0 +1,468 @@
+//! The driver around `smtp::client::Client`: connects, applies the guard,
+//! and delivers the jobs queued for one destination over one connection,
+//! streaming bodies chunk by chunk from the spool.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::destination::Destination;
+use super::route::{self, RouteError, Target};
+use super::{Job, guard, job_done, next_job, record};
+use crate::config::{Config, DeliverTo, Domain};
+use crate::daemon::Ctx;
+use crate::smtp::Reply;
+use crate::smtp::client::{Client, Envelope, Event, Extensions};
+use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, RcptState};
+use crate::spool::{AttemptReport, Outcome, RcptResult};
+
+/// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 min).
+pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Socket read size.
+pub const READ_BUF: usize = 4096;
+
+/// One connection to a destination host.
+pub struct Conn {
+    stream: TcpStream,
+    pub client: Client,
+    buf: Vec<u8>,
+    pub target: Target,
+    /// What the server offered in its (last) EHLO reply.
+    pub ext: Extensions,
+}
+
+impl Conn {
+    /// `host[ip]:port`, as logs and DSNs name the server.
+    pub fn relay(&self) -> String {
+        format!(
+            "{}[{}]:{}",
+            self.target.host,
+            self.target.addr.ip(),
+            self.target.addr.port()
+        )
+    }
+
+    async fn connect(target: Target, timeout: Duration, ehlo: &str) -> Result<Conn, String> {
+        let addr = target.addr;
+        let stream = futures_lite::future::or(
+            async {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect to {addr}: {e}"))
+            },
+            async {
+                smol::Timer::after(timeout).await;
+                Err(format!("connect to {addr}: timed out"))
+            },
+        )
+        .await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            client: Client::new(ehlo),
+            buf: vec![0u8; READ_BUF],
+            target,
+            ext: Extensions::default(),
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let out = self.client.take_output();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let w = self.stream.write_all(&out);
+        futures_lite::future::or(
+            async { w.await.map_err(|e| format!("write: {e}")) },
+            async {
+                smol::Timer::after(REPLY_TIMEOUT).await;
+                Err("write: timed out".to_string())
+            },
+        )
+        .await
+    }
+
+    /// The next client event, reading as needed.
+    async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
+        loop {
+            self.flush().await?;
+            if let Some(e) = self.client.poll_event() {
+                return Ok(e);
+            }
+            if !self.client.wants_input() {
+                return Err("client state machine stalled".into());
+            }
+            let stream = &mut self.stream;
+            let buf = &mut self.buf;
+            let n = futures_lite::future::or(
+                async { stream.read(buf).await.map_err(|e| format!("read: {e}")) },
+                async {
+                    smol::Timer::after(timeout).await;
+                    Err("timed out waiting for the server".to_string())
+                },
+            )
+            .await?;
+            if n == 0 {
+                self.client.eof();
+            } else {
+                self.client.receive(&self.buf[..n]);
+            }
+        }
+    }
+
+    async fn quit(mut self) {
+        self.client.quit();
+        let _ = futures_lite::future::or(
+            async {
+                loop {
+                    match self.event(Duration::from_secs(10)).await {
+                        Ok(Event::Closed) | Ok(Event::Failed { .. }) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            },
+            async {
+                smol::Timer::after(Duration::from_secs(10)).await;
+            },
+        )
+        .await;
+    }
+}
+
+/// The domain section whose mail goes to `dest` (for the guard settings).
+fn domain_for<'a>(cfg: &'a Config, dest: &Destination) -> Option<&'a Domain> {
+    cfg.domains.iter().find(|d| match (&d.deliver_to, dest) {
+        (DeliverTo::Relay(hp), Destination::Relay { host, port }) => {
+            hp.host == *host && hp.port == *port
+        }
+        (DeliverTo::Mx, Destination::Mx { domain, .. }) => d.name == *domain,
+        _ => false,
+    })
+}
+
+/// Delivers every job queued for `dest`, reconnecting while jobs remain.
+pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
+    loop {
+        if !has_jobs(ctx, dest) {
+            return;
+        }
+        let cfg = ctx.config();
+        let targets = match route::resolve(dest).await {
+            Ok(t) => t,
+            Err(e) => {
+                let permanent = matches!(e, RouteError::Permanent(_));
+                defer_all(ctx, dest, &e.to_string(), "", permanent).await;
+                return;
+            }
+        };
+        let domain = domain_for(&cfg, dest);
+        let own = ctx.listeners.local_addrs();
+        let mut errors: Vec<String> = vec![];
+        let mut conn = None;
+        for t in targets {
+            if let Err(why) = guard::check_address(domain, t.addr, &own) {
+                guard_refusal(ctx, dest, &t, &why);
+                errors.push(format!("guard: {why}"));
+                continue;
+            }
+            match open(&cfg, t, domain).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    break;
+                }
+                Err(OpenError::Guard(t, why)) => {
+                    guard_refusal(ctx, dest, &t, &why);
+                    errors.push(format!("guard: {why}"));
+                }
+                Err(OpenError::Other(e)) => errors.push(e),
+            }
+        }
+        let Some(mut conn) = conn else {
+            let reason = if errors.is_empty() {
+                "no address to try".to_string()
+            } else {
+                errors.join("; ")
+            };
+            defer_all(ctx, dest, &reason, "", false).await;
+            return;
+        };
+        let mut alive = true;
+        while alive {
+            let Some(job) = next_job(ctx, dest) else {
+                break;
+            };
+            alive = deliver_job(ctx, &mut conn, dest, job).await;
+        }
+        if alive {
+            conn.quit().await;
+        }
+    }
+}
+
+fn has_jobs(ctx: &Ctx, dest: &Destination) -> bool {
+    ctx.deliverer
+        .queues
+        .borrow()
+        .get(dest)
+        .is_some_and(|q| !q.jobs.is_empty())
+}
+
+fn guard_refusal(ctx: &Ctx, dest: &Destination, t: &Target, why: &str) {
+    ctx.stats.borrow_mut().guard_refusals += 1;
+    log::warn!(
+        "id=NOQUEUE event=guard_refusal destination={dest} address={} reason=\"{why}\"",
+        t.addr
+    );
+}
+
+enum OpenError {
+    Guard(Target, String),
+    Other(String),
+}
+
+/// Connects, reads the greeting, says EHLO, and applies the greeting guard.
+async fn open(cfg: &Config, t: Target, domain: Option<&Domain>) -> Result<Conn, OpenError> {
+    let mut c = Conn::connect(t.clone(), cfg.main.connect_timeout, &cfg.main.hostname)
+        .await
+        .map_err(OpenError::Other)?;
+    let relay = c.relay();
+    loop {
+        match c.event(cfg.main.greeting_timeout).await {
+            Ok(Event::Ready {
+                greeting,
+                extensions,
+                ..
+            }) => {
+                c.ext = extensions;
+                let line = greeting.lines.first().cloned().unwrap_or_default();
+                if let Err(why) = guard::check_greeting(domain, &cfg.main.hostname, &line) {
+                    c.quit().await;
+                    return Err(OpenError::Guard(t, why));
+                }
+                return Ok(c);
+            }
+            Ok(Event::Failed { reply, reason }) => {
+                let r = reply.map(|r| r.one_line()).unwrap_or(reason);
+                return Err(OpenError::Other(format!("{relay}: {r}")));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(OpenError::Other(format!("{relay}: {e}"))),
+        }
+    }
+}
+
+/// Defers (or fails) every job queued for `dest`: the destination could not
+/// be reached, so each waiting message gets the same answer now.
+async fn defer_all(ctx: &Ctx, dest: &Destination, reason: &str, relay: &str, permanent: bool) {
+    let outcome = if permanent {
+        Outcome::Failed
+    } else {
+        Outcome::Deferred
+    };
+    while let Some(job) = next_job(ctx, dest) {
+        let arrival = ctx
+            .spool
+            .message(job.id)
+            .ok()
+            .flatten()
+            .map_or(0, |m| m.arrival);
+        let report = AttemptReport {
+            time: crate::time::now_unix(),
+            destination: dest.clone(),
+            relay: relay.to_string(),
+            summary: reason.to_string(),
+            results: job
+                .rcpts
+                .iter()
+                .map(|(i, _)| RcptResult {
+                    index: *i,
+                    outcome,
+                    reply: reason.to_string(),
+                    remote: relay.to_string(),
+                })
+                .collect(),
+        };
+        record(ctx, &job, report, arrival).await;
+        job_done(ctx, job.id);
+    }
+}
+
+fn outcome_of(r: &Reply) -> Outcome {
+    if r.is_positive() {
+        Outcome::Delivered
+    } else if r.is_permanent() {
+        Outcome::Failed
+    } else {
+        Outcome::Deferred
+    }
+}
+
+/// Sends one message to the recipients of `job`. Returns whether the
+/// connection can carry another message.
+async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -> bool {
+    let m = match ctx.spool.message(job.id) {
+        Ok(Some(m)) => m,
+        _ => {
+            job_done(ctx, job.id);
+            return true;
+        }
+    };
+    // Only recipients still pending (a flush may have raced a delivery).
+    let rcpts: Vec<(usize, String)> = job
+        .rcpts
+        .iter()
+        .filter(|(i, _)| {
+            m.recipients
+                .get(*i)
+                .is_some_and(|r| r.state == RcptState::Pending)
+        })
+        .cloned()
+        .collect();
+    if rcpts.is_empty() {
+        job_done(ctx, job.id);
+        return true;
+    }
+    let relay = conn.relay();
+    let mut results: Vec<Option<(Outcome, String)>> = vec![None; rcpts.len()];
+    let mut accepted = vec![false; rcpts.len()];
+    let mut alive = true;
+    let mut summary = String::new();
+
+    let needs_utf8 = m.flags & FLAG_SMTPUTF8 != 0
+        && (!m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()));
+    let env = Envelope {
+        from: m.sender.clone(),
+        to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
+        size: m.size,
+        eightbit: m.flags & FLAG_8BITMIME != 0,
+        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
+    };
+    let refuse_utf8 = needs_utf8 && !conn.ext.smtputf8;
+    if refuse_utf8 {
+        // RFC 6531 3.4: no silent downgrade of UTF-8 addresses.
+        let r = Reply::enh(
+            550,
+            (5, 6, 7),
+            format!("{relay} does not support SMTPUTF8, needed for these addresses"),
+        );
+        summary = r.one_line();
+        for slot in results.iter_mut() {
+            *slot = Some((Outcome::Failed, r.one_line()));
+        }
+    } else {
+        conn.client.send_mail(env);
+    }
+    // Until the transaction's last event: leaving one unread would hand it
+    // to the next message on this connection.
+    let mut timeout = REPLY_TIMEOUT;
+    while !refuse_utf8 {
+        let ev = match conn.event(timeout).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                summary = format!("lost connection with {relay}: {e}");
+                alive = false;
+                break;
+            }
+        };
+        match ev {
+            Event::MailReply(r) => {
+                if !r.is_positive() {
+                    summary = r.one_line();
+                }
+            }
+            Event::RcptReply { index, reply } => {
+                if let Some(slot) = results.get_mut(index) {
+                    if reply.is_positive() {
+                        if let Some(a) = accepted.get_mut(index) {
+                            *a = true;
+                        }
+                    } else {
+                        *slot = Some((outcome_of(&reply), reply.one_line()));
+                    }
+                }
+            }
+            Event::SendBody => {
+                if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
+                    summary = e;
+                    alive = false;
+                    break;
+                }
+                timeout = DATA_END_TIMEOUT;
+            }
+            Event::DataReply(r) => {
+                summary = r.one_line();
+                for (i, slot) in results.iter_mut().enumerate() {
+                    if slot.is_none() && accepted.get(i).copied().unwrap_or(false) {
+                        *slot = Some((outcome_of(&r), r.one_line()));
+                    }
+                }
+                break;
+            }
+            Event::TransactionFailed { reply } => {
+                summary = reply.one_line();
+                for slot in results.iter_mut() {
+                    if slot.is_none() {
+                        *slot = Some((outcome_of(&reply), reply.one_line()));
+                    }
+                }
+                break;
+            }
+            Event::Failed { reply, reason } => {
+                summary = reply.map(|r| r.one_line()).unwrap_or(reason);
+                alive = false;
+                break;
+            }
+            Event::Closed => {
+                summary = "connection closed".into();
+                alive = false;
+                break;
+            }
+            Event::Ready { .. } | Event::StartTls | Event::ProbeDone => {}
+        }
+    }
+    let report = AttemptReport {
+        time: crate::time::now_unix(),
+        destination: dest.clone(),
+        relay: relay.clone(),
+        summary: summary.clone(),
+        results: rcpts
+            .iter()
+            .zip(results)
+            .map(|((i, _), r)| {
+                let (outcome, reply) = r.unwrap_or((Outcome::Deferred, summary.clone()));
+                RcptResult {
+                    index: *i,
+                    outcome,
+                    reply,
+                    remote: relay.clone(),
+                }
+            })
+            .collect(),
+    };
+    let job = Job {
+        id: job.id,
+        rcpts,
+    };
+    record(ctx, &job, report, m.arrival).await;
+    job_done(ctx, job.id);
+    alive
+}
+
+/// Streams the spooled body: one chunk in memory at a time.
+async fn stream_body(ctx: &Ctx, conn: &mut Conn, id: u64, chunks: u32) -> Result<(), String> {
+    for seq in 0..chunks {
+        let chunk = match ctx.spool.chunk(id, seq) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(format!("spool: chunk {seq} of the body is missing")),
+            Err(e) => return Err(format!("spool: {e}")),
+        };
+        conn.client.body(&chunk);
+        conn.flush().await?;
+    }
+    conn.client.end_body();
+    conn.flush().await
+}

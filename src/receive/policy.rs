@@ -1,0 +1,156 @@
+//! The policy hooks: what the session driver asks at connect, MAIL, RCPT
+//! and DATA. Each returns Ok or the exact reply to give. Later checks
+//! (DNSBL, call-ahead, scanners) slot in here without touching the
+//! protocol code.
+
+use std::net::IpAddr;
+
+use crate::config::{Config, DeliverTo, Verify};
+use crate::deliver::destination::Destination;
+use crate::smtp::Reply;
+use crate::smtp::server::{MailFrom, RcptTo};
+use crate::spool::Spool;
+
+/// Why a command was refused, for the stats and the log.
+pub type Refusal = (&'static str, Reply);
+
+/// At connect: `client_deny` unless `client_allow`.
+pub fn connect(cfg: &Config, ip: IpAddr) -> Result<(), Refusal> {
+    let m = &cfg.main;
+    if m.client_allow.iter().any(|c| c.contains(ip)) {
+        return Ok(());
+    }
+    if m.client_deny.iter().any(|c| c.contains(ip)) {
+        return Err((
+            "client_deny",
+            Reply::enh(554, (5, 7, 1), format!("{} Access denied", m.hostname)),
+        ));
+    }
+    Ok(())
+}
+
+fn sender_listed(list: &[String], sender: &str) -> bool {
+    let sender = sender.to_ascii_lowercase();
+    let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    list.iter().any(|e| {
+        if e.contains('@') {
+            *e == sender
+        } else if let Some(parent) = e.strip_prefix('.') {
+            // `.example.com` matches subdomains only.
+            domain.ends_with(e.as_str()) && domain.len() > parent.len()
+        } else {
+            domain == e
+        }
+    })
+}
+
+/// At MAIL: sender lists and spool room for the announced SIZE.
+pub fn mail(
+    cfg: &Config,
+    ip: IpAddr,
+    mail: &MailFrom,
+    spool: &Spool,
+) -> Result<(), Refusal> {
+    let m = &cfg.main;
+    let sender = mail.from.to_string();
+    let client_allowed = m.client_allow.iter().any(|c| c.contains(ip));
+    if !client_allowed
+        && !sender.is_empty()
+        && !sender_listed(&m.sender_allow, &sender)
+        && sender_listed(&m.sender_deny, &sender)
+    {
+        return Err((
+            "sender_deny",
+            Reply::enh(554, (5, 7, 1), format!("<{sender}>: Sender address rejected")),
+        ));
+    }
+    let size = mail.size.unwrap_or(0);
+    if !spool.has_room(size, m.max_spool_size, m.max_message_size) {
+        return Err((
+            "spool_full",
+            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later"),
+        ));
+    }
+    Ok(())
+}
+
+/// At RCPT: our domain, no routing tricks, the user lists; returns the
+/// recipient's destination.
+pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<Destination, Refusal> {
+    let to = &rcpt.to;
+    let relay_denied = || {
+        (
+            "relay",
+            Reply::enh(550, (5, 7, 1), format!("<{to}>: Relay access denied")),
+        )
+    };
+    // A source route, a `%`/`!` hack or a quoted `@` asks the next hop to
+    // relay further: refused outright, as Postfix does by default.
+    if rcpt.source_route || to.is_routed() || to.is_literal() {
+        return Err(relay_denied());
+    }
+    let Some(domain) = cfg.domain(&to.domain) else {
+        return Err(relay_denied());
+    };
+    let listed = || {
+        let local = to.local.to_lowercase();
+        let full = format!("{local}@{}", to.domain);
+        domain.users.iter().any(|u| *u == local || *u == full)
+    };
+    match domain.verify {
+        Verify::Users if !listed() => {
+            return Err((
+                "unknown_user",
+                Reply::enh(
+                    550,
+                    (5, 1, 1),
+                    format!("<{to}>: Recipient address rejected: User unknown"),
+                ),
+            ));
+        }
+        _ => {}
+    }
+    Ok(match &domain.deliver_to {
+        DeliverTo::Relay(hp) => Destination::Relay {
+            host: hp.host.clone(),
+            port: hp.port,
+        },
+        DeliverTo::Mx => Destination::Mx {
+            domain: domain.name.clone(),
+            port: domain.port,
+        },
+    })
+}
+
+/// At DATA: room for one more message of the maximal size.
+pub fn data(cfg: &Config, spool: &Spool) -> Result<(), Refusal> {
+    let m = &cfg.main;
+    if !spool.has_room(0, m.max_spool_size, m.max_message_size) {
+        return Err((
+            "spool_full",
+            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_lists_match_domains_subdomains_and_addresses() {
+        let l = vec![
+            "spam.example".to_string(),
+            ".bulk.example".to_string(),
+            "joe@x.example".to_string(),
+        ];
+        assert!(sender_listed(&l, "a@spam.example"));
+        assert!(sender_listed(&l, "A@SPAM.EXAMPLE"));
+        assert!(!sender_listed(&l, "a@sub.spam.example"));
+        assert!(sender_listed(&l, "a@sub.bulk.example"));
+        assert!(!sender_listed(&l, "a@bulk.example"));
+        assert!(sender_listed(&l, "joe@x.example"));
+        assert!(!sender_listed(&l, "jim@x.example"));
+    }
+}

@@ -1,0 +1,350 @@
+//! The driver around one `smtp::server::Session`: moves bytes between the
+//! socket and the state machine, enforces the timeouts, answers the
+//! policy events and streams the body into the spool.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_net::TcpStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::policy;
+use super::received::{ReceivedInfo, received_header};
+use crate::daemon::Ctx;
+use crate::deliver::destination::Destination;
+use crate::smtp::Reply;
+use crate::smtp::server::{BodyType, DataRefusal, Event, Params, Session};
+use crate::spool::{self, Envelope, QueueId};
+
+/// Socket read size. Small: the session keeps at most one line besides.
+pub const READ_BUF: usize = 4096;
+
+/// The message being received.
+struct Incoming {
+    id: QueueId,
+    seq: u32,
+    size: u64,
+    /// Our Received header, sent with the first body chunk.
+    header: Option<Vec<u8>>,
+    /// The spool refused more bytes (over `max_spool_size`): answer 452.
+    over_quota: bool,
+}
+
+enum Io {
+    Data(usize),
+    Eof,
+    Timeout,
+    Error(std::io::Error),
+}
+
+async fn read_timeout(stream: &mut TcpStream, buf: &mut [u8], t: Duration) -> Io {
+    futures_lite::future::or(
+        async {
+            match stream.read(buf).await {
+                Ok(0) => Io::Eof,
+                Ok(n) => Io::Data(n),
+                Err(e) => Io::Error(e),
+            }
+        },
+        async {
+            smol::Timer::after(t).await;
+            Io::Timeout
+        },
+    )
+    .await
+}
+
+async fn write_timeout(stream: &mut TcpStream, bytes: &[u8], t: Duration) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    futures_lite::future::or(async { stream.write_all(bytes).await.is_ok() }, async {
+        smol::Timer::after(t).await;
+        false
+    })
+    .await
+}
+
+pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) {
+    let _ = local;
+    let cfg = ctx.config();
+    let m = &cfg.main;
+    let ip = peer.ip();
+    log::info!("id=NOQUEUE event=connect client=[{ip}]:{}", peer.port());
+    let mut s = Session::new(Params {
+        hostname: m.hostname.clone(),
+        max_message_size: m.max_message_size,
+        max_recipients: m.max_recipients,
+        max_errors: m.max_errors,
+        max_hops: m.max_hops,
+        starttls: false,
+    });
+    if let Err((reason, reply)) = policy::connect(&cfg, ip) {
+        log::info!(
+            "id=NOQUEUE event=reject stage=connect client=[{ip}] reason={reason} reply=\"{}\"",
+            reply.one_line()
+        );
+        ctx.stats.borrow_mut().reject(reason);
+        s.refuse_connection(reply);
+    } else {
+        s.greeting();
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    let mut dests: Vec<Destination> = vec![];
+    let mut msg: Option<Incoming> = None;
+    let mut shut = false;
+    loop {
+        let out = s.take_output();
+        if !write_timeout(&mut stream, &out, m.command_timeout).await {
+            break;
+        }
+        if ctx.stopping.get() && !shut {
+            shut = true;
+            s.shutdown();
+        }
+        let Some(ev) = s.poll_event() else {
+            if !s.wants_input() {
+                // Nothing to read and nothing to do: the session is over.
+                break;
+            }
+            let t = if s.in_data() {
+                m.data_timeout
+            } else {
+                m.command_timeout
+            };
+            match read_timeout(&mut stream, &mut buf, t).await {
+                Io::Data(n) => s.receive(&buf[..n]),
+                Io::Timeout => {
+                    log::info!("id=NOQUEUE event=timeout client=[{ip}]");
+                    s.timeout();
+                }
+                Io::Eof => break,
+                Io::Error(e) => {
+                    log::debug!("id=NOQUEUE event=read_error client=[{ip}] error=\"{e}\"");
+                    break;
+                }
+            }
+            continue;
+        };
+        match ev {
+            Event::Mail(mail) => {
+                dests.clear();
+                let r = policy::mail(&cfg, ip, &mail, &ctx.spool);
+                s.answer_mail(refusal(&ctx, r, ip, "MAIL", &mail.from.to_string(), ""));
+            }
+            Event::Rcpt(rcpt) => {
+                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                match policy::rcpt(&cfg, &rcpt) {
+                    Ok(d) => {
+                        dests.push(d);
+                        s.answer_rcpt(Ok(()));
+                    }
+                    Err(r) => {
+                        let to = rcpt.to.to_string();
+                        s.answer_rcpt(refusal(&ctx, Err(r), ip, "RCPT", &from, &to));
+                    }
+                }
+            }
+            Event::DataStart => {
+                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                match policy::data(&cfg, &ctx.spool) {
+                    Ok(()) => {
+                        let now = crate::time::now_unix();
+                        let id = ctx.spool.new_id(now);
+                        let qid = spool::format_id(id);
+                        let rcpts = s.recipients();
+                        let one = (rcpts.len() == 1).then(|| rcpts[0].to_string());
+                        let utf8 = s.mail_from().is_some_and(|f| f.smtputf8);
+                        let with = match (utf8, s.esmtp()) {
+                            (true, _) => "UTF8SMTP",
+                            (false, true) => "ESMTP",
+                            (false, false) => "SMTP",
+                        };
+                        let header = received_header(&ReceivedInfo {
+                            helo: s.helo(),
+                            peer: ip,
+                            by: &m.hostname,
+                            with,
+                            queue_id: &qid,
+                            for_rcpt: one.as_deref(),
+                            date: now,
+                        });
+                        msg = Some(Incoming {
+                            id,
+                            seq: 0,
+                            size: 0,
+                            header: Some(header),
+                            over_quota: false,
+                        });
+                        s.answer_data(Ok(()));
+                    }
+                    Err(r) => s.answer_data(refusal(&ctx, Err(r), ip, "DATA", &from, "")),
+                }
+            }
+            Event::Body(chunk) => {
+                if let Some(inc) = msg.as_mut() {
+                    append(&ctx, inc, chunk).await;
+                }
+            }
+            Event::DataEnd => {
+                let Some(mut inc) = msg.take() else {
+                    s.answer_data_end(Reply::enh(451, (4, 3, 0), "Internal error: no message"));
+                    continue;
+                };
+                if let Some(h) = inc.header.take() {
+                    // An empty body: the message is our header alone.
+                    push_chunk(&ctx, &mut inc, h).await;
+                }
+                let reply = if inc.over_quota {
+                    ctx.spool.abort(inc.id, inc.size).await;
+                    ctx.stats.borrow_mut().reject("spool_full");
+                    log::warn!(
+                        "id={} event=reject stage=DATA client=[{ip}] reason=spool_full",
+                        spool::format_id(inc.id)
+                    );
+                    Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later")
+                } else {
+                    commit(&ctx, &s, &dests, inc, ip).await
+                };
+                dests.clear();
+                s.answer_data_end(reply);
+            }
+            Event::DataRefused(why) => {
+                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                if let Some(inc) = msg.take() {
+                    ctx.spool.abort(inc.id, inc.size).await;
+                }
+                let reason = match why {
+                    DataRefusal::BareNewline => "bare_newline",
+                    DataRefusal::TooBig => "size",
+                    DataRefusal::LineTooLong => "line_too_long",
+                    DataRefusal::TooManyHops => "hops",
+                };
+                ctx.stats.borrow_mut().reject(reason);
+                log::info!(
+                    "id=NOQUEUE event=reject stage=DATA client=[{ip}] from=<{from}> reason={reason}"
+                );
+                dests.clear();
+            }
+            Event::Reset => {
+                if let Some(inc) = msg.take() {
+                    ctx.spool.abort(inc.id, inc.size).await;
+                }
+                dests.clear();
+            }
+            Event::StartTls => {
+                // Not offered without a certificate (STARTTLS arrives with
+                // the TLS issue); the session never asks for it then.
+                break;
+            }
+            Event::Close => {
+                let out = s.take_output();
+                let _ = write_timeout(&mut stream, &out, m.command_timeout).await;
+                break;
+            }
+        }
+    }
+    if let Some(inc) = msg.take() {
+        // The client vanished mid-DATA: nothing was acknowledged.
+        ctx.spool.abort(inc.id, inc.size).await;
+    }
+    log::debug!("id=NOQUEUE event=disconnect client=[{ip}]");
+}
+
+fn refusal(
+    ctx: &Ctx,
+    r: Result<(), policy::Refusal>,
+    ip: std::net::IpAddr,
+    stage: &str,
+    from: &str,
+    to: &str,
+) -> Result<(), Reply> {
+    r.map_err(|(reason, reply)| {
+        ctx.stats.borrow_mut().reject(reason);
+        log::info!(
+            "id=NOQUEUE event=reject stage={stage} client=[{ip}] from=<{from}> to=<{to}> reason={reason} reply=\"{}\"",
+            reply.one_line()
+        );
+        reply
+    })
+}
+
+async fn append(ctx: &Ctx, inc: &mut Incoming, chunk: Vec<u8>) {
+    let chunk = match inc.header.take() {
+        Some(mut h) => {
+            h.extend_from_slice(&chunk);
+            h
+        }
+        None => chunk,
+    };
+    push_chunk(ctx, inc, chunk).await;
+}
+
+async fn push_chunk(ctx: &Ctx, inc: &mut Incoming, chunk: Vec<u8>) {
+    if inc.over_quota {
+        return;
+    }
+    let cfg = ctx.config();
+    let st = ctx.spool.state();
+    let len = chunk.len() as u64;
+    if st.bytes + st.incoming_bytes + len > cfg.main.max_spool_size {
+        inc.over_quota = true;
+        return;
+    }
+    let seq = inc.seq;
+    if ctx.spool.append(inc.id, seq, chunk).await.is_err() {
+        inc.over_quota = true;
+        return;
+    }
+    inc.seq += 1;
+    inc.size += len;
+}
+
+async fn commit(
+    ctx: &Ctx,
+    s: &Session,
+    dests: &[Destination],
+    inc: Incoming,
+    ip: std::net::IpAddr,
+) -> Reply {
+    let mail = s.mail_from();
+    let sender = mail.map(|f| f.from.to_string()).unwrap_or_default();
+    let mut flags = 0;
+    if mail.is_some_and(|f| f.body == BodyType::EightBitMime) {
+        flags |= spool::schema::FLAG_8BITMIME;
+    }
+    if mail.is_some_and(|f| f.smtputf8) {
+        flags |= spool::schema::FLAG_SMTPUTF8;
+    }
+    let rcpts: Vec<(String, Destination)> = s
+        .recipients()
+        .iter()
+        .zip(dests.iter())
+        .map(|(r, d)| (r.to_string(), d.clone()))
+        .collect();
+    let nrcpt = rcpts.len();
+    let qid = spool::format_id(inc.id);
+    let env = Envelope {
+        sender: sender.clone(),
+        recipients: rcpts,
+        flags,
+        client: format!("{} [{ip}]", s.helo().unwrap_or("unknown")),
+        arrival: crate::time::now_unix(),
+    };
+    match ctx.spool.commit(inc.id, env, inc.seq, inc.size).await {
+        Ok(()) => {
+            ctx.stats.borrow_mut().accepted += 1;
+            log::info!(
+                "id={qid} event=accept client=[{ip}] from=<{sender}> size={} nrcpt={nrcpt}",
+                inc.size
+            );
+            Reply::enh(250, (2, 0, 0), format!("Ok: queued as {qid}"))
+        }
+        Err(e) => {
+            ctx.stats.borrow_mut().reject("spool_error");
+            log::error!("id={qid} event=reject stage=DATA client=[{ip}] reason=spool_error error=\"{e}\"");
+            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later")
+        }
+    }
+}
