@@ -51,19 +51,52 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     crate::log::init(config.main.syslog, config.main.log_level);
-    let ex = Rc::new(LocalExecutor::new());
-    let result = smol::block_on(ex.run(start(ex.clone(), config)));
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            log::error!("event=fatal error=\"{e}\"");
-            eprintln!("mxspool: {e}");
-            1
+    match prepare(&config) {
+        Ok(prepared) => {
+            let ex = Rc::new(LocalExecutor::new());
+            let r = smol::block_on(ex.run(start(ex.clone(), config, config_path, prepared)));
+            match r {
+                Ok(()) => 0,
+                Err(e) => fail(&e),
+            }
         }
+        Err(e) => fail(&e),
     }
 }
 
-async fn start(ex: Rc<LocalExecutor<'static>>, config: Config) -> Result<(), String> {
+fn fail(e: &str) -> i32 {
+    log::error!("event=fatal error=\"{e}\"");
+    eprintln!("mxspool: {e}");
+    1
+}
+
+/// What is set up as root, before any thread exists.
+struct Prepared {
+    listeners: Listeners,
+    control: std::os::unix::net::UnixListener,
+}
+
+/// Binds the sockets, then drops privileges. This runs while the process
+/// has a single thread, so changing the ids of this thread changes them
+/// for the whole process (threads started later inherit them).
+fn prepare(config: &Config) -> Result<Prepared, String> {
+    let m = &config.main;
+    std::fs::create_dir_all(&m.spool_dir)
+        .map_err(|e| format!("cannot create spool_dir {}: {e}", m.spool_dir.display()))?;
+    let listeners = Listeners::bind(&m.listen)?;
+    let control = crate::control::server::bind(&m.control_socket)?;
+    if let Some(user) = &m.user {
+        crate::privilege::drop_to(user, &[&m.spool_dir, &m.control_socket])?;
+    }
+    Ok(Prepared { listeners, control })
+}
+
+async fn start(
+    ex: Rc<LocalExecutor<'static>>,
+    config: Config,
+    config_path: &Path,
+    prepared: Prepared,
+) -> Result<(), String> {
     let (wake_tx, wake_rx) = smol::channel::bounded(1);
     let (spool, spool_thread, recovered) = Spool::open(
         &config.main.spool_dir,
@@ -79,7 +112,8 @@ async fn start(ex: Rc<LocalExecutor<'static>>, config: Config) -> Result<(), Str
         recovered.bytes,
         recovered.leftovers
     );
-    let listeners = Listeners::bind(&config.main.listen).map_err(|e| e.to_string())?;
+    let control = async_net::unix::UnixListener::try_from(prepared.control)
+        .map_err(|e| format!("control socket: {e}"))?;
     let ctx = Rc::new(Ctx {
         config: RefCell::new(Arc::new(config)),
         spool,
@@ -89,11 +123,12 @@ async fn start(ex: Rc<LocalExecutor<'static>>, config: Config) -> Result<(), Str
         }),
         ex: ex.clone(),
         deliverer: Deliverer::default(),
-        listeners,
+        listeners: prepared.listeners,
         stopping: Cell::new(false),
     });
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));
+    ctx.spawn(crate::control::server::serve(ctx.clone(), control));
 
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
@@ -103,9 +138,7 @@ async fn start(ex: Rc<LocalExecutor<'static>>, config: Config) -> Result<(), Str
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     while let Some(sig) = signals.next().await {
         match sig {
-            Ok(async_signal::Signal::Hup) => {
-                log::info!("event=reload_ignored reason=\"reload arrives with issue 7\"");
-            }
+            Ok(async_signal::Signal::Hup) => reload(&ctx, config_path),
             Ok(_) => break,
             Err(e) => log::warn!("event=signal_error error=\"{e}\""),
         }
@@ -113,16 +146,46 @@ async fn start(ex: Rc<LocalExecutor<'static>>, config: Config) -> Result<(), Str
     log::info!("event=stopping");
     ctx.stopping.set(true);
     ctx.listeners.close();
-    // Let commits in flight finish: sessions owe their clients an answer.
+    ctx.spool.wake();
+    // Sessions answer 421 to their next command; commits in flight finish
+    // and their clients get their 250 before we go.
     let deadline = std::time::Instant::now() + STOP_GRACE;
     while ctx.listeners.active() > 0 && std::time::Instant::now() < deadline {
         smol::Timer::after(Duration::from_millis(50)).await;
     }
+    let _ = std::fs::remove_file(&ctx.config().main.control_socket);
     drop(wake_tx);
-    // The spool thread ends when every handle is gone; the tasks holding
-    // handles are dropped with the executor, so join on a helper thread
-    // would race: the thread's queue is drained by then, that is enough.
     drop(spool_thread);
     log::info!("event=stopped");
     Ok(())
+}
+
+/// SIGHUP: read the configuration again; keep the old one if the new one
+/// is invalid. Queued mail, sessions in progress and the spool stay.
+fn reload(ctx: &Rc<Ctx>, path: &Path) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("event=reload_failed error=\"{e}\" action=\"keeping the running configuration\"");
+            return;
+        }
+    };
+    let old = ctx.config();
+    for (what, changed) in [
+        ("spool_dir", new.main.spool_dir != old.main.spool_dir),
+        ("control_socket", new.main.control_socket != old.main.control_socket),
+        ("user", new.main.user != old.main.user),
+        ("cache_size", new.main.cache_size != old.main.cache_size),
+        ("syslog", new.main.syslog != old.main.syslog),
+    ] {
+        if changed {
+            log::warn!("event=reload_partial option={what} action=\"takes effect at the next restart\"");
+        }
+    }
+    crate::log::set_level(new.main.log_level);
+    let listen = new.main.listen.clone();
+    *ctx.config.borrow_mut() = Arc::new(new);
+    ctx.listeners.apply(ctx, &listen);
+    ctx.spool.wake();
+    log::info!("event=reloaded domains={}", ctx.config().domains.len());
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod dns;
 pub mod log;
+pub mod privilege;
 pub mod receive;
 pub mod smtp;
 pub mod spool;

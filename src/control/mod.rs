@@ -1,7 +1,25 @@
-//! The control socket and the `mxspool queue` commands (issue 7), and the
-//! counters they report.
+//! The control socket and the `mxspool queue` commands.
+//!
+//! Protocol (a Unix stream socket, mode 0600, owned by the daemon's user):
+//! the client sends one request line, the `queue` words joined by single
+//! spaces (`list --json`, `flush example.com`, `show 6921A3F200001`), then
+//! LF. The daemon answers `OK` or `ERR <message>` on the first line, the
+//! command's output after it, and closes the connection.
+
+pub mod server;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// Longest request line the daemon reads.
+pub const MAX_REQUEST: usize = 1024;
+/// How long `mxspool queue` waits for the daemon's answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer the client reads (a queue of thousands of messages).
+pub const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
 /// Counters since start (`queue stats`).
 #[derive(Debug, Clone, Default)]
@@ -13,6 +31,8 @@ pub struct Stats {
     pub deferred: u64,
     pub bounced: u64,
     pub guard_refusals: u64,
+    /// Call-ahead results: `accepted`, `rejected`, `tempfail`, `unreachable`, `cached_*`.
+    pub callahead: BTreeMap<&'static str, u64>,
     /// Started, unix seconds.
     pub started: u64,
 }
@@ -23,10 +43,52 @@ impl Stats {
     }
 }
 
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Checks the words of a `queue` command before anything is sent, so bad
+/// usage is exit 2 even with no daemon running.
+pub fn validate(words: &[&str]) -> Result<(), String> {
+    let json_ok = |rest: &[&str]| rest.iter().all(|w| *w == "--json");
+    match words {
+        ["list", rest @ ..] if json_ok(rest) => Ok(()),
+        ["stats", rest @ ..] if json_ok(rest) => Ok(()),
+        ["flush"] | ["flush", _] => Ok(()),
+        ["show", id] | ["delete", id] | ["bounce", id] => crate::spool::parse_id(id)
+            .map(|_| ())
+            .ok_or_else(|| format!("'{id}' is not a queue id")),
+        ["retag", _domain, dest] => crate::config::HostPort::parse(dest, 25)
+            .map(|_| ())
+            .map_err(|e| format!("bad destination '{dest}': {e}")),
+        [] => Err("queue needs a subcommand: list, show, flush, delete, bounce, retag, stats".into()),
+        _ => Err(format!("unknown queue command: {}", words.join(" "))),
+    }
+}
+
 /// `mxspool queue ...`: talks to the running daemon over its control
 /// socket. The spool file belongs to the daemon, so with no daemon there
 /// is nothing to ask.
-pub fn queue_command(config_path: &std::path::Path, words: &[&str]) -> i32 {
+pub fn queue_command(config_path: &Path, words: &[&str]) -> i32 {
+    if let Err(e) = validate(words) {
+        eprintln!("mxspool: {e}");
+        return 2;
+    }
     let cfg = match crate::config::Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -35,14 +97,66 @@ pub fn queue_command(config_path: &std::path::Path, words: &[&str]) -> i32 {
         }
     };
     let sock = &cfg.main.control_socket;
-    if std::os::unix::net::UnixStream::connect(sock).is_err() {
-        eprintln!(
-            "mxspool is not running (no control socket at {})",
-            sock.display()
-        );
+    let mut stream = match UnixStream::connect(sock) {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!(
+                "mxspool is not running (no control socket at {})",
+                sock.display()
+            );
+            return 1;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let request = format!("{}\n", words.join(" "));
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        eprintln!("mxspool: cannot talk to the daemon at {}: {e}", sock.display());
         return 1;
     }
-    let _ = words;
-    eprintln!("mxspool: queue commands are not available in this build yet");
-    1
+    let mut reader = BufReader::new(stream.take(MAX_RESPONSE));
+    let mut status = String::new();
+    if let Err(e) = reader.read_line(&mut status) {
+        eprintln!("mxspool: no answer from the daemon: {e}");
+        return 1;
+    }
+    let mut rest = String::new();
+    if let Err(e) = reader.read_to_string(&mut rest) {
+        eprintln!("mxspool: answer cut short: {e}");
+        return 1;
+    }
+    match status.trim_end().strip_prefix("ERR") {
+        Some(msg) => {
+            eprintln!("mxspool: {}", msg.trim());
+            1
+        }
+        None if status.trim_end() == "OK" => {
+            print!("{rest}");
+            0
+        }
+        None => {
+            eprintln!("mxspool: unexpected answer from the daemon: {}", status.trim_end());
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_controls_and_keep_utf8() {
+        assert_eq!(json_str("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
+    }
+
+    #[test]
+    fn bad_queue_usage_is_caught_before_the_socket() {
+        assert!(validate(&["list"]).is_ok());
+        assert!(validate(&["list", "--json"]).is_ok());
+        assert!(validate(&["show", "ZZZ"]).is_err());
+        assert!(validate(&["retag", "example.com"]).is_err());
+        assert!(validate(&["frobnicate"]).is_err());
+        assert!(validate(&[]).is_err());
+    }
 }

@@ -19,42 +19,86 @@ use crate::daemon::Ctx;
 /// The bound listening sockets and the live connection counts.
 #[derive(Default)]
 pub struct Listeners {
-    sockets: RefCell<Vec<TcpListener>>,
+    entries: RefCell<Vec<Entry>>,
     active: Cell<usize>,
     per_ip: RefCell<HashMap<IpAddr, usize>>,
     closed: Cell<bool>,
 }
 
+struct Entry {
+    /// The configured address (what a reload compares).
+    addr: SocketAddr,
+    /// The bound address (differs when the port was 0).
+    local: SocketAddr,
+    /// Bound but not yet accepting.
+    socket: Option<TcpListener>,
+    /// Ends the accept loop.
+    stop: Option<smol::channel::Sender<()>>,
+}
+
 impl Listeners {
     /// Binds every `listen` address (before any privilege drop).
     pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, String> {
-        let mut sockets = vec![];
+        let l = Listeners::default();
         for a in addrs {
-            let l = bind_one(*a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
-            sockets.push(l);
+            l.add(*a)?;
         }
-        Ok(Listeners {
-            sockets: RefCell::new(sockets),
-            ..Listeners::default()
-        })
+        Ok(l)
+    }
+
+    fn add(&self, a: SocketAddr) -> Result<(), String> {
+        let s = bind_one(a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+        let local = s.local_addr().unwrap_or(a);
+        self.entries.borrow_mut().push(Entry {
+            addr: a,
+            local,
+            socket: Some(s),
+            stop: None,
+        });
+        Ok(())
     }
 
     pub fn active(&self) -> usize {
         self.active.get()
     }
 
-    /// Stops accepting: the accept loops end at their next wake-up.
+    /// Stops accepting on every listener.
     pub fn close(&self) {
         self.closed.set(true);
-        self.sockets.borrow_mut().clear();
+        for e in self.entries.borrow_mut().drain(..) {
+            if let Some(stop) = e.stop {
+                let _ = stop.try_send(());
+            }
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .borrow()
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.entries.borrow().iter().map(|e| e.local).collect()
+    }
+
+    /// After a reload: closes listeners no longer configured and binds the
+    /// new ones; sessions in progress are not touched.
+    pub fn apply(&self, ctx: &Rc<Ctx>, addrs: &[SocketAddr]) {
+        self.entries.borrow_mut().retain(|e| {
+            let keep = addrs.contains(&e.addr);
+            if !keep {
+                log::info!("event=listen_closed address={}", e.addr);
+                if let Some(stop) = &e.stop {
+                    let _ = stop.try_send(());
+                }
+            }
+            keep
+        });
+        for a in addrs {
+            let have = self.entries.borrow().iter().any(|e| e.addr == *a);
+            if !have {
+                match self.add(*a) {
+                    Ok(()) => log::info!("event=listen_opened address={a}"),
+                    Err(e) => log::error!("event=listen_error error=\"{e}\""),
+                }
+            }
+        }
+        start(ctx);
     }
 }
 
@@ -79,11 +123,18 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::try_from(l)
 }
 
-/// Starts an accept loop per listener.
+/// Starts an accept loop for every listener not yet accepting.
 pub fn start(ctx: &Rc<Ctx>) {
-    let sockets: Vec<TcpListener> = ctx.listeners.sockets.borrow().clone();
-    for l in sockets {
-        ctx.spawn(accept_loop(ctx.clone(), l));
+    let mut started = vec![];
+    for e in ctx.listeners.entries.borrow_mut().iter_mut() {
+        if let Some(sock) = e.socket.take() {
+            let (tx, rx) = smol::channel::bounded(1);
+            e.stop = Some(tx);
+            started.push((sock, rx));
+        }
+    }
+    for (sock, rx) in started {
+        ctx.spawn(accept_loop(ctx.clone(), sock, rx));
     }
 }
 
@@ -107,9 +158,16 @@ impl Drop for Slot {
     }
 }
 
-async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, stop: smol::channel::Receiver<()>) {
     loop {
-        let accepted = listener.accept().await;
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv().await;
+            None
+        })
+        .await;
+        let Some(accepted) = accepted else {
+            return;
+        };
         if ctx.listeners.closed.get() {
             return;
         }

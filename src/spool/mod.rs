@@ -202,6 +202,13 @@ enum Request {
         id: QueueId,
         reply: Sender<Result<(), SpoolError>>,
     },
+    /// Point the pending recipients of `domain` at `dest` and retry now.
+    Retag {
+        domain: String,
+        dest: Destination,
+        now: u64,
+        reply: Sender<Result<usize, SpoolError>>,
+    },
 }
 
 /// Which messages a queue-wide operation touches.
@@ -394,6 +401,25 @@ impl Spool {
         let (reply, rx) = bounded(1);
         self.call(Request::Reschedule { filter, now, reply }, rx)
             .await
+    }
+
+    pub async fn retag(
+        &self,
+        domain: String,
+        dest: Destination,
+        now: u64,
+    ) -> Result<usize, SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(
+            Request::Retag {
+                domain,
+                dest,
+                now,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     pub async fn delete(&self, id: QueueId) -> Result<(), SpoolError> {
@@ -753,6 +779,18 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     }
                     owed.push(Owed::Count(reply, Ok(n)));
                 }
+                Request::Retag {
+                    domain,
+                    dest,
+                    now,
+                    reply,
+                } => {
+                    let n = retag(&tx, &domain, &dest, now)?;
+                    if n > 0 {
+                        st.wake = true;
+                    }
+                    owed.push(Owed::Count(reply, Ok(n)));
+                }
                 Request::Delete { id, reply } => {
                     let r = delete_message(&tx, st, id);
                     let r = match r {
@@ -803,7 +841,7 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
             Request::Finish { reply, .. } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
-            Request::Reschedule { reply, .. } => {
+            Request::Reschedule { reply, .. } | Request::Retag { reply, .. } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
             Request::Abort { .. } => {}
@@ -1208,6 +1246,47 @@ fn original_headers(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+fn retag(
+    tx: &redb::WriteTransaction,
+    domain: &str,
+    dest: &Destination,
+    now: u64,
+) -> Result<usize, SpoolError> {
+    let mut changed: Vec<(QueueId, u64, Message)> = vec![];
+    {
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        for e in t.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            let Ok(mut m) = schema::decode_message(v.value()) else {
+                continue;
+            };
+            let old_next = m.next_attempt;
+            let mut hit = false;
+            for r in m.recipients.iter_mut() {
+                if r.state == RcptState::Pending && domain_of(&r.address).eq_ignore_ascii_case(domain)
+                {
+                    r.destination = dest.clone();
+                    hit = true;
+                }
+            }
+            if hit {
+                m.next_attempt = now;
+                m.backoff_base = now;
+                changed.push((k.value(), old_next, m));
+            }
+        }
+    }
+    let n = changed.len();
+    for (id, old_next, m) in changed {
+        store(tx, id, old_next, &m)?;
+    }
+    Ok(n)
 }
 
 fn reschedule(

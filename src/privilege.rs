@@ -1,0 +1,63 @@
+//! Dropping root after the sockets are bound: `option user`.
+
+use std::path::Path;
+
+use rustix::fs::{Gid, Uid};
+
+/// Looks `user` up in /etc/passwd (no libc NSS on a musl router).
+fn lookup(passwd: &str, user: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() >= 4 && f[0] == user {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// Gives `paths` to `user`, then becomes that user (and its group) for
+/// good. Must run before any other thread exists.
+pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), String> {
+    let passwd = std::fs::read_to_string("/etc/passwd")
+        .map_err(|e| format!("cannot read /etc/passwd to find user '{user}': {e}"))?;
+    let (uid, gid) =
+        lookup(&passwd, user).ok_or_else(|| format!("user '{user}' does not exist"))?;
+    // SAFETY-free: these ids come from the system's own passwd file.
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    for p in paths {
+        chown_tree(p, uid, gid)?;
+    }
+    rustix::thread::set_thread_groups(&[gid])
+        .map_err(|e| format!("cannot set groups for '{user}': {e}"))?;
+    rustix::thread::set_thread_res_gid(gid, gid, gid)
+        .map_err(|e| format!("cannot switch to the group of '{user}': {e}"))?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid)
+        .map_err(|e| format!("cannot switch to user '{user}': {e}"))?;
+    Ok(())
+}
+
+fn chown_tree(p: &Path, uid: Uid, gid: Gid) -> Result<(), String> {
+    rustix::fs::chown(p, Some(uid), Some(gid))
+        .map_err(|e| format!("cannot give {} to the mxspool user: {e}", p.display()))?;
+    if p.is_dir()
+        && let Ok(rd) = std::fs::read_dir(p)
+    {
+        for e in rd.flatten() {
+            chown_tree(&e.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_users_in_passwd() {
+        let p = "root:x:0:0:root:/root:/bin/ash\nmxspool:x:421:421:mxspool:/var:/bin/false\n";
+        assert_eq!(lookup(p, "mxspool"), Some((421, 421)));
+        assert_eq!(lookup(p, "nobody"), None);
+    }
+}
