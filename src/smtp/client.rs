@@ -346,8 +346,9 @@ impl Client {
         self.start_txn(true, pipelined, to.to_vec());
     }
 
-    /// Sends QUIT. Called while a command is still outstanding (an abort),
-    /// it sends nothing and emits `Closed` at once: the driver just closes.
+    /// Sends QUIT; any reply to it (or EOF) gives `Closed`. Called while a
+    /// command is still outstanding (an abort), it sends nothing and emits
+    /// `Closed` at once: the driver just closes.
     pub fn quit(&mut self) {
         match self.stage {
             Stage::Done | Stage::Quitting => {}
@@ -502,6 +503,12 @@ impl Client {
     /// One reply within a transaction or probe; `txn` is put back unless
     /// the transaction ended.
     fn on_txn_reply(&mut self, mut txn: Txn, expect: Expect, reply: Reply) {
+        // RFC 5321 3.8: 421 to any command means the server is closing; no
+        // further reply will come, so say so now rather than at EOF. (At
+        // the end of data it is the message's outcome: DataReply.)
+        if reply.code == 421 && expect != Expect::EndOfData {
+            return self.fail(Some(reply), "server is closing the connection");
+        }
         let class = class(&reply);
         match expect {
             Expect::Mail => {
@@ -729,13 +736,18 @@ impl ReplyParser {
             return Err(format!("reply longer than {MAX_REPLY_LINES} lines"));
         }
         self.code = code;
-        let text = String::from_utf8_lossy(text);
+        // Reply text goes to logs and DSNs: no control characters from a
+        // remote server (an inner CR, an escape sequence) survive.
+        let text: String = String::from_utf8_lossy(text)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let text = match Enhanced::parse_prefix(&text) {
             Some((enhanced, rest)) => {
                 self.enhanced.get_or_insert(enhanced);
                 rest.to_owned()
             }
-            None => text.into_owned(),
+            None => text,
         };
         self.lines.push(text);
         line.clear();
@@ -1252,6 +1264,11 @@ mod tests {
             p.feed(b"220 10.0.0.1 ESMTP\r\n").1,
             Ok(Some(r(220, None, &["10.0.0.1 ESMTP"])))
         );
+        // Control characters from the server never reach logs or DSNs.
+        assert_eq!(
+            p.feed(b"550 5.7.1 a\rb\x1b[2Jc\r\n").1,
+            Ok(Some(r(550, Some((5, 7, 1)), &["a b [2Jc"])))
+        );
     }
 
     /// Malformed input ends the session with a reason, never a panic.
@@ -1540,6 +1557,21 @@ mod tests {
         // Still usable.
         c.send_mail(env(&["b@y.org"]));
         assert!(out(&mut c).starts_with("MAIL FROM:"));
+    }
+
+    /// 421 in the middle of a transaction: Failed with that reply at once,
+    /// not a refusal followed by an RSET to a closing server.
+    #[test]
+    fn reply_421_mid_transaction_fails_with_reply() {
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        c.take_output();
+        c.receive(b"250 ok\r\n421 4.3.2 shutting down\r\n");
+        assert_eq!(out(&mut c), "");
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(matches!(&ev[1], Event::Failed { reply: Some(r), .. } if r.code == 421));
+        assert!(!c.wants_input());
     }
 
     /// RSET refused after a failed transaction: the outcome is still
