@@ -203,8 +203,9 @@ impl Client {
                         // Response-injection defence (RFC 3207 4; the
                         // CVE-2011-0411 class): whatever followed the 220
                         // came in plaintext and must never be read as an
-                        // answer to a command sent under TLS.
-                        self.parser = ReplyParser::default();
+                        // answer to a command sent under TLS. `feed` stops
+                        // at the reply's end, so the parser holds none of
+                        // it: dropping `rest` drops it all.
                         return;
                     }
                 }
