@@ -386,8 +386,13 @@ impl Client {
     }
 
     fn send_ehlo(&mut self) {
+        self.hello("EHLO ", Expect::Ehlo);
+    }
+
+    /// EHLO or HELO with our name.
+    fn hello(&mut self, verb: &str, expect: Expect) {
         let name = std::mem::take(&mut self.ehlo_name);
-        self.command(&["EHLO ", &name], Expect::Ehlo);
+        self.command(&[verb, &name], expect);
         self.ehlo_name = name;
     }
 
@@ -456,11 +461,7 @@ impl Client {
                     self.ready(reply);
                 }
                 // Not an ESMTP server (RFC 5321 3.2): try plain HELO.
-                5 => {
-                    let name = std::mem::take(&mut self.ehlo_name);
-                    self.command(&["HELO ", &name], Expect::Helo);
-                    self.ehlo_name = name;
-                }
+                5 => self.hello("HELO ", Expect::Helo),
                 _ => self.refuse(reply, "EHLO refused"),
             },
             Expect::Helo if class(&reply) == 2 => {
