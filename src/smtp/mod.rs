@@ -5,5 +5,6 @@ pub mod address;
 pub mod client;
 pub mod reply;
 pub mod server;
+pub mod stuff;
 
 pub use reply::{Enhanced, Reply};
