@@ -87,16 +87,7 @@ pub fn main(args: Vec<String>) -> i32 {
             0
         }
         ["run"] => crate::daemon::run(&args.config),
-        ["check"] => match Config::load(&args.config) {
-            Ok(c) => {
-                print!("{c}");
-                0
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                2
-            }
-        },
+        ["check"] => check(&args.config),
         ["queue", rest @ ..] => crate::control::queue_command(&args.config, rest),
         ["dnscheck", _domain] => {
             eprintln!("mxspool: dnscheck is not available in this build yet");
@@ -111,6 +102,39 @@ pub fn main(args: Vec<String>) -> i32 {
             2
         }
     }
+}
+
+/// `mxspool check`: the configuration, and the files it names (a bad
+/// certificate is a configuration error here, not a crash at start).
+fn check(path: &std::path::Path) -> i32 {
+    let c = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    if let Err(e) = crate::daemon::load_tls(&c) {
+        let line = option_line(path, "tls_cert");
+        eprintln!("{}:{line}: option 'tls_cert'/'tls_key': {e}", path.display());
+        return 2;
+    }
+    print!("{c}");
+    0
+}
+
+/// The line of the first `option NAME` in the file (0 if not found).
+fn option_line(path: &std::path::Path, name: &str) -> usize {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| crate::config::uci::parse(&t).ok())
+        .and_then(|secs| {
+            secs.iter()
+                .flat_map(|s| s.items.iter())
+                .find(|i| i.name == name)
+                .map(|i| i.line)
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@ pub struct Ctx {
     pub listeners: Listeners,
     /// Set once SIGTERM/SIGINT arrived.
     pub stopping: Cell<bool>,
+    /// STARTTLS for our listeners, when a certificate is configured.
+    pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// Opportunistic TLS for deliveries and call-ahead.
+    pub tls_client: Arc<rustls::ClientConfig>,
 }
 
 impl Ctx {
@@ -74,6 +78,15 @@ fn fail(e: &str) -> i32 {
 struct Prepared {
     listeners: Listeners,
     control: std::os::unix::net::UnixListener,
+    tls_server: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The STARTTLS configuration from `tls_cert`/`tls_key`, if set.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (&config.main.tls_cert, &config.main.tls_key) {
+        (Some(c), Some(k)) => crate::tls::server_config(c, k).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Binds the sockets, then drops privileges. This runs while the process
@@ -81,6 +94,8 @@ struct Prepared {
 /// for the whole process (threads started later inherit them).
 fn prepare(config: &Config) -> Result<Prepared, String> {
     let m = &config.main;
+    // Key files are often readable by root only: load them before the drop.
+    let tls_server = load_tls(config)?;
     std::fs::create_dir_all(&m.spool_dir)
         .map_err(|e| format!("cannot create spool_dir {}: {e}", m.spool_dir.display()))?;
     let listeners = Listeners::bind(&m.listen)?;
@@ -88,7 +103,11 @@ fn prepare(config: &Config) -> Result<Prepared, String> {
     if let Some(user) = &m.user {
         crate::privilege::drop_to(user, &[&m.spool_dir, &m.control_socket])?;
     }
-    Ok(Prepared { listeners, control })
+    Ok(Prepared {
+        listeners,
+        control,
+        tls_server,
+    })
 }
 
 async fn start(
@@ -125,6 +144,8 @@ async fn start(
         deliverer: Deliverer::default(),
         listeners: prepared.listeners,
         stopping: Cell::new(false),
+        tls_server: RefCell::new(prepared.tls_server),
+        tls_client: crate::tls::client_config()?,
     });
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));
@@ -180,6 +201,13 @@ fn reload(ctx: &Rc<Ctx>, path: &Path) {
     ] {
         if changed {
             log::warn!("event=reload_partial option={what} action=\"takes effect at the next restart\"");
+        }
+    }
+    match load_tls(&new) {
+        Ok(t) => *ctx.tls_server.borrow_mut() = t,
+        Err(e) => {
+            log::error!("event=reload_failed error=\"{e}\" action=\"keeping the running configuration\"");
+            return;
         }
     }
     crate::log::set_level(new.main.log_level);

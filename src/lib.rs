@@ -18,3 +18,4 @@ pub mod receive;
 pub mod smtp;
 pub mod spool;
 pub mod time;
+pub mod tls;

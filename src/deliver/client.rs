@@ -6,6 +6,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use async_net::TcpStream;
+
+use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::destination::Destination;
@@ -27,7 +29,7 @@ pub const READ_BUF: usize = 4096;
 
 /// One connection to a destination host.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     pub client: Client,
     buf: Vec<u8>,
     pub target: Target,
@@ -62,7 +64,7 @@ impl Conn {
         .await?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
-            stream,
+            stream: Stream::Plain(stream),
             client: Client::new(ehlo),
             buf: vec![0u8; READ_BUF],
             target,
@@ -169,7 +171,17 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
                 errors.push(format!("guard: {why}"));
                 continue;
             }
-            match open(&cfg, t, domain).await {
+            let pinned = domain.is_some_and(|d| d.tls_pin.is_some());
+            let mut result = open(ctx, &cfg, t.clone(), domain, true).await;
+            if let Err(OpenError::Tls(e)) = &result
+                && !pinned
+            {
+                // Opportunistic TLS (RFC 7435): a broken TLS stack at the
+                // primary must not hold its mail hostage; try in the clear.
+                log::warn!("id=NOQUEUE event=tls_failed destination={dest} error=\"{e}\" action=plaintext");
+                result = open(ctx, &cfg, t.clone(), domain, false).await;
+            }
+            match result {
                 Ok(c) => {
                     conn = Some(c);
                     break;
@@ -177,6 +189,14 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
                 Err(OpenError::Guard(t, why)) => {
                     guard_refusal(ctx, dest, &t, &why);
                     errors.push(format!("guard: {why}"));
+                }
+                Err(OpenError::Tls(e)) => {
+                    if pinned {
+                        guard_refusal(ctx, dest, &t, &e);
+                        errors.push(format!("guard: {e}"));
+                    } else {
+                        errors.push(e);
+                    }
                 }
                 Err(OpenError::Other(e)) => errors.push(e),
             }
@@ -221,32 +241,95 @@ fn guard_refusal(ctx: &Ctx, dest: &Destination, t: &Target, why: &str) {
 
 enum OpenError {
     Guard(Target, String),
+    /// STARTTLS was offered but failed: worth one plaintext try (unless pinned).
+    Tls(String),
     Other(String),
 }
 
-/// Connects, reads the greeting, says EHLO, and applies the greeting guard.
-async fn open(cfg: &Config, t: Target, domain: Option<&Domain>) -> Result<Conn, OpenError> {
+/// Connects, reads the greeting, says EHLO, upgrades to TLS when offered,
+/// and applies the guard (greeting and EHLO names, certificate pin).
+async fn open(
+    ctx: &Ctx,
+    cfg: &Config,
+    t: Target,
+    domain: Option<&Domain>,
+    use_tls: bool,
+) -> Result<Conn, OpenError> {
     let mut c = Conn::connect(t.clone(), cfg.main.connect_timeout, &cfg.main.hostname)
         .await
         .map_err(OpenError::Other)?;
     let relay = c.relay();
+    let pin = domain.and_then(|d| d.tls_pin.clone());
+    let mut asked_tls = false;
     loop {
         match c.event(cfg.main.greeting_timeout).await {
             Ok(Event::Ready {
                 greeting,
+                ehlo,
                 extensions,
-                ..
             }) => {
                 c.ext = extensions;
-                let line = greeting.lines.first().cloned().unwrap_or_default();
-                if let Err(why) = guard::check_greeting(domain, &cfg.main.hostname, &line) {
-                    c.quit().await;
-                    return Err(OpenError::Guard(t, why));
+                if !c.stream.is_tls() {
+                    let g = greeting.lines.first().cloned().unwrap_or_default();
+                    let e = ehlo.lines.first().cloned().unwrap_or_default();
+                    let checked = guard::check_greeting(domain, &cfg.main.hostname, &g)
+                        .and_then(|()| guard::check_greeting(domain, &cfg.main.hostname, &e));
+                    if let Err(why) = checked {
+                        c.quit().await;
+                        return Err(OpenError::Guard(t, why));
+                    }
+                    if use_tls && c.ext.starttls {
+                        asked_tls = true;
+                        c.client.starttls();
+                        continue;
+                    }
+                    if pin.is_some() {
+                        c.quit().await;
+                        return Err(OpenError::Guard(
+                            t,
+                            "tls_pin is set but the server did not offer STARTTLS".into(),
+                        ));
+                    }
+                    return Ok(c);
+                }
+                if let Some(p) = &pin {
+                    let got = c.stream.peer_certificate().and_then(|d| crate::tls::pin_of(&d));
+                    if got.as_deref() != Some(p.as_str()) {
+                        c.quit().await;
+                        return Err(OpenError::Guard(
+                            t,
+                            format!(
+                                "certificate key {} does not match tls_pin",
+                                got.unwrap_or_else(|| "(none)".into())
+                            ),
+                        ));
+                    }
                 }
                 return Ok(c);
             }
+            Ok(Event::StartTls) => {
+                let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
+                let hs = futures_lite::future::or(
+                    async { Some(c.stream.connect_tls(ctx.tls_client.clone(), name).await) },
+                    async {
+                        smol::Timer::after(REPLY_TIMEOUT).await;
+                        None
+                    },
+                )
+                .await;
+                match hs {
+                    Some(Ok(())) => c.client.tls_established(),
+                    Some(Err(e)) => return Err(OpenError::Tls(format!("{relay}: TLS: {e}"))),
+                    None => {
+                        return Err(OpenError::Tls(format!("{relay}: TLS handshake timed out")));
+                    }
+                }
+            }
             Ok(Event::Failed { reply, reason }) => {
                 let r = reply.map(|r| r.one_line()).unwrap_or(reason);
+                if asked_tls && !c.stream.is_tls() {
+                    return Err(OpenError::Tls(format!("{relay}: STARTTLS: {r}")));
+                }
                 return Err(OpenError::Other(format!("{relay}: {r}")));
             }
             Ok(_) => {}

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use async_net::TcpStream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::policy;
@@ -16,6 +15,7 @@ use crate::deliver::destination::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{BodyType, DataRefusal, Event, Params, Session};
 use crate::spool::{self, Envelope, QueueId};
+use crate::tls::Stream;
 
 /// Socket read size. Small: the session keeps at most one line besides.
 pub const READ_BUF: usize = 4096;
@@ -38,7 +38,7 @@ enum Io {
     Error(std::io::Error),
 }
 
-async fn read_timeout(stream: &mut TcpStream, buf: &mut [u8], t: Duration) -> Io {
+async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
     futures_lite::future::or(
         async {
             match stream.read(buf).await {
@@ -55,7 +55,7 @@ async fn read_timeout(stream: &mut TcpStream, buf: &mut [u8], t: Duration) -> Io
     .await
 }
 
-async fn write_timeout(stream: &mut TcpStream, bytes: &[u8], t: Duration) -> bool {
+async fn write_timeout(stream: &mut Stream, bytes: &[u8], t: Duration) -> bool {
     if bytes.is_empty() {
         return true;
     }
@@ -66,9 +66,16 @@ async fn write_timeout(stream: &mut TcpStream, bytes: &[u8], t: Duration) -> boo
     .await
 }
 
-pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>) {
+pub async fn serve(
+    ctx: Rc<Ctx>,
+    tcp: async_net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) {
     let _ = local;
+    let mut stream = Stream::Plain(tcp);
     let cfg = ctx.config();
+    let tls = ctx.tls_server.borrow().clone();
     let m = &cfg.main;
     let ip = peer.ip();
     log::info!("id=NOQUEUE event=connect client=[{ip}]:{}", peer.port());
@@ -78,7 +85,7 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, peer: SocketAddr, local:
         max_recipients: m.max_recipients,
         max_errors: m.max_errors,
         max_hops: m.max_hops,
-        starttls: false,
+        starttls: tls.is_some(),
     });
     if let Err((reason, reply)) = policy::connect(&cfg, ip) {
         log::info!(
@@ -156,10 +163,14 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, peer: SocketAddr, local:
                         let rcpts = s.recipients();
                         let one = (rcpts.len() == 1).then(|| rcpts[0].to_string());
                         let utf8 = s.mail_from().is_some_and(|f| f.smtputf8);
-                        let with = match (utf8, s.esmtp()) {
-                            (true, _) => "UTF8SMTP",
-                            (false, true) => "ESMTP",
-                            (false, false) => "SMTP",
+                        // RFC 3848 / RFC 6531 protocol names.
+                        let with = match (utf8, s.esmtp(), stream.is_tls()) {
+                            (true, _, false) => "UTF8SMTP",
+                            (true, _, true) => "UTF8SMTPS",
+                            (false, true, false) => "ESMTP",
+                            (false, true, true) => "ESMTPS",
+                            (false, false, false) => "SMTP",
+                            (false, false, true) => "SMTPS",
                         };
                         let header = received_header(&ReceivedInfo {
                             helo: s.helo(),
@@ -234,9 +245,40 @@ pub async fn serve(ctx: Rc<Ctx>, mut stream: TcpStream, peer: SocketAddr, local:
                 dests.clear();
             }
             Event::StartTls => {
-                // Not offered without a certificate (STARTTLS arrives with
-                // the TLS issue); the session never asks for it then.
-                break;
+                // The 220 goes out in plaintext; the session has already
+                // thrown away anything the client sent behind STARTTLS.
+                let out = s.take_output();
+                if !write_timeout(&mut stream, &out, m.command_timeout).await {
+                    break;
+                }
+                let Some(cfg) = tls.clone() else {
+                    break;
+                };
+                let hs = futures_lite::future::or(
+                    async { Some(stream.accept_tls(cfg).await) },
+                    async {
+                        smol::Timer::after(m.command_timeout).await;
+                        None
+                    },
+                )
+                .await;
+                match hs {
+                    Some(Ok(())) => {
+                        log::info!(
+                            "id=NOQUEUE event=starttls client=[{ip}] tls=\"{}\"",
+                            stream.tls_info().unwrap_or_default()
+                        );
+                        s.tls_started();
+                    }
+                    Some(Err(e)) => {
+                        log::info!("id=NOQUEUE event=tls_failed client=[{ip}] error=\"{e}\"");
+                        break;
+                    }
+                    None => {
+                        log::info!("id=NOQUEUE event=tls_failed client=[{ip}] error=\"handshake timed out\"");
+                        break;
+                    }
+                }
             }
             Event::Close => {
                 let out = s.take_output();
