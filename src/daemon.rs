@@ -34,6 +34,10 @@ pub struct Ctx {
     pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Opportunistic TLS for deliveries and call-ahead.
     pub tls_client: Arc<rustls::ClientConfig>,
+    /// Call-ahead probes in flight, bounded.
+    pub probes: async_lock::Semaphore,
+    /// Domain → last random-address check (call-ahead).
+    pub random_checks: RefCell<std::collections::HashMap<String, u64>>,
 }
 
 impl Ctx {
@@ -146,6 +150,8 @@ async fn start(
         stopping: Cell::new(false),
         tls_server: RefCell::new(prepared.tls_server),
         tls_client: crate::tls::client_config()?,
+        probes: async_lock::Semaphore::new(crate::receive::callahead::MAX_PROBES),
+        random_checks: RefCell::new(Default::default()),
     });
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));

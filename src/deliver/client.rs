@@ -89,7 +89,7 @@ impl Conn {
     }
 
     /// The next client event, reading as needed.
-    async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
+    pub async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
         loop {
             self.flush().await?;
             if let Some(e) = self.client.poll_event() {
@@ -116,7 +116,7 @@ impl Conn {
         }
     }
 
-    async fn quit(mut self) {
+    pub async fn quit(mut self) {
         self.client.quit();
         let _ = futures_lite::future::or(
             async {
@@ -153,62 +153,12 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
             return;
         }
         let cfg = ctx.config();
-        let targets = match route::resolve(dest).await {
-            Ok(t) => t,
-            Err(e) => {
-                let permanent = matches!(e, RouteError::Permanent(_));
-                defer_all(ctx, dest, &e.to_string(), "", permanent).await;
+        let mut conn = match connect(ctx, &cfg, dest).await {
+            Ok(c) => c,
+            Err(ConnectError { reason, permanent }) => {
+                defer_all(ctx, dest, &reason, "", permanent).await;
                 return;
             }
-        };
-        let domain = domain_for(&cfg, dest);
-        let own = ctx.listeners.local_addrs();
-        let mut errors: Vec<String> = vec![];
-        let mut conn = None;
-        for t in targets {
-            if let Err(why) = guard::check_address(domain, t.addr, &own) {
-                guard_refusal(ctx, dest, &t, &why);
-                errors.push(format!("guard: {why}"));
-                continue;
-            }
-            let pinned = domain.is_some_and(|d| d.tls_pin.is_some());
-            let mut result = open(ctx, &cfg, t.clone(), domain, true).await;
-            if let Err(OpenError::Tls(e)) = &result
-                && !pinned
-            {
-                // Opportunistic TLS (RFC 7435): a broken TLS stack at the
-                // primary must not hold its mail hostage; try in the clear.
-                log::warn!("id=NOQUEUE event=tls_failed destination={dest} error=\"{e}\" action=plaintext");
-                result = open(ctx, &cfg, t.clone(), domain, false).await;
-            }
-            match result {
-                Ok(c) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(OpenError::Guard(t, why)) => {
-                    guard_refusal(ctx, dest, &t, &why);
-                    errors.push(format!("guard: {why}"));
-                }
-                Err(OpenError::Tls(e)) => {
-                    if pinned {
-                        guard_refusal(ctx, dest, &t, &e);
-                        errors.push(format!("guard: {e}"));
-                    } else {
-                        errors.push(e);
-                    }
-                }
-                Err(OpenError::Other(e)) => errors.push(e),
-            }
-        }
-        let Some(mut conn) = conn else {
-            let reason = if errors.is_empty() {
-                "no address to try".to_string()
-            } else {
-                errors.join("; ")
-            };
-            defer_all(ctx, dest, &reason, "", false).await;
-            return;
         };
         let mut alive = true;
         while alive {
@@ -221,6 +171,72 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
             conn.quit().await;
         }
     }
+}
+
+/// Why no connection to a destination could be made.
+pub struct ConnectError {
+    pub reason: String,
+    /// The destination cannot work (null MX, a loop): return the mail.
+    pub permanent: bool,
+}
+
+/// Resolves `dest` and connects to the first address that passes the
+/// guard, answers, and (when pinned) proves its key. Used by delivery and
+/// call-ahead alike.
+pub async fn connect(ctx: &Ctx, cfg: &Config, dest: &Destination) -> Result<Conn, ConnectError> {
+    let targets = match route::resolve(dest).await {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConnectError {
+                permanent: matches!(e, RouteError::Permanent(_)),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let domain = domain_for(cfg, dest);
+    let own = ctx.listeners.local_addrs();
+    let mut errors: Vec<String> = vec![];
+    for t in targets {
+        if let Err(why) = guard::check_address(domain, t.addr, &own) {
+            guard_refusal(ctx, dest, &t, &why);
+            errors.push(format!("guard: {why}"));
+            continue;
+        }
+        let pinned = domain.is_some_and(|d| d.tls_pin.is_some());
+        let mut result = open(ctx, cfg, t.clone(), domain, true).await;
+        if let Err(OpenError::Tls(e)) = &result
+            && !pinned
+        {
+            // Opportunistic TLS (RFC 7435): a broken TLS stack at the
+            // primary must not hold its mail hostage; try in the clear.
+            log::warn!("id=NOQUEUE event=tls_failed destination={dest} error=\"{e}\" action=plaintext");
+            result = open(ctx, cfg, t.clone(), domain, false).await;
+        }
+        match result {
+            Ok(c) => return Ok(c),
+            Err(OpenError::Guard(t, why)) => {
+                guard_refusal(ctx, dest, &t, &why);
+                errors.push(format!("guard: {why}"));
+            }
+            Err(OpenError::Tls(e)) => {
+                if pinned {
+                    guard_refusal(ctx, dest, &t, &e);
+                    errors.push(format!("guard: {e}"));
+                } else {
+                    errors.push(e);
+                }
+            }
+            Err(OpenError::Other(e)) => errors.push(e),
+        }
+    }
+    Err(ConnectError {
+        reason: if errors.is_empty() {
+            "no address to try".to_string()
+        } else {
+            errors.join("; ")
+        },
+        permanent: false,
+    })
 }
 
 fn has_jobs(ctx: &Ctx, dest: &Destination) -> bool {

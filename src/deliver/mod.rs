@@ -212,6 +212,14 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
             );
         }
     }
+    for r in &report.results {
+        if r.outcome == Outcome::Deferred
+            && let Some((_, a)) = job.rcpts.iter().find(|(i, _)| *i == r.index)
+        {
+            let domain = a.rsplit_once('@').map_or("", |(_, d)| d);
+            crate::receive::callahead::note_deferral(ctx, domain, &r.reply);
+        }
+    }
     match ctx.spool.finish(job.id, report, return_policy(ctx)).await {
         Ok(f) => {
             if !f.failed.is_empty() {

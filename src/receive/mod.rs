@@ -2,6 +2,7 @@
 //! that runs one `smtp::server::Session` per connection, and the policy
 //! consulted at MAIL, RCPT and DATA.
 
+pub mod callahead;
 pub mod policy;
 pub mod received;
 pub mod session;

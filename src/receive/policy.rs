@@ -74,9 +74,16 @@ pub fn mail(
     Ok(())
 }
 
-/// At RCPT: our domain, no routing tricks, the user lists; returns the
-/// recipient's destination.
-pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<Destination, Refusal> {
+/// What RCPT decided: where the mail goes, and whether the primary must
+/// still be asked (call-ahead) before accepting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptOk {
+    pub destination: Destination,
+    pub callahead: bool,
+}
+
+/// At RCPT: our domain, no routing tricks, the user lists.
+pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<RcptOk, Refusal> {
     let to = &rcpt.to;
     let relay_denied = || {
         (
@@ -97,6 +104,7 @@ pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<Destination, Refusal> {
         let full = format!("{local}@{}", to.domain);
         domain.users.iter().any(|u| *u == local || *u == full)
     };
+    let callahead = domain.verify == Verify::Callahead && !listed();
     match domain.verify {
         Verify::Users if !listed() => {
             return Err((
@@ -110,7 +118,7 @@ pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<Destination, Refusal> {
         }
         _ => {}
     }
-    Ok(match &domain.deliver_to {
+    let destination = match &domain.deliver_to {
         DeliverTo::Relay(hp) => Destination::Relay {
             host: hp.host.clone(),
             port: hp.port,
@@ -119,6 +127,10 @@ pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<Destination, Refusal> {
             domain: domain.name.clone(),
             port: domain.port,
         },
+    };
+    Ok(RcptOk {
+        destination,
+        callahead,
     })
 }
 

@@ -101,6 +101,7 @@ pub async fn serve(
     let mut dests: Vec<Destination> = vec![];
     let mut msg: Option<Incoming> = None;
     let mut shut = false;
+    let mut prober = super::callahead::Prober::default();
     loop {
         let out = s.take_output();
         if !write_timeout(&mut stream, &out, m.command_timeout).await {
@@ -142,9 +143,23 @@ pub async fn serve(
             }
             Event::Rcpt(rcpt) => {
                 let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
-                match policy::rcpt(&cfg, &rcpt) {
-                    Ok(d) => {
-                        dests.push(d);
+                let verdict = match policy::rcpt(&cfg, &rcpt) {
+                    Ok(ok) if ok.callahead => {
+                        let addr = rcpt.to.to_string().to_lowercase();
+                        match cfg.domain(&rcpt.to.domain) {
+                            Some(d) => {
+                                super::callahead::verify(&ctx, &mut prober, d, &ok.destination, &addr)
+                                    .await
+                                    .map(|()| ok)
+                            }
+                            None => Ok(ok),
+                        }
+                    }
+                    other => other,
+                };
+                match verdict {
+                    Ok(ok) => {
+                        dests.push(ok.destination);
                         s.answer_rcpt(Ok(()));
                     }
                     Err(r) => {
@@ -154,6 +169,7 @@ pub async fn serve(
                 }
             }
             Event::DataStart => {
+                prober.close().await;
                 let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
                 match policy::data(&cfg, &ctx.spool) {
                     Ok(()) => {
@@ -239,6 +255,7 @@ pub async fn serve(
                 dests.clear();
             }
             Event::Reset => {
+                prober.close().await;
                 if let Some(inc) = msg.take() {
                     ctx.spool.abort(inc.id, inc.size).await;
                 }
@@ -287,6 +304,7 @@ pub async fn serve(
             }
         }
     }
+    prober.close().await;
     if let Some(inc) = msg.take() {
         // The client vanished mid-DATA: nothing was acknowledged.
         ctx.spool.abort(inc.id, inc.size).await;

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use smol::channel::{Receiver, Sender, bounded};
 
 use crate::config::RetryStep;
@@ -34,7 +34,8 @@ use crate::deliver::destination::Destination;
 use crate::deliver::dsn;
 use crate::deliver::retry::{self, Next};
 pub use schema::{Attempt, Message, RcptState, Recipient};
-use schema::{ATTEMPTS, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
+use schema::{ATTEMPTS, CALLAHEAD, CALLAHEAD_EXPIRY, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
+pub use schema::CacheEntry;
 
 /// Requests waiting for the spool thread, at most. A full queue makes the
 /// sessions wait (back-pressure) instead of growing memory: with 32 KiB
@@ -47,6 +48,8 @@ pub const DSN_HEADER_CAP: usize = 64 * 1024;
 /// Free disk space we keep beyond one maximal message before answering
 /// 452: redb needs room for its own pages and commits.
 pub const DISK_RESERVE: u64 = 1024 * 1024;
+/// Call-ahead answers kept at most; the soonest to expire go first.
+pub const CALLAHEAD_CACHE_MAX: u64 = 20_000;
 /// The file name inside `spool_dir`.
 pub const SPOOL_FILE: &str = "spool.redb";
 
@@ -201,6 +204,11 @@ enum Request {
     Delete {
         id: QueueId,
         reply: Sender<Result<(), SpoolError>>,
+    },
+    /// Remember a call-ahead answer (not durable: it can be learned again).
+    CachePut {
+        address: String,
+        entry: CacheEntry,
     },
     /// Point the pending recipients of `domain` at `dest` and retry now.
     Retag {
@@ -522,6 +530,22 @@ impl Spool {
         Ok((due, next))
     }
 
+    /// The cached call-ahead answer for `address` (lower-case), if any.
+    pub fn cache_get(&self, address: &str) -> Result<Option<CacheEntry>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(CALLAHEAD).map_err(storage)?;
+        match t.get(address).map_err(storage)? {
+            Some(v) => Ok(schema::decode_cache(v.value()).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a call-ahead answer; does not wait for the disk.
+    pub async fn cache_put(&self, address: String, entry: CacheEntry) {
+        let _ = self.tx.send(Request::CachePut { address, entry }).await;
+    }
+
     /// Signals the scheduler (new work).
     pub fn wake(&self) {
         let _ = self.wake.try_send(());
@@ -549,6 +573,8 @@ fn open_db(path: &Path, cache_size: usize) -> Result<Database, SpoolError> {
         tx.open_table(SCHEDULE).map_err(storage)?;
         tx.open_table(ATTEMPTS).map_err(storage)?;
         tx.open_table(INCOMING).map_err(storage)?;
+        tx.open_table(CALLAHEAD).map_err(storage)?;
+        tx.open_table(CALLAHEAD_EXPIRY).map_err(storage)?;
         let mut meta = tx.open_table(META).map_err(storage)?;
         let version = meta.get("schema").map_err(storage)?.map(|v| v.value());
         match version {
@@ -703,7 +729,9 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             }
         }
     };
-    let durable = batch.iter().any(|r| !matches!(r, Request::Append { .. }));
+    let durable = batch
+        .iter()
+        .any(|r| !matches!(r, Request::Append { .. } | Request::CachePut { .. }));
     let mut appended: Vec<QueueId> = vec![];
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
@@ -779,6 +807,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     }
                     owed.push(Owed::Count(reply, Ok(n)));
                 }
+                Request::CachePut { address, entry } => cache_put(&tx, &address, &entry)?,
                 Request::Retag {
                     domain,
                     dest,
@@ -844,7 +873,7 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
             Request::Reschedule { reply, .. } | Request::Retag { reply, .. } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
-            Request::Abort { .. } => {}
+            Request::Abort { .. } | Request::CachePut { .. } => {}
         }
     }
 }
@@ -1246,6 +1275,41 @@ fn original_headers(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn cache_put(
+    tx: &redb::WriteTransaction,
+    address: &str,
+    entry: &CacheEntry,
+) -> Result<(), SpoolError> {
+    let mut t = tx.open_table(CALLAHEAD).map_err(storage)?;
+    let mut x = tx.open_table(CALLAHEAD_EXPIRY).map_err(storage)?;
+    let old = t
+        .get(address)
+        .map_err(storage)?
+        .and_then(|v| schema::decode_cache(v.value()).ok());
+    if let Some(old) = old {
+        x.remove((old.expire, address)).map_err(storage)?;
+    }
+    t.insert(address, schema::encode_cache(entry).as_slice())
+        .map_err(storage)?;
+    x.insert((entry.expire, address), ()).map_err(storage)?;
+    // Bounded: a dictionary attack must not grow the cache without end.
+    while t.len().map_err(storage)? > CALLAHEAD_CACHE_MAX {
+        let first = x
+            .first()
+            .map_err(storage)?
+            .map(|(k, _)| {
+                let (e, a) = k.value();
+                (e, a.to_string())
+            });
+        let Some((e, a)) = first else {
+            break;
+        };
+        x.remove((e, a.as_str())).map_err(storage)?;
+        t.remove(a.as_str()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 fn domain_of(address: &str) -> &str {

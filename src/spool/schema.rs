@@ -10,6 +10,8 @@
 //! - `incoming`:   id → start time : bodies being received, not yet committed;
 //!   whatever is still here at start-up is a crash leftover and is removed
 //! - `meta`:       name → u64 : schema version
+//! - `callahead`:  address → [`CacheEntry`] : call-ahead answers
+//! - `callahead_expiry`: (expire, address) → () : evicts the oldest first
 
 use redb::TableDefinition;
 
@@ -21,6 +23,9 @@ pub const SCHEDULE: TableDefinition<(u64, u64), ()> = TableDefinition::new("sche
 pub const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
 pub const INCOMING: TableDefinition<u64, u64> = TableDefinition::new("incoming");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub const CALLAHEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("callahead");
+pub const CALLAHEAD_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("callahead_expiry");
 
 pub const SCHEMA_VERSION: u64 = 1;
 /// Attempt records kept per message (older ones are dropped): enough to
@@ -281,6 +286,42 @@ pub fn decode_attempt(b: &[u8]) -> Result<Attempt, DecodeError> {
         destination: r.str()?,
         relay: r.str()?,
         result: r.str()?,
+    })
+}
+
+/// A cached call-ahead answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The primary accepted the address (2xx) or refused it (5xx).
+    pub positive: bool,
+    /// Until then the answer is used without asking again.
+    pub refresh: u64,
+    /// After this the answer is forgotten.
+    pub expire: u64,
+    /// The primary's reply as one line.
+    pub reply: String,
+}
+
+pub fn encode_cache(e: &CacheEntry) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(32 + e.reply.len()));
+    w.u8(RECORD_V1);
+    w.u8(u8::from(e.positive));
+    w.u64(e.refresh);
+    w.u64(e.expire);
+    w.str(&e.reply);
+    w.0
+}
+
+pub fn decode_cache(b: &[u8]) -> Result<CacheEntry, DecodeError> {
+    let mut r = Reader(b);
+    if r.u8()? != RECORD_V1 {
+        return Err(DecodeError("unknown cache record version"));
+    }
+    Ok(CacheEntry {
+        positive: r.u8()? != 0,
+        refresh: r.u64()?,
+        expire: r.u64()?,
+        reply: r.str()?,
     })
 }
 

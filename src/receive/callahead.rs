@@ -1,0 +1,346 @@
+//! Recipient verification by calling ahead to the primary at RCPT time
+//! (`verify 'callahead'`): `MAIL FROM:<>`, `RCPT TO:<addr>`, RSET; its 2xx
+//! accepts, its 5xx refuses with its text, and when it cannot be reached the
+//! mail is accepted unless the cache remembers an earlier 5xx (Exim's
+//! `callout=defer_ok` with a cache, not Postfix's 450: a backup MX exists to
+//! take mail while the primary is down).
+//!
+//! One probe connection serves every recipient of a session; answers are
+//! cached in the spool so a dictionary attack costs the primary one probe
+//! per address. The probe also notices the primary's mistakes that defeat a
+//! backup MX (tarpitting, soft rejects, accept-all, greylisting) and says
+//! so in the log.
+
+use std::time::{Duration, Instant};
+
+use crate::config::{Domain, OnTempfail};
+use crate::daemon::Ctx;
+use crate::deliver::client::{self, Conn};
+use crate::deliver::destination::Destination;
+use crate::smtp::client::Event;
+use crate::smtp::{Enhanced, Reply};
+use crate::spool::CacheEntry;
+
+/// How long a positive answer is kept, and when it is asked again.
+pub const POSITIVE_EXPIRE: u64 = 31 * 86400;
+pub const POSITIVE_REFRESH: u64 = 7 * 86400;
+/// How long a negative answer is kept, and when it is asked again (a user
+/// created at the primary is accepted at most this late).
+pub const NEGATIVE_EXPIRE: u64 = 3 * 86400;
+pub const NEGATIVE_REFRESH: u64 = 3 * 3600;
+/// Probes in flight at once, over all sessions.
+pub const MAX_PROBES: usize = 8;
+/// A greeting or reply slower than this is a tarpit worth a warning.
+pub const TARPIT_WARN: Duration = Duration::from_secs(4);
+/// The random-address check runs at most this often per domain.
+pub const RANDOM_CHECK_INTERVAL: u64 = 6 * 3600;
+
+/// A session's probe connection, kept across its RCPTs.
+#[derive(Default)]
+pub struct Prober {
+    conn: Option<(Destination, Conn)>,
+    /// The destination could not be reached in this session: do not try
+    /// again for every recipient (the client would wait each time).
+    unreachable: Option<Destination>,
+}
+
+impl Prober {
+    /// Ends the probe connection politely.
+    pub async fn close(&mut self) {
+        if let Some((_, c)) = self.conn.take() {
+            c.quit().await;
+        }
+    }
+}
+
+enum Probe {
+    Answer(Reply),
+    Unreachable(String),
+}
+
+fn count(ctx: &Ctx, what: &'static str) {
+    *ctx.stats.borrow_mut().callahead.entry(what).or_insert(0) += 1;
+}
+
+fn warn(ctx: &Ctx, domain: &str, kind: &'static str, text: &str) {
+    count(ctx, kind);
+    log::warn!("id=NOQUEUE event=primary_warning domain={domain} kind={kind} advice=\"{text}\"");
+}
+
+/// Verifies `addr` (lower-case) of `domain` at `dest`. Ok: accept.
+pub async fn verify(
+    ctx: &Ctx,
+    prober: &mut Prober,
+    domain: &Domain,
+    dest: &Destination,
+    addr: &str,
+) -> Result<(), (&'static str, Reply)> {
+    let now = crate::time::now_unix();
+    let cached = ctx
+        .spool
+        .cache_get(addr)
+        .ok()
+        .flatten()
+        .filter(|e| e.expire > now);
+    if let Some(e) = &cached
+        && now < e.refresh
+    {
+        return if e.positive {
+            count(ctx, "cache_positive");
+            Ok(())
+        } else {
+            count(ctx, "cache_negative");
+            Err(("callahead", refusal(addr, &e.reply)))
+        };
+    }
+    let budget = ctx.config().main.callahead_timeout;
+    let probe = futures_lite::future::or(probe(ctx, prober, domain, dest, addr), async {
+        smol::Timer::after(budget).await;
+        Probe::Unreachable("call-ahead timed out".into())
+    })
+    .await;
+    match probe {
+        Probe::Answer(r) if r.is_positive() => {
+            count(ctx, "accepted");
+            store(ctx, addr, true, &r, now).await;
+            random_check(ctx, prober, domain, dest, now).await;
+            Ok(())
+        }
+        Probe::Answer(r) if r.is_permanent() => {
+            count(ctx, "rejected");
+            store(ctx, addr, false, &r, now).await;
+            Err(("callahead", refusal(addr, &r.one_line())))
+        }
+        Probe::Answer(r) => {
+            count(ctx, "tempfail");
+            match domain.on_tempfail {
+                OnTempfail::Accept => Ok(()),
+                OnTempfail::Defer => Err((
+                    "callahead_tempfail",
+                    Reply::new(
+                        450,
+                        Some(r.enhanced.unwrap_or(Enhanced(4, 1, 1))),
+                        format!(
+                            "<{addr}>: Recipient address not verified now: {}",
+                            r.text()
+                        ),
+                    ),
+                )),
+            }
+        }
+        Probe::Unreachable(why) => {
+            // A probe cut off mid-way leaves the connection in an unknown
+            // state: never reuse it.
+            prober.conn = None;
+            prober.unreachable = Some(dest.clone());
+            count(ctx, "unreachable");
+            log::info!("id=NOQUEUE event=callahead_unreachable to=<{addr}> reason=\"{why}\"");
+            match cached {
+                Some(e) if !e.positive => {
+                    count(ctx, "cache_negative");
+                    Err(("callahead", refusal(addr, &e.reply)))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// `550` carrying the primary's reason and enhanced code.
+fn refusal(addr: &str, reply_line: &str) -> Reply {
+    let mut words = reply_line.splitn(3, ' ');
+    let _code = words.next();
+    let second = words.next().unwrap_or("");
+    let (enh, text) = match Enhanced::parse_prefix(second) {
+        Some((e, _)) if e.0 == 5 => (e, words.next().unwrap_or("").to_string()),
+        _ => (
+            Enhanced(5, 1, 1),
+            [second, words.next().unwrap_or("")].join(" ").trim().to_string(),
+        ),
+    };
+    Reply::new(
+        550,
+        Some(enh),
+        format!("<{addr}>: Recipient address rejected: {text}"),
+    )
+}
+
+async fn store(ctx: &Ctx, addr: &str, positive: bool, r: &Reply, now: u64) {
+    let (refresh, expire) = if positive {
+        (POSITIVE_REFRESH, POSITIVE_EXPIRE)
+    } else {
+        (NEGATIVE_REFRESH, NEGATIVE_EXPIRE)
+    };
+    ctx.spool
+        .cache_put(
+            addr.to_string(),
+            CacheEntry {
+                positive,
+                refresh: now + refresh,
+                expire: now + expire,
+                reply: r.one_line(),
+            },
+        )
+        .await;
+}
+
+async fn probe(
+    ctx: &Ctx,
+    prober: &mut Prober,
+    domain: &Domain,
+    dest: &Destination,
+    addr: &str,
+) -> Probe {
+    if prober.unreachable.as_ref() == Some(dest) {
+        return Probe::Unreachable("primary unreachable earlier in this session".into());
+    }
+    let _slot = ctx.probes.acquire().await;
+    if prober.conn.as_ref().is_none_or(|(d, _)| d != dest) {
+        prober.close().await;
+        let cfg = ctx.config();
+        let started = Instant::now();
+        match client::connect(ctx, &cfg, dest).await {
+            Ok(c) => {
+                if started.elapsed() > TARPIT_WARN {
+                    warn(
+                        ctx,
+                        &domain.name,
+                        "tarpit",
+                        "the primary is slow to greet mxspool; exempt the backup MX's address from tarpitting/greet delays",
+                    );
+                }
+                prober.conn = Some((dest.clone(), c));
+            }
+            Err(e) => return Probe::Unreachable(e.reason),
+        }
+    }
+    let Some((_, conn)) = prober.conn.as_mut() else {
+        return Probe::Unreachable("no connection".into());
+    };
+    let started = Instant::now();
+    let r = ask(conn, addr).await;
+    if started.elapsed() > TARPIT_WARN {
+        warn(
+            ctx,
+            &domain.name,
+            "tarpit",
+            "the primary answers RCPT slowly; exempt the backup MX's address from tarpitting",
+        );
+    }
+    match r {
+        Ok(Ok(reply)) => Probe::Answer(reply),
+        Ok(Err(mail_refused)) => {
+            warn(
+                ctx,
+                &domain.name,
+                "null_sender_refused",
+                "the primary refuses MAIL FROM:<> (needed for bounces and call-ahead); accept it from the backup MX",
+            );
+            prober.conn = None;
+            Probe::Unreachable(format!("primary refused MAIL FROM:<>: {mail_refused}"))
+        }
+        Err(e) => {
+            prober.conn = None;
+            Probe::Unreachable(e)
+        }
+    }
+}
+
+/// One `MAIL FROM:<>` / `RCPT TO` / RSET round on an open connection:
+/// Ok(Ok(rcpt reply)), Ok(Err(mail reply)) when MAIL was refused, Err on a
+/// broken connection.
+async fn ask(conn: &mut Conn, addr: &str) -> Result<Result<Reply, Reply>, String> {
+    conn.client.send_probe("", &[addr.to_string()]);
+    let mut mail: Option<Reply> = None;
+    let mut rcpt: Option<Reply> = None;
+    loop {
+        match conn.event(client::REPLY_TIMEOUT).await? {
+            Event::MailReply(r) => mail = Some(r),
+            Event::RcptReply { reply, .. } => rcpt = Some(reply),
+            Event::ProbeDone => break,
+            Event::Failed { reply, reason } => {
+                return Err(reply.map(|r| r.one_line()).unwrap_or(reason));
+            }
+            Event::Closed => return Err("connection closed".into()),
+            _ => {}
+        }
+    }
+    match (mail, rcpt) {
+        (Some(m), _) if !m.is_positive() => Ok(Err(m)),
+        (_, Some(r)) => Ok(Ok(r)),
+        _ => Err("no answer to RCPT".into()),
+    }
+}
+
+/// Asks once per interval about an address that cannot exist: a 2xx means
+/// the primary accepts everything (call-ahead cannot protect the queue), a
+/// 4xx means it soft-rejects unknown users (Exim's `random` check).
+async fn random_check(ctx: &Ctx, prober: &mut Prober, domain: &Domain, dest: &Destination, now: u64) {
+    {
+        let mut last = ctx.random_checks.borrow_mut();
+        let due = last
+            .get(&domain.name)
+            .is_none_or(|&t| now.saturating_sub(t) >= RANDOM_CHECK_INTERVAL);
+        if !due {
+            return;
+        }
+        if last.len() > 1024 {
+            last.clear();
+        }
+        last.insert(domain.name.clone(), now);
+    }
+    let Some((d, conn)) = prober.conn.as_mut() else {
+        return;
+    };
+    if d != dest {
+        return;
+    }
+    let local = format!("mxspool-check-{:x}", crate::time::now_unix() ^ 0x5bd1_e995);
+    let addr = format!("{local}@{}", domain.name);
+    match ask(conn, &addr).await {
+        Ok(Ok(r)) if r.is_positive() => warn(
+            ctx,
+            &domain.name,
+            "accept_all",
+            "the primary accepts mail for any address at RCPT, so call-ahead cannot keep spam for unknown users out of the backup's queue; make it reject unknown users at RCPT",
+        ),
+        Ok(Ok(r)) if r.is_transient() => warn(
+            ctx,
+            &domain.name,
+            "soft_reject",
+            "the primary answers 4xx for unknown users; make it answer 550 so the backup can refuse them",
+        ),
+        Ok(_) => {}
+        Err(_) => prober.conn = None,
+    }
+}
+
+/// Deliveries call this on a 4xx: a primary that greylists its own backup
+/// delays every message a retry interval.
+pub fn note_deferral(ctx: &Ctx, domain: &str, reply: &str) {
+    let l = reply.to_ascii_lowercase();
+    if l.contains("greylist") || l.contains("graylist") || l.contains("greylisted") {
+        warn(
+            ctx,
+            domain,
+            "greylist",
+            "the primary greylists mail from its backup MX; whitelist the backup's address in its greylisting",
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_carries_the_primarys_code_and_text() {
+        let r = refusal("u@example.com", "550 5.1.1 <u@example.com>: User unknown");
+        assert_eq!(r.code, 550);
+        assert_eq!(r.enhanced, Some(Enhanced(5, 1, 1)));
+        assert!(r.text().ends_with("<u@example.com>: User unknown"));
+        let r = refusal("u@example.com", "554 no such mailbox");
+        assert_eq!(r.enhanced, Some(Enhanced(5, 1, 1)));
+        assert!(r.text().ends_with("no such mailbox"));
+    }
+}
