@@ -176,7 +176,11 @@ mod tests {
     #[test]
     fn typical_exact_bytes() {
         let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        let h = received_header(&info(Some("mail.example.com"), peer, Some("alice@example.com")));
+        let h = received_header(&info(
+            Some("mail.example.com"),
+            peer,
+            Some("alice@example.com"),
+        ));
         assert_eq!(
             String::from_utf8_lossy(&h),
             "Received: from mail.example.com ([192.0.2.1])\r\n\
@@ -204,7 +208,9 @@ mod tests {
     /// shown as plain IPv4; an address-literal HELO is kept.
     #[test]
     fn ipv6_literals() {
-        let v6: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        let v6: IpAddr = "2001:db8::1"
+            .parse()
+            .unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST));
         let h = received_header(&info(Some("[IPv6:2001:db8::1]"), v6, None));
         assert!(
             h.starts_with(b"Received: from [IPv6:2001:db8::1] ([IPv6:2001:db8::1])\r\n"),
@@ -247,7 +253,10 @@ mod tests {
         let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         for helo in [None, Some(""), Some("   "), Some("[]")] {
             let h = received_header(&info(helo, peer, None));
-            assert!(h.starts_with(b"Received: from unknown ([192.0.2.1])\r\n"), "{helo:?}");
+            assert!(
+                h.starts_with(b"Received: from unknown ([192.0.2.1])\r\n"),
+                "{helo:?}"
+            );
             assert_well_formed(&h);
         }
     }
@@ -266,7 +275,10 @@ mod tests {
         let h = received_header(&info(None, peer, Some(&huge)));
         assert_well_formed(&h);
         let s = String::from_utf8_lossy(&h);
-        assert!(s.ends_with(";\r\n\tMon, 23 Nov 2026 12:15:06 +0000\r\n"), "{s}");
+        assert!(
+            s.ends_with(";\r\n\tMon, 23 Nov 2026 12:15:06 +0000\r\n"),
+            "{s}"
+        );
         let for_line = s.lines().find(|l| l.starts_with("\tfor <")).unwrap_or("");
         assert!(for_line.len() <= "\tfor <>;".len() + MAX_RCPT);
     }
