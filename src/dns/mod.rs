@@ -293,9 +293,9 @@ impl Resolver {
         }
     }
 
-    /// Full resolution with the cache: NXDOMAIN comes back as
-    /// `Ok(Cached::NxDomain)` from here only via the cache; callers get
-    /// `Err(NxDomain)` through [`Self::lookup`].
+    /// Full resolution of (name, type) through the cache. A cached or fresh
+    /// NXDOMAIN is returned as `Err(DnsError::NxDomain)`, so the `Ok` value
+    /// is `Positive` or `NoData`.
     async fn lookup(&self, name: &str, qtype: u16) -> Result<Lookup, DnsError> {
         let name = wire::normalize_name(name)?;
         let cached = self

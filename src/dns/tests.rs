@@ -346,8 +346,7 @@ fn header(qd: u16, an: u16) -> Vec<u8> {
 }
 
 /// Compression pointer loops (self, two-pointer cycle, and a label loop)
-/// fail fast instead of hanging. simple-dns 0.13 hangs on the first two,
-/// which is why parsing is our own.
+/// fail fast instead of hanging.
 #[test]
 fn compression_pointer_loops_fail() {
     // Question name at offset 12 is a pointer to itself.
@@ -364,8 +363,8 @@ fn compression_pointer_loops_fail() {
     assert!(wire::parse_response(&p).is_err());
 }
 
-/// Huge header counts on a short packet are an error, with no big
-/// allocation up front.
+/// Huge header counts on a short packet are an error, with no allocation
+/// sized by the counts (simple-dns would reserve 65535 x 144 bytes here).
 #[test]
 fn lying_counts_fail() {
     let mut p = header(1, 65535);
@@ -794,4 +793,35 @@ fn no_servers() {
         smol::block_on(r.a("x.example")),
         Err(DnsError::NoNameservers)
     );
+}
+
+/// A server whose port is closed (ICMP port unreachable) is skipped at
+/// once, without waiting for the timeout.
+#[test]
+fn closed_port_fails_over_fast() {
+    block(async |ex| {
+        let closed = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let live = fake(&ex, |q, _| {
+            vec![ok(q, vec![a("h.example", 60, [192, 0, 2, 9])])]
+        })
+        .await;
+        let opts = Options {
+            timeout: Duration::from_secs(5),
+            ..quick()
+        };
+        let r = Resolver::new(vec![closed, live.addr], opts);
+        let t = Instant::now();
+        assert_eq!(
+            r.a("h.example").await,
+            Ok(vec![Ipv4Addr::new(192, 0, 2, 9)])
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    });
 }
