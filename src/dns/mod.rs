@@ -382,31 +382,33 @@ impl Resolver {
     }
 
     /// One question to the servers: each server in order, `attempts`
-    /// rounds. SERVFAIL, REFUSED, timeouts and errors move on to the next
-    /// server; TC retries the same server over TCP; any NOERROR/NXDOMAIN
-    /// answer is final. The error returned is the last one seen.
+    /// rounds. SERVFAIL, REFUSED, other error codes, timeouts and socket
+    /// errors move on to the next server; TC retries the same server over
+    /// TCP; FORMERR retries it once without EDNS (RFC 6891 §7, for old
+    /// forwarders); a NOERROR or NXDOMAIN answer is final. The error
+    /// returned is the last one seen.
     async fn query(&self, name: &str, qtype: u16) -> Result<wire::Response, DnsError> {
         let opts = &self.inner.opts;
         let mut last = DnsError::NoNameservers;
         for _round in 0..opts.attempts.max(1) {
             for &server in &self.inner.servers {
-                let id = self.inner.rng.next_u16();
-                let q = wire::build_query(id, name, qtype);
-                let mut res = transport::udp(server, &q, id, name, qtype, opts.timeout).await;
-                if matches!(&res, Ok(r) if r.truncated) {
-                    log::debug!(
-                        "dns: truncated answer for {name} from {server}, retrying over TCP"
-                    );
-                    res = transport::tcp(server, &q, id, name, qtype, opts.timeout).await;
+                let mut res = self.ask(server, name, qtype, true).await;
+                if matches!(&res, Ok(r) if r.rcode == wire::RCODE_FORMERR) {
+                    res = self.ask(server, name, qtype, false).await;
                 }
                 let err = match res {
                     Ok(resp) => match resp.rcode {
+                        wire::RCODE_NOERROR | wire::RCODE_NXDOMAIN if !resp.truncated => {
+                            return Ok(resp);
+                        }
                         wire::RCODE_SERVFAIL => DnsError::ServFail,
                         wire::RCODE_REFUSED => DnsError::Refused,
                         _ if resp.truncated => {
                             DnsError::Protocol(format!("{server} sent a truncated answer over TCP"))
                         }
-                        _ => return Ok(resp),
+                        rcode => DnsError::Protocol(format!(
+                            "name server {server} answered with error code {rcode}"
+                        )),
                     },
                     Err(e) => e,
                 };
@@ -415,6 +417,25 @@ impl Resolver {
             }
         }
         Err(last)
+    }
+
+    /// One question to one server: UDP, then TCP if the answer was truncated.
+    async fn ask(
+        &self,
+        server: SocketAddr,
+        name: &str,
+        qtype: u16,
+        edns: bool,
+    ) -> Result<wire::Response, DnsError> {
+        let timeout = self.inner.opts.timeout;
+        let id = self.inner.rng.next_u16();
+        let q = wire::build_query(id, name, qtype, edns);
+        let res = transport::udp(server, &q, id, name, qtype, timeout).await;
+        if matches!(&res, Ok(r) if r.truncated) {
+            log::debug!("dns: truncated answer for {name} from {server}, retrying over TCP");
+            return transport::tcp(server, &q, id, name, qtype, timeout).await;
+        }
+        res
     }
 }
 

@@ -93,7 +93,7 @@ fn parse(b: &[u8]) -> wire::Response {
 /// as read by an independent parser.
 #[test]
 fn query_is_well_formed() {
-    let q = wire::build_query(0xBEEF, "example.com", TYPE_MX);
+    let q = wire::build_query(0xBEEF, "example.com", TYPE_MX, true);
     let p = Packet::parse(&q).expect("parses");
     assert_eq!(p.id(), 0xBEEF);
     assert!(p.has_flags(PacketFlag::RECURSION_DESIRED));
@@ -106,7 +106,7 @@ fn query_is_well_formed() {
 /// type, or without QR is not taken as our answer.
 #[test]
 fn mismatched_responses_are_ignored() {
-    let q = wire::build_query(7, "example.com", TYPE_A);
+    let q = wire::build_query(7, "example.com", TYPE_A, true);
     let r = parse(&ok(&q, vec![a("example.com", 60, [192, 0, 2, 1])]));
     assert!(wire::matches(&r, 7, "example.com", TYPE_A));
     assert!(!wire::matches(&r, 8, "example.com", TYPE_A), "wrong id");
@@ -115,7 +115,7 @@ fn mismatched_responses_are_ignored() {
         !wire::matches(&r, 7, "example.com", TYPE_AAAA),
         "wrong type"
     );
-    let q2 = wire::build_query(7, "example.com", TYPE_A);
+    let q2 = wire::build_query(7, "example.com", TYPE_A, true);
     assert!(
         !wire::matches(&parse(&q2), 7, "example.com", TYPE_A),
         "a query is no answer"
@@ -125,7 +125,7 @@ fn mismatched_responses_are_ignored() {
 /// Question names compare case-insensitively (servers may echo 0x20 case).
 #[test]
 fn question_case_is_ignored() {
-    let q = wire::build_query(9, "ExAmPlE.CoM", TYPE_A);
+    let q = wire::build_query(9, "ExAmPlE.CoM", TYPE_A, true);
     let r = parse(&ok(&q, vec![]));
     assert!(wire::matches(&r, 9, "example.com", TYPE_A));
 }
@@ -166,7 +166,7 @@ fn reverse_names() {
 /// TC bit → the driver must go to TCP.
 #[test]
 fn truncated_means_tcp() {
-    let q = wire::build_query(1, "big.example", TYPE_TXT);
+    let q = wire::build_query(1, "big.example", TYPE_TXT, true);
     let r = parse(&reply(&q, RCODE::NoError, true, vec![], vec![]));
     assert_eq!(
         wire::interpret(&r, "big.example", TYPE_TXT, 8),
@@ -178,7 +178,7 @@ fn truncated_means_tcp() {
 /// smallest TTL along the chain are reported.
 #[test]
 fn cname_chain_followed() {
-    let q = wire::build_query(1, "www.example", TYPE_A);
+    let q = wire::build_query(1, "www.example", TYPE_A, true);
     let r = parse(&ok(
         &q,
         vec![
@@ -201,7 +201,7 @@ fn cname_chain_followed() {
 /// A chain that ends without the wanted type asks for re-querying the target.
 #[test]
 fn cname_without_target_data_requeries() {
-    let q = wire::build_query(1, "www.example", TYPE_A);
+    let q = wire::build_query(1, "www.example", TYPE_A, true);
     let r = parse(&ok(&q, vec![cname("www.example", 300, "far.example")]));
     assert_eq!(
         wire::interpret(&r, "www.example", TYPE_A, 8),
@@ -216,7 +216,7 @@ fn cname_without_target_data_requeries() {
 /// A CNAME loop is an error, not a hang.
 #[test]
 fn cname_loop_detected() {
-    let q = wire::build_query(1, "a.example", TYPE_A);
+    let q = wire::build_query(1, "a.example", TYPE_A, true);
     let r = parse(&ok(
         &q,
         vec![
@@ -235,7 +235,7 @@ fn cname_chain_bounded() {
     const N: [&str; 10] = [
         "c0.x", "c1.x", "c2.x", "c3.x", "c4.x", "c5.x", "c6.x", "c7.x", "c8.x", "c9.x",
     ];
-    let q = wire::build_query(1, "c0.x", TYPE_A);
+    let q = wire::build_query(1, "c0.x", TYPE_A, true);
     let recs = (0..9)
         .map(|i| cname(N[i], 60, N[i + 1]))
         .chain([a("c9.x", 60, [192, 0, 2, 1])]);
@@ -253,7 +253,7 @@ fn cname_chain_bounded() {
 /// NXDOMAIN with an SOA: negative TTL = min(SOA TTL, SOA MINIMUM) (RFC 2308).
 #[test]
 fn nxdomain_negative_ttl_from_soa() {
-    let q = wire::build_query(1, "nope.example", TYPE_MX);
+    let q = wire::build_query(1, "nope.example", TYPE_MX, true);
     let r = parse(&reply(
         &q,
         RCODE::NameError,
@@ -285,7 +285,7 @@ fn nxdomain_negative_ttl_from_soa() {
 /// NODATA: NOERROR, no records of the type (records of other types ignored).
 #[test]
 fn nodata() {
-    let q = wire::build_query(1, "example", TYPE_MX);
+    let q = wire::build_query(1, "example", TYPE_MX, true);
     let r = parse(&reply(
         &q,
         RCODE::NoError,
@@ -304,7 +304,7 @@ fn nodata() {
 /// SERVFAIL and REFUSED are reported for failover, not as answers.
 #[test]
 fn server_errors() {
-    let q = wire::build_query(1, "example", TYPE_A);
+    let q = wire::build_query(1, "example", TYPE_A, true);
     let r = parse(&reply(&q, RCODE::ServerFailure, false, vec![], vec![]));
     assert_eq!(
         wire::interpret(&r, "example", TYPE_A, 8),
@@ -320,7 +320,7 @@ fn server_errors() {
 /// MX data: lower-cased, no trailing dot, the null MX "." as "".
 #[test]
 fn mx_rdata() {
-    let q = wire::build_query(1, "example", TYPE_MX);
+    let q = wire::build_query(1, "example", TYPE_MX, true);
     let r = parse(&ok(
         &q,
         vec![mx("example", 10, "MX1.Example"), mx("example", 0, ".")],
@@ -376,7 +376,7 @@ fn lying_counts_fail() {
 /// parse or fail, never panic (the daemon must not die on a packet).
 #[test]
 fn corrupted_packets_never_panic() {
-    let q = wire::build_query(3, "www.example", TYPE_MX);
+    let q = wire::build_query(3, "www.example", TYPE_MX, true);
     let good = reply(
         &q,
         RCODE::NoError,
@@ -582,7 +582,7 @@ fn mx_answer_and_cache() {
 fn spoofed_answers_ignored() {
     block(async |ex| {
         let s = fake(&ex, |q, _| {
-            let mut evil = wire::build_query(0, "evil.example", TYPE_A);
+            let mut evil = wire::build_query(0, "evil.example", TYPE_A, true);
             evil[..2].copy_from_slice(&q[..2]); // right id, wrong question
             vec![
                 with_wrong_id(ok(q, vec![a("host.example", 60, [6, 6, 6, 6])])),
@@ -823,5 +823,38 @@ fn closed_port_fails_over_fast() {
             "took {:?}",
             t.elapsed()
         );
+    });
+}
+
+/// A server that rejects EDNS with FORMERR is asked again without it; other
+/// error codes (NOTIMP) move on to the next server.
+#[test]
+fn formerr_retries_without_edns_other_codes_fail_over() {
+    block(async |ex| {
+        let old = fake(&ex, |q, _| {
+            if Packet::parse(q).is_ok_and(|p| p.opt().is_some()) {
+                vec![reply(q, RCODE::FormatError, false, vec![], vec![])]
+            } else {
+                vec![ok(q, vec![a("h.example", 60, [192, 0, 2, 3])])]
+            }
+        })
+        .await;
+        let r = Resolver::new(vec![old.addr], quick());
+        assert_eq!(
+            r.a("h.example").await,
+            Ok(vec![Ipv4Addr::new(192, 0, 2, 3)])
+        );
+        assert_eq!(old.hits.get(), 2);
+
+        let notimp = fake(&ex, |q, _| {
+            vec![reply(q, RCODE::NotImplemented, false, vec![], vec![])]
+        })
+        .await;
+        let r = Resolver::new(vec![notimp.addr, old.addr], quick());
+        assert_eq!(
+            r.a("h.example").await,
+            Ok(vec![Ipv4Addr::new(192, 0, 2, 3)])
+        );
+        assert_eq!(notimp.hits.get(), 1);
     });
 }

@@ -25,6 +25,7 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 
 pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
 pub const RCODE_SERVFAIL: u8 = 2;
 pub const RCODE_NXDOMAIN: u8 = 3;
 pub const RCODE_REFUSED: u8 = 5;
@@ -111,13 +112,13 @@ pub fn normalize_name(name: &str) -> Result<String, DnsError> {
     Ok(n.to_ascii_lowercase())
 }
 
-/// A recursive query (RD set) for `name` (already normalized) with an EDNS0
-/// OPT record advertising [`EDNS_PAYLOAD`].
-pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+/// A recursive query (RD set) for `name` (already normalized), with an
+/// EDNS0 OPT record advertising [`EDNS_PAYLOAD`] if `edns`.
+pub fn build_query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
     let mut q = Vec::with_capacity(12 + name.len() + 2 + 4 + 11);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&0x0100u16.to_be_bytes()); // RD
-    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]); // QD=1 AN=0 NS=0 AR=1
+    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(edns)]); // QD=1 AN=0 NS=0 AR=0/1
     for label in name.split('.').filter(|l| !l.is_empty()) {
         // normalize_name bounds labels at 63; min() keeps a bad caller from
         // writing a length byte that would read as a pointer.
@@ -128,6 +129,9 @@ pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     q.push(0);
     q.extend_from_slice(&qtype.to_be_bytes());
     q.extend_from_slice(&CLASS_IN.to_be_bytes());
+    if !edns {
+        return q;
+    }
     // OPT: root owner, type 41, class = payload size, ttl 0, rdlen 0.
     q.push(0);
     q.extend_from_slice(&TYPE_OPT.to_be_bytes());
