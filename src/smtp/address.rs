@@ -157,7 +157,9 @@ fn skip_source_route(mut s: &str) -> Result<&str, PathError> {
             .ok_or(PathError::Syntax("bad source route"))?;
         // An IPv6 literal contains ':': take the whole bracketed literal.
         let end = if s.starts_with('[') {
-            let close = s.find(']').ok_or(PathError::Syntax("bad address literal"))?;
+            let close = s
+                .find(']')
+                .ok_or(PathError::Syntax("bad address literal"))?;
             if !matches!(s.as_bytes().get(close + 1), Some(b',' | b':')) {
                 return Err(PathError::Syntax("bad source route"));
             }
