@@ -80,10 +80,7 @@ pub enum Event {
     /// The server refused the connection (non-220 greeting, EHLO and HELO
     /// refused), closed it, or sent something that is not SMTP. No more
     /// commands; close the socket.
-    Failed {
-        reply: Option<Reply>,
-        reason: String,
-    },
+    Failed { reply: Option<Reply>, reason: String },
     /// A probe (`send_probe`) has all its RCPT replies; RSET was sent.
     ProbeDone,
     /// QUIT was answered (or the driver may just close now).
