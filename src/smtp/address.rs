@@ -293,3 +293,188 @@ fn parse_literal(lit: &str) -> Result<String, PathError> {
         Err(_) => Err(PathError::Syntax("bad address literal")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mbox(s: &str) -> Mailbox {
+        match parse_path(s, false, false) {
+            Ok(Path {
+                mailbox: Some(m), ..
+            }) => m,
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn err(s: &str, utf8: bool) -> PathError {
+        match parse_path(s, true, utf8) {
+            Err(e) => e,
+            Ok(p) => panic!("{s} parsed as {p:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_mailbox_domain_normalised() {
+        let m = mbox("<John.Doe@Example.COM.>");
+        assert_eq!(
+            (m.local.as_str(), m.domain.as_str()),
+            ("John.Doe", "example.com")
+        );
+        assert_eq!(m.to_string(), "John.Doe@example.com");
+        assert!(!m.is_routed());
+    }
+
+    #[test]
+    fn null_path_only_where_allowed() {
+        let null = Path {
+            mailbox: None,
+            source_route: false,
+        };
+        assert_eq!(parse_path("<>", true, false), Ok(null));
+        assert!(matches!(
+            parse_path("<>", false, false),
+            Err(PathError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn source_route_is_stripped_and_flagged() {
+        for s in [
+            "<@a.test,@[192.0.2.1]:u@d.test>",
+            "<@a.test:u@d.test>",
+            "<@[IPv6:::1]:u@d.test>",
+        ] {
+            let p = parse_path(s, false, false).unwrap_or_else(|e| panic!("{s}: {e:?}"));
+            assert!(p.source_route, "{s}");
+            assert_eq!(
+                p.mailbox.map(|m| m.to_string()).as_deref(),
+                Some("u@d.test")
+            );
+        }
+        for bad in [
+            "<@a.test>",
+            "<@a.test,u@d.test>",
+            "<@-a:u@d>",
+            "<@a.test,:u@d>",
+            "<@:u@d>",
+        ] {
+            assert!(matches!(err(bad, false), PathError::Syntax(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn relay_tricks_are_recognised() {
+        // `%` and `!` are legal atext: parsed, and flagged as routed.
+        assert!(mbox("<u%other.test@d.test>").is_routed());
+        assert!(mbox("<host!u@d.test>").is_routed());
+        // A quoted `@` stays in the local part; the domain is the last one.
+        let m = mbox("<\"u@other.test\"@d.test>");
+        assert_eq!(m.local, "\"u@other.test\"");
+        assert_eq!(m.domain, "d.test");
+        assert!(m.is_routed());
+        // Several unquoted `@` is never guessed at.
+        assert!(matches!(
+            err("<u@other.test@d.test>", false),
+            PathError::Syntax(_)
+        ));
+        assert!(matches!(err("<@d.test@x>", false), PathError::Syntax(_)));
+    }
+
+    #[test]
+    fn quoted_local_parts() {
+        assert_eq!(mbox("<\"a b\\\"c\"@d>").local, "\"a b\\\"c\"");
+        for bad in ["<\"\"@d>", "<\"abc@d>", "<\"a\"b@d>", "<\"a\tb\"@d>"] {
+            assert!(matches!(err(bad, false), PathError::Syntax(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn address_literals_are_validated() {
+        assert_eq!(mbox("<u@[192.0.2.1]>").domain, "[192.0.2.1]");
+        let m = mbox("<u@[ipv6:2001:DB8::1]>");
+        assert_eq!(m.domain, "[IPv6:2001:db8::1]");
+        assert!(m.is_literal());
+        for bad in [
+            "<u@[192.0.2.256]>",
+            "<u@[192.0.2]>",
+            "<u@[010.0.0.1]>",
+            "<u@[IPv6:zz::1]>",
+            "<u@[2001:db8::1]>",
+            "<u@[x-tag:foo]>",
+            "<u@[192.0.2.1>",
+        ] {
+            assert!(matches!(err(bad, false), PathError::Syntax(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors() {
+        for bad in [
+            "u@d",
+            "<u@d",
+            "u@d>",
+            "<u>",
+            "<Postmaster>",
+            "<@>",
+            "<u@>",
+            "<@d>",
+            "<.u@d>",
+            "<u.@d>",
+            "<u..v@d>",
+            "<u v@d>",
+            "< u@d>",
+            "<u@d >",
+            "<u@d..test>",
+            "<u@-d.test>",
+            "<u@d-.test>",
+            "<u@d_x.test>",
+            "<u@.>",
+            "<u(c)@d>",
+        ] {
+            assert!(matches!(err(bad, true), PathError::Syntax(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_only_with_utf8() {
+        assert_eq!(err("<jösé@exämple.test>", false), PathError::NonAscii);
+        let p = parse_path("<jösé@EXÄMPLE.test>", false, true).map(|p| p.mailbox);
+        let m = p.ok().flatten().map(|m| (m.local, m.domain));
+        assert_eq!(m, Some(("jösé".into(), "exämple.test".into())));
+        // Syntax comes first: broken non-ASCII is a syntax error.
+        assert!(matches!(err("<jö sé@d>", false), PathError::Syntax(_)));
+    }
+
+    #[test]
+    fn length_limits() {
+        let local = "a".repeat(64);
+        assert_eq!(mbox(&format!("<{local}@d>")).local, local);
+        assert_eq!(err(&format!("<{local}a@d>"), false), PathError::TooLong);
+        let label = "b".repeat(63);
+        let domain = [label.as_str(); 4].join("."); // 255 octets
+        assert_eq!(parse_domain(&domain), Ok(domain.clone()));
+        assert_eq!(parse_domain(&format!("{domain}.")), Ok(domain.clone()));
+        assert_eq!(parse_domain(&format!("x{domain}")), Err(PathError::TooLong));
+        assert!(matches!(
+            err(&format!("<u@{label}x.d>"), false),
+            PathError::Syntax(_)
+        ));
+        // 256 including brackets is the path limit.
+        let domain = format!("{label}.{label}.{}", "c".repeat(61));
+        let path = format!("<{local}@{domain}>");
+        assert_eq!(path.len(), 256);
+        assert!(parse_path(&path, false, false).is_ok());
+        let longer = path.replace("@", "@c");
+        assert_eq!(err(&longer, false), PathError::TooLong);
+    }
+
+    #[test]
+    fn path_len_honours_quotes() {
+        assert_eq!(path_len("<a@b> SIZE=1"), Some(5));
+        assert_eq!(path_len("<\"a> b\"@c> X"), Some(10));
+        assert_eq!(path_len("<\"a\\\">\"@c>"), Some(10));
+        assert_eq!(path_len("a@b"), None);
+        assert_eq!(path_len("<a@b"), None);
+    }
+}
