@@ -303,6 +303,8 @@ impl Session {
             return;
         }
         match result {
+            // Stopping: a 421 instead of inviting a message we would cut.
+            Ok(()) if self.shutdown_pending => {}
             Ok(()) => {
                 self.data = Some(DataReader::new(
                     self.params.max_message_size,
@@ -1390,6 +1392,26 @@ mod tests {
             s.take_output(),
             b"250 2.1.0 Ok\r\n421 4.3.2 mx.test Service shutting down\r\n"
         );
+        assert_eq!(s.poll_event(), Some(Event::Close));
+    }
+
+    #[test]
+    fn shutdown_during_data_start_sends_no_354() {
+        let mut s = Session::new(params());
+        s.receive(TX.as_bytes());
+        assert!(matches!(s.poll_event(), Some(Event::Mail(_))));
+        s.answer_mail(Ok(()));
+        assert!(matches!(s.poll_event(), Some(Event::Rcpt(_))));
+        s.answer_rcpt(Ok(()));
+        assert_eq!(s.poll_event(), Some(Event::DataStart));
+        s.take_output();
+        s.shutdown();
+        s.answer_data(Ok(()));
+        assert_eq!(
+            s.take_output(),
+            b"421 4.3.2 mx.test Service shutting down\r\n"
+        );
+        assert!(!s.in_data());
         assert_eq!(s.poll_event(), Some(Event::Close));
     }
 
