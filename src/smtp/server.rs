@@ -1290,9 +1290,10 @@ mod tests {
         let input = b"EHLO c\r\nSTARTTLS\r\nNOOP\r\n";
         for cut in 0..16 {
             let (a, b) = input.split_at(cut);
-            let r = drive(params(), &[a, b]);
+            let r = drive(params(), &[a, b, b"QUIT\r\n"]);
             assert!(!r.has("250 2.0.0 Ok"), "cut at {cut}");
-            assert_eq!(r.events, [Event::StartTls], "cut at {cut}");
+            assert!(r.has("221 2.0.0 Bye"), "cut at {cut}");
+            assert_eq!(r.events, [Event::StartTls, Event::Close], "cut at {cut}");
         }
     }
 
