@@ -283,8 +283,8 @@ fn parse_literal(lit: &str) -> Result<String, PathError> {
         .and_then(|_| lit.get(5..))
     {
         return match v6.parse::<std::net::Ipv6Addr>() {
-            Ok(_) if v6.len() <= MAX_DOMAIN => Ok(format!("[IPv6:{}]", v6.to_ascii_lowercase())),
-            _ => Err(PathError::Syntax("bad IPv6 address literal")),
+            Ok(_) => Ok(format!("[IPv6:{}]", v6.to_ascii_lowercase())),
+            Err(_) => Err(PathError::Syntax("bad IPv6 address literal")),
         };
     }
     // std's parser is strict: exactly four decimal octets, no leading zeros.
