@@ -3,6 +3,7 @@
 
 pub mod address;
 pub mod client;
+mod data;
 pub mod reply;
 pub mod server;
 pub mod stuff;
