@@ -89,10 +89,13 @@ pub fn main(args: Vec<String>) -> i32 {
         ["run"] => crate::daemon::run(&args.config),
         ["check"] => check(&args.config),
         ["queue", rest @ ..] => crate::control::queue_command(&args.config, rest),
-        ["dnscheck", _domain] => {
-            eprintln!("mxspool: dnscheck is not available in this build yet");
-            1
-        }
+        ["dnscheck", domain] => match Config::load(&args.config) {
+            Ok(c) => crate::dnscheck::run(&c, domain),
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        },
         [] => {
             eprintln!("mxspool: no command given\n{USAGE}");
             2

@@ -34,6 +34,8 @@ pub struct Ctx {
     pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Opportunistic TLS for deliveries and call-ahead.
     pub tls_client: Arc<rustls::ClientConfig>,
+    /// The DNS resolver (rebuilt on reload).
+    pub resolver: RefCell<crate::dns::Resolver>,
     /// Call-ahead probes in flight, bounded.
     pub probes: async_lock::Semaphore,
     /// Domain → last random-address check (call-ahead).
@@ -135,6 +137,7 @@ async fn start(
         recovered.bytes,
         recovered.leftovers
     );
+    let config_for_resolver = config.clone();
     let control = async_net::unix::UnixListener::try_from(prepared.control)
         .map_err(|e| format!("control socket: {e}"))?;
     let ctx = Rc::new(Ctx {
@@ -150,11 +153,13 @@ async fn start(
         stopping: Cell::new(false),
         tls_server: RefCell::new(prepared.tls_server),
         tls_client: crate::tls::client_config()?,
+        resolver: RefCell::new(make_resolver(&config_for_resolver)),
         probes: async_lock::Semaphore::new(crate::receive::callahead::MAX_PROBES),
         random_checks: RefCell::new(Default::default()),
     });
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));
+    ctx.spawn(crate::deliver::hostcheck::run(ctx.clone()));
     ctx.spawn(crate::control::server::serve(ctx.clone(), control));
 
     let mut signals = async_signal::Signals::new([
@@ -187,6 +192,20 @@ async fn start(
     Ok(())
 }
 
+/// The resolver from `resolver` or the system's resolv.conf files. With
+/// none, relays to literal addresses still work; lookups fail (and defer)
+/// with an error that names the missing setting.
+pub fn make_resolver(config: &Config) -> crate::dns::Resolver {
+    let servers = match crate::dns::system_nameservers(config.main.resolver) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("event=dns_config error=\"{e}\"");
+            vec![]
+        }
+    };
+    crate::dns::Resolver::new(servers, crate::dns::Options::default())
+}
+
 /// SIGHUP: read the configuration again; keep the old one if the new one
 /// is invalid. Queued mail, sessions in progress and the spool stay.
 fn reload(ctx: &Rc<Ctx>, path: &Path) {
@@ -217,6 +236,7 @@ fn reload(ctx: &Rc<Ctx>, path: &Path) {
         }
     }
     crate::log::set_level(new.main.log_level);
+    *ctx.resolver.borrow_mut() = make_resolver(&new);
     let listen = new.main.listen.clone();
     *ctx.config.borrow_mut() = Arc::new(new);
     ctx.listeners.apply(ctx, &listen);

@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod deliver;
 pub mod dns;
+pub mod dnscheck;
 pub mod log;
 pub mod privilege;
 pub mod receive;

@@ -184,7 +184,8 @@ pub struct ConnectError {
 /// guard, answers, and (when pinned) proves its key. Used by delivery and
 /// call-ahead alike.
 pub async fn connect(ctx: &Ctx, cfg: &Config, dest: &Destination) -> Result<Conn, ConnectError> {
-    let targets = match route::resolve(dest).await {
+    let resolver = ctx.resolver.borrow().clone();
+    let targets = match route::resolve(&resolver, &cfg.main.hostname, dest).await {
         Ok(t) => t,
         Err(e) => {
             return Err(ConnectError {

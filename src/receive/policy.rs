@@ -134,6 +134,60 @@ pub fn rcpt(cfg: &Config, rcpt: &RcptTo) -> Result<RcptOk, Refusal> {
     })
 }
 
+/// At RCPT for a backup-MX domain: its MX records must leave a host better
+/// than us (else the mail would loop), and DNS must answer (else 451, never
+/// a guess).
+pub async fn mx_route(
+    resolver: &crate::dns::Resolver,
+    domain: &crate::config::Domain,
+    our_hostname: &str,
+) -> Result<(), Refusal> {
+    use crate::deliver::route::{self, MxPlan, RouteError};
+    let name = &domain.name;
+    match route::mx_plan(resolver, name, our_hostname).await {
+        Ok(MxPlan::Hosts(hosts)) => {
+            for h in hosts.iter().filter(|h| *h != name) {
+                if let Ok(a) = resolver.ip(h).await
+                    && let Some(c) = a.cname
+                {
+                    log::warn!(
+                        "id=NOQUEUE event=dns_warning domain={name} kind=cname_mx mx={h} target={c} advice=\"an MX must name a host, not an alias (RFC 2181 10.3); list {c} instead\""
+                    );
+                }
+            }
+            Ok(())
+        }
+        Ok(MxPlan::Loop) => Err((
+            "mx_loop",
+            Reply::enh(
+                550,
+                (5, 4, 6),
+                format!("mail for {name} loops back to myself: {our_hostname} is its best MX"),
+            ),
+        )),
+        Ok(MxPlan::NullMx) => Err((
+            "null_mx",
+            Reply::enh(556, (5, 1, 10), format!("{name} accepts no mail (null MX)")),
+        )),
+        Ok(MxPlan::IpLiteral(l)) => Err((
+            "mx_literal",
+            Reply::enh(
+                550,
+                (5, 4, 4),
+                format!("an MX record of {name} is an IP address ({l}): cannot route"),
+            ),
+        )),
+        Err(RouteError::Permanent(e)) => Err((
+            "mx_lookup",
+            Reply::enh(550, (5, 4, 4), format!("cannot route mail for {name}: {e}")),
+        )),
+        Err(RouteError::Temporary(e)) => Err((
+            "dns_tempfail",
+            Reply::enh(451, (4, 4, 3), format!("DNS lookup for {name} failed, try again later: {e}")),
+        )),
+    }
+}
+
 /// At DATA: room for one more message of the maximal size.
 pub fn data(cfg: &Config, spool: &Spool) -> Result<(), Refusal> {
     let m = &cfg.main;

@@ -143,7 +143,17 @@ pub async fn serve(
             }
             Event::Rcpt(rcpt) => {
                 let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
-                let verdict = match policy::rcpt(&cfg, &rcpt) {
+                let mut verdict = policy::rcpt(&cfg, &rcpt);
+                if let Ok(ok) = &verdict
+                    && matches!(ok.destination, Destination::Mx { .. })
+                    && let Some(d) = cfg.domain(&rcpt.to.domain)
+                {
+                    let resolver = ctx.resolver.borrow().clone();
+                    if let Err(r) = policy::mx_route(&resolver, d, &m.hostname).await {
+                        verdict = Err(r);
+                    }
+                }
+                let verdict = match verdict {
                     Ok(ok) if ok.callahead => {
                         let addr = rcpt.to.to_string().to_lowercase();
                         match cfg.domain(&rcpt.to.domain) {
