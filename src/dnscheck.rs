@@ -105,10 +105,13 @@ pub fn analyze(
             }
         }
     }
+    let mut seen: Vec<&str> = vec![];
     for m in records {
-        if m.exchange.is_empty() {
+        // A host listed twice (primary-secondary-primary) is reported once.
+        if m.exchange.is_empty() || seen.contains(&m.exchange.as_str()) {
             continue;
         }
+        seen.push(&m.exchange);
         if literal(&m.exchange).is_some() {
             out.push(problem(
                 format!("the MX record 'MX {} {}' names an IP address, not a host (RFC 5321 5.1); mxspool refuses mail for {domain} while it is there", m.preference, m.exchange),
