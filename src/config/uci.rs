@@ -209,9 +209,7 @@ fn apply(sections: &mut Vec<Section>, cmd: Command) -> Result<(), SyntaxError> {
             {
                 return Err(err(
                     line,
-                    format!(
-                        "invalid section name '{n}': only letters, digits and _ are allowed"
-                    ),
+                    format!("invalid section name '{n}': only letters, digits and _ are allowed"),
                 ));
             }
             if args.next().is_some() {
