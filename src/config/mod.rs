@@ -5,6 +5,9 @@
 
 pub mod uci;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -223,12 +226,14 @@ pub struct Domain {
     /// Port for `mx` deliveries (default 25).
     pub port: u16,
     pub verify: Verify,
-    /// Local parts (lower-case) or full addresses (lower-case domain).
+    /// Local parts or full addresses in this domain, lower-cased.
     pub users: Vec<String>,
     pub on_tempfail: OnTempfail,
     pub offline_address: Vec<IpAddr>,
+    /// Lower-case host name (or an IP address as written); compare the
+    /// greeting's first word case-insensitively.
     pub expect_greeting: Option<String>,
-    /// `sha256:BASE64` as written.
+    /// `sha256:BASE64` as written (checked: 32 bytes of base64).
     pub tls_pin: Option<String>,
 }
 
@@ -236,6 +241,7 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Main {
     pub line: usize,
+    /// Lower-case, no trailing dot.
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub spool_dir: PathBuf,
@@ -260,6 +266,7 @@ pub struct Main {
     pub dnsbl: Vec<String>,
     pub client_allow: Vec<Cidr>,
     pub client_deny: Vec<Cidr>,
+    /// Lower-case `domain`, `.domain` (its subdomains) or `local@domain`.
     pub sender_allow: Vec<String>,
     pub sender_deny: Vec<String>,
 
@@ -509,9 +516,9 @@ fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => "0s".into(),
-        _ if s % 86400 == 0 => format!("{}d", s / 86400),
-        _ if s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }
@@ -523,9 +530,9 @@ fn fmt_size(n: u64) -> String {
     const K: u64 = 1 << 10;
     match n {
         0 => "0".into(),
-        _ if n % G == 0 => format!("{}G", n / G),
-        _ if n % M == 0 => format!("{}M", n / M),
-        _ if n % K == 0 => format!("{}K", n / K),
+        _ if n.is_multiple_of(G) => format!("{}G", n / G),
+        _ if n.is_multiple_of(M) => format!("{}M", n / M),
+        _ if n.is_multiple_of(K) => format!("{}K", n / K),
         _ => n.to_string(),
     }
 }
@@ -1207,7 +1214,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let chunks = bytes.len() / 4;
