@@ -110,6 +110,7 @@ fn main_defaults() {
     assert!(c.domains.is_empty());
 }
 
+// Every default of a domain section; the name is normalised.
 #[test]
 fn domain_defaults() {
     let d = domain_with("option name 'Example.COM.'");
@@ -687,6 +688,7 @@ fn booleans() {
     }
 }
 
+// The level names, with syslog's `warning` and `notice` as aliases.
 #[test]
 fn log_levels() {
     use log::LevelFilter::*;
@@ -773,6 +775,8 @@ fn syntax_errors_have_path_and_line() {
     assert!(e.to_string().starts_with("/etc/config/mxspool:6: "), "{e}");
 }
 
+// A unit is required; no signs, fractions, spaces or overflow; the cap
+// keeps clock arithmetic from overflowing.
 #[test]
 fn durations() {
     assert_eq!(parse_duration("90s"), Ok(secs(90)));
@@ -807,6 +811,7 @@ fn durations() {
     );
 }
 
+// Powers of 1024 with an optional unit; overflow is an error, not a wrap.
 #[test]
 fn sizes() {
     assert_eq!(parse_size("0"), Ok(0));
@@ -836,6 +841,7 @@ fn sizes() {
     );
 }
 
+// `check` prints the largest exact unit, never a rounded value.
 #[test]
 fn printed_units() {
     assert_eq!(fmt_duration(secs(0)), "0s");
@@ -846,6 +852,7 @@ fn printed_units() {
     assert_eq!(fmt_size(3 << 29), "1536M");
 }
 
+// HOST[:PORT] forms: names lower-cased, IPv6 canonical, ports 1-65535.
 #[test]
 fn host_port() {
     let hp = |h: &str, p| {
@@ -894,6 +901,7 @@ fn host_port() {
     );
 }
 
+// Network membership, prefix bounds, IPv4-mapped clients.
 #[test]
 fn cidrs() {
     let c = |s: &str| Cidr::parse(s).unwrap();
@@ -931,6 +939,7 @@ fn cidrs() {
     }
 }
 
+// The tls_pin decoder: RFC 4648 test vectors, padding only at the end.
 #[test]
 fn base64() {
     assert_eq!(base64_decode(""), Some(vec![]));
