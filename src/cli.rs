@@ -119,7 +119,10 @@ fn check(path: &std::path::Path) -> i32 {
     };
     if let Err(e) = crate::daemon::load_tls(&c) {
         let line = option_line(path, "tls_cert");
-        eprintln!("{}:{line}: option 'tls_cert'/'tls_key': {e}", path.display());
+        eprintln!(
+            "{}:{line}: option 'tls_cert'/'tls_key': {e}",
+            path.display()
+        );
         return 2;
     }
     print!("{c}");
@@ -149,7 +152,13 @@ mod tests {
         let a = parse(vec!["-c".into(), "/x".into(), "check".into()]).unwrap();
         assert_eq!(a.config, PathBuf::from("/x"));
         assert_eq!(a.words, vec!["check"]);
-        let b = parse(vec!["queue".into(), "list".into(), "-c".into(), "/y".into()]).unwrap();
+        let b = parse(vec![
+            "queue".into(),
+            "list".into(),
+            "-c".into(),
+            "/y".into(),
+        ])
+        .unwrap();
         assert_eq!(b.config, PathBuf::from("/y"));
         assert_eq!(b.words, vec!["queue", "list"]);
         assert!(parse(vec!["check".into(), "-c".into()]).is_err());

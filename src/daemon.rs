@@ -212,26 +212,35 @@ fn reload(ctx: &Rc<Ctx>, path: &Path) {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            log::error!("event=reload_failed error=\"{e}\" action=\"keeping the running configuration\"");
+            log::error!(
+                "event=reload_failed error=\"{e}\" action=\"keeping the running configuration\""
+            );
             return;
         }
     };
     let old = ctx.config();
     for (what, changed) in [
         ("spool_dir", new.main.spool_dir != old.main.spool_dir),
-        ("control_socket", new.main.control_socket != old.main.control_socket),
+        (
+            "control_socket",
+            new.main.control_socket != old.main.control_socket,
+        ),
         ("user", new.main.user != old.main.user),
         ("cache_size", new.main.cache_size != old.main.cache_size),
         ("syslog", new.main.syslog != old.main.syslog),
     ] {
         if changed {
-            log::warn!("event=reload_partial option={what} action=\"takes effect at the next restart\"");
+            log::warn!(
+                "event=reload_partial option={what} action=\"takes effect at the next restart\""
+            );
         }
     }
     match load_tls(&new) {
         Ok(t) => *ctx.tls_server.borrow_mut() = t,
         Err(e) => {
-            log::error!("event=reload_failed error=\"{e}\" action=\"keeping the running configuration\"");
+            log::error!(
+                "event=reload_failed error=\"{e}\" action=\"keeping the running configuration\""
+            );
             return;
         }
     }

@@ -71,7 +71,14 @@ pub fn analyze(
     match ours {
         None => out.push(problem(
             format!("{our} is not listed as an MX of {domain}: senders will never use this backup"),
-            format!("add a record '{domain}. MX {} {our}.' with a larger number than your primary's", records.iter().map(|m| m.preference).max().map_or(20, |p| p.saturating_add(10))),
+            format!(
+                "add a record '{domain}. MX {} {our}.' with a larger number than your primary's",
+                records
+                    .iter()
+                    .map(|m| m.preference)
+                    .max()
+                    .map_or(20, |p| p.saturating_add(10))
+            ),
         )),
         Some(p) => {
             let better = records.iter().filter(|m| m.preference < p).count();
@@ -96,7 +103,9 @@ pub fn analyze(
                             .any(|x| x.exchange.eq_ignore_ascii_case(&m.exchange))
                 });
                 if !again {
-                    let first = primaries.first().map_or("your primary", |m| m.exchange.as_str());
+                    let first = primaries
+                        .first()
+                        .map_or("your primary", |m| m.exchange.as_str());
                     out.push(advice(
                         format!("your primary is not listed again below {our}"),
                         format!("add '{domain}. MX {} {first}.' (primary-secondary-primary): spammers who target the lowest-priority MX then reach the primary, which filters best", p.saturating_add(10)),
@@ -125,11 +134,17 @@ pub fn analyze(
         match &info.addrs {
             Err(e) => out.push(problem(
                 format!("the MX host {} does not resolve: {e}", m.exchange),
-                format!("add A (and AAAA) records for {}, or remove that MX record", m.exchange),
+                format!(
+                    "add A (and AAAA) records for {}, or remove that MX record",
+                    m.exchange
+                ),
             )),
             Ok(0) => out.push(problem(
                 format!("the MX host {} has no address", m.exchange),
-                format!("add A (and AAAA) records for {}, or remove that MX record", m.exchange),
+                format!(
+                    "add A (and AAAA) records for {}, or remove that MX record",
+                    m.exchange
+                ),
             )),
             Ok(_) => {}
         }
@@ -148,10 +163,17 @@ pub fn report(domain: &str, records: &[Mx], findings: &[Finding]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "MX records of {domain}:");
     if records.is_empty() {
-        let _ = writeln!(out, "  (none: mail goes to {domain} itself, the implicit MX)");
+        let _ = writeln!(
+            out,
+            "  (none: mail goes to {domain} itself, the implicit MX)"
+        );
     }
     for m in records {
-        let name = if m.exchange.is_empty() { "." } else { &m.exchange };
+        let name = if m.exchange.is_empty() {
+            "."
+        } else {
+            &m.exchange
+        };
         let _ = writeln!(out, "  {:>5} {name}", m.preference);
     }
     for f in findings {
@@ -185,7 +207,9 @@ pub fn run(config: &Config, domain: &str) -> i32 {
         let records = match resolver.mx(&domain).await {
             Ok(a) => a.records,
             Err(DnsError::NxDomain) => {
-                println!("PROBLEM: {domain} does not exist in the DNS\n  fix: check the spelling, or register/delegate the domain");
+                println!(
+                    "PROBLEM: {domain} does not exist in the DNS\n  fix: check the spelling, or register/delegate the domain"
+                );
                 return 1;
             }
             Err(e) => {
@@ -248,7 +272,11 @@ mod tests {
 
     #[test]
     fn a_good_primary_secondary_primary_layout_has_no_findings() {
-        let r = [mx(10, "mail.e.com"), mx(20, "mx2.test"), mx(30, "mail.e.com")];
+        let r = [
+            mx(10, "mail.e.com"),
+            mx(20, "mx2.test"),
+            mx(30, "mail.e.com"),
+        ];
         assert!(analyze("e.com", "mx2.test", &r, &ok(&["mail.e.com", "mx2.test"])).is_empty());
     }
 
@@ -262,7 +290,12 @@ mod tests {
 
     #[test]
     fn best_only_unlisted_null_literal_unresolvable_are_problems() {
-        let only = analyze("e.com", "mx2.test", &[mx(10, "mx2.test")], &ok(&["mx2.test"]));
+        let only = analyze(
+            "e.com",
+            "mx2.test",
+            &[mx(10, "mx2.test")],
+            &ok(&["mx2.test"]),
+        );
         assert_eq!(severities(&only), vec![Severity::Problem]);
         assert!(only[0].what.contains("only"));
         let best = analyze(
@@ -272,7 +305,12 @@ mod tests {
             &ok(&["mx2.test", "mail.e.com"]),
         );
         assert!(best[0].what.contains("best"));
-        let unlisted = analyze("e.com", "mx2.test", &[mx(10, "mail.e.com")], &ok(&["mail.e.com"]));
+        let unlisted = analyze(
+            "e.com",
+            "mx2.test",
+            &[mx(10, "mail.e.com")],
+            &ok(&["mail.e.com"]),
+        );
         assert!(unlisted[0].what.contains("not listed"));
         let null = analyze("e.com", "mx2.test", &[mx(0, "")], &HashMap::new());
         assert!(null[0].what.contains("null MX"));
@@ -282,7 +320,10 @@ mod tests {
             &[mx(10, "192.0.2.1"), mx(20, "mx2.test")],
             &ok(&["mx2.test"]),
         );
-        assert!(lit.iter().any(|f| f.severity == Severity::Problem && f.what.contains("IP address")));
+        assert!(
+            lit.iter()
+                .any(|f| f.severity == Severity::Problem && f.what.contains("IP address"))
+        );
         let mut h = ok(&["mx2.test"]);
         h.insert(
             "gone.e.com".into(),
@@ -291,8 +332,16 @@ mod tests {
                 cname: None,
             },
         );
-        let gone = analyze("e.com", "mx2.test", &[mx(10, "gone.e.com"), mx(20, "mx2.test")], &h);
-        assert!(gone.iter().any(|f| f.severity == Severity::Problem && f.what.contains("does not resolve")));
+        let gone = analyze(
+            "e.com",
+            "mx2.test",
+            &[mx(10, "gone.e.com"), mx(20, "mx2.test")],
+            &h,
+        );
+        assert!(
+            gone.iter()
+                .any(|f| f.severity == Severity::Problem && f.what.contains("does not resolve"))
+        );
     }
 
     #[test]
@@ -308,7 +357,11 @@ mod tests {
         let f = analyze(
             "e.com",
             "mx2.test",
-            &[mx(10, "alias.e.com"), mx(20, "mx2.test"), mx(30, "alias.e.com")],
+            &[
+                mx(10, "alias.e.com"),
+                mx(20, "mx2.test"),
+                mx(30, "alias.e.com"),
+            ],
             &h,
         );
         assert_eq!(severities(&f), vec![Severity::Advice]);

@@ -240,16 +240,15 @@ impl Stream {
             }
             _ => return None,
         };
-        Some(format!(
-            "{:?} {:?}",
-            v?,
-            s.map(|s| s.suite())?
-        ))
+        Some(format!("{:?} {:?}", v?, s.map(|s| s.suite())?))
     }
 }
 
 fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection lost in a TLS handshake")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost in a TLS handshake",
+    )
 }
 
 impl AsyncRead for Stream {

@@ -378,6 +378,26 @@ impl Config {
                     .into(),
             )
         })?;
+        let mut main = main;
+        // A relative path is relative to the configuration file, never to
+        // the working directory (procd starts us in /).
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        for p in [&mut main.spool_dir, &mut main.control_socket] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [&mut main.tls_cert, &mut main.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             main,

@@ -203,14 +203,12 @@ pub(super) fn parse_log_level(v: &str) -> Result<log::LevelFilter, String> {
     }
 }
 
-/// procd starts us with `/` as the working directory; a relative path
-/// would silently land there.
+/// A path; a relative one is made relative to the configuration file's
+/// folder by `Config::parse` (procd starts us in `/`, so the working
+/// directory means nothing).
 pub(super) fn abs_path(v: &str) -> Result<PathBuf, String> {
     if v.is_empty() {
         return Err("must not be empty".into());
-    }
-    if !v.starts_with('/') {
-        return Err("must be an absolute path (starting with /)".into());
     }
     Ok(PathBuf::from(v))
 }

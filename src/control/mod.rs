@@ -76,7 +76,9 @@ pub fn validate(words: &[&str]) -> Result<(), String> {
         ["retag", _domain, dest] => crate::config::HostPort::parse(dest, 25)
             .map(|_| ())
             .map_err(|e| format!("bad destination '{dest}': {e}")),
-        [] => Err("queue needs a subcommand: list, show, flush, delete, bounce, retag, stats".into()),
+        [] => {
+            Err("queue needs a subcommand: list, show, flush, delete, bounce, retag, stats".into())
+        }
         _ => Err(format!("unknown queue command: {}", words.join(" "))),
     }
 }
@@ -111,7 +113,10 @@ pub fn queue_command(config_path: &Path, words: &[&str]) -> i32 {
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
     let request = format!("{}\n", words.join(" "));
     if let Err(e) = stream.write_all(request.as_bytes()) {
-        eprintln!("mxspool: cannot talk to the daemon at {}: {e}", sock.display());
+        eprintln!(
+            "mxspool: cannot talk to the daemon at {}: {e}",
+            sock.display()
+        );
         return 1;
     }
     let mut reader = BufReader::new(stream.take(MAX_RESPONSE));
@@ -135,7 +140,10 @@ pub fn queue_command(config_path: &Path, words: &[&str]) -> i32 {
             0
         }
         None => {
-            eprintln!("mxspool: unexpected answer from the daemon: {}", status.trim_end());
+            eprintln!(
+                "mxspool: unexpected answer from the daemon: {}",
+                status.trim_end()
+            );
             1
         }
     }

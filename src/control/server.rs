@@ -96,7 +96,10 @@ fn age(now: u64, t: u64) -> String {
 }
 
 fn destinations(m: &Message) -> Vec<String> {
-    let mut d: Vec<String> = m.pending().map(|(_, r)| r.destination.to_string()).collect();
+    let mut d: Vec<String> = m
+        .pending()
+        .map(|(_, r)| r.destination.to_string())
+        .collect();
     d.dedup();
     d
 }
@@ -239,10 +242,19 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
     let _ = writeln!(out, "id: {}", spool::format_id(id));
     let _ = writeln!(out, "from: <{}>", m.sender);
     let _ = writeln!(out, "client: {}", m.client);
-    let _ = writeln!(out, "arrival: {} ({} ago)", crate::time::rfc5322(m.arrival), age(now, m.arrival));
+    let _ = writeln!(
+        out,
+        "arrival: {} ({} ago)",
+        crate::time::rfc5322(m.arrival),
+        age(now, m.arrival)
+    );
     let _ = writeln!(out, "size: {}", m.size);
     let _ = writeln!(out, "attempts: {}", m.attempts);
-    let _ = writeln!(out, "next attempt: {}", crate::time::rfc5322(m.next_attempt));
+    let _ = writeln!(
+        out,
+        "next attempt: {}",
+        crate::time::rfc5322(m.next_attempt)
+    );
     for r in &m.recipients {
         let state = match r.state {
             RcptState::Pending => "pending",
@@ -323,7 +335,11 @@ async fn bounce(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
         results,
     };
     crate::deliver::record(ctx, &job, report, m.arrival).await;
-    Ok(format!("{}: returned to <{}>\n", spool::format_id(id), m.sender))
+    Ok(format!(
+        "{}: returned to <{}>\n",
+        spool::format_id(id),
+        m.sender
+    ))
 }
 
 fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
@@ -333,7 +349,11 @@ fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
         .spool
         .list()
         .ok()
-        .and_then(|l| l.iter().filter_map(|(_, m)| m.as_ref().ok().map(|m| m.arrival)).min())
+        .and_then(|l| {
+            l.iter()
+                .filter_map(|(_, m)| m.as_ref().ok().map(|m| m.arrival))
+                .min()
+        })
         .map_or(0, |a| now.saturating_sub(a));
     if json {
         let rejected: Vec<String> = st

@@ -210,7 +210,9 @@ pub async fn connect(ctx: &Ctx, cfg: &Config, dest: &Destination) -> Result<Conn
         {
             // Opportunistic TLS (RFC 7435): a broken TLS stack at the
             // primary must not hold its mail hostage; try in the clear.
-            log::warn!("id=NOQUEUE event=tls_failed destination={dest} error=\"{e}\" action=plaintext");
+            log::warn!(
+                "id=NOQUEUE event=tls_failed destination={dest} error=\"{e}\" action=plaintext"
+            );
             result = open(ctx, cfg, t.clone(), domain, false).await;
         }
         match result {
@@ -310,7 +312,10 @@ async fn open(
                     return Ok(c);
                 }
                 if let Some(p) = &pin {
-                    let got = c.stream.peer_certificate().and_then(|d| crate::tls::pin_of(&d));
+                    let got = c
+                        .stream
+                        .peer_certificate()
+                        .and_then(|d| crate::tls::pin_of(&d));
                     if got.as_deref() != Some(p.as_str()) {
                         c.quit().await;
                         return Err(OpenError::Guard(
@@ -459,69 +464,68 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     // Until the transaction's last event: leaving one unread would hand it
     // to the next message on this connection.
     let mut timeout = REPLY_TIMEOUT;
-    while !refuse_utf8 {
-        let ev = match conn.event(timeout).await {
-            Ok(ev) => ev,
-            Err(e) => {
-                summary = format!("lost connection with {relay}: {e}");
-                alive = false;
-                break;
-            }
-        };
-        match ev {
-            Event::MailReply(r) => {
-                if !r.is_positive() {
-                    summary = r.one_line();
-                }
-            }
-            Event::RcptReply { index, reply } => {
-                if let Some(slot) = results.get_mut(index) {
-                    if reply.is_positive() {
-                        if let Some(a) = accepted.get_mut(index) {
-                            *a = true;
-                        }
-                    } else {
-                        *slot = Some((outcome_of(&reply), reply.one_line()));
-                    }
-                }
-            }
-            Event::SendBody => {
-                if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
-                    summary = e;
+    if !refuse_utf8 {
+        loop {
+            let ev = match conn.event(timeout).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    summary = format!("lost connection with {relay}: {e}");
                     alive = false;
                     break;
                 }
-                timeout = DATA_END_TIMEOUT;
-            }
-            Event::DataReply(r) => {
-                summary = r.one_line();
-                for (i, slot) in results.iter_mut().enumerate() {
-                    if slot.is_none() && accepted.get(i).copied().unwrap_or(false) {
-                        *slot = Some((outcome_of(&r), r.one_line()));
+            };
+            match ev {
+                // A refused MAIL ends in TransactionFailed with its reply.
+                Event::MailReply(_) => {}
+                Event::RcptReply { index, reply } => {
+                    if let Some(slot) = results.get_mut(index) {
+                        if reply.is_positive() {
+                            if let Some(a) = accepted.get_mut(index) {
+                                *a = true;
+                            }
+                        } else {
+                            *slot = Some((outcome_of(&reply), reply.one_line()));
+                        }
                     }
                 }
-                break;
-            }
-            Event::TransactionFailed { reply } => {
-                summary = reply.one_line();
-                for slot in results.iter_mut() {
-                    if slot.is_none() {
-                        *slot = Some((outcome_of(&reply), reply.one_line()));
+                Event::SendBody => {
+                    if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
+                        summary = e;
+                        alive = false;
+                        break;
                     }
+                    timeout = DATA_END_TIMEOUT;
                 }
-                break;
+                Event::DataReply(r) => {
+                    summary = r.one_line();
+                    for (i, slot) in results.iter_mut().enumerate() {
+                        if slot.is_none() && accepted.get(i).copied().unwrap_or(false) {
+                            *slot = Some((outcome_of(&r), r.one_line()));
+                        }
+                    }
+                    break;
+                }
+                Event::TransactionFailed { reply } => {
+                    summary = reply.one_line();
+                    for slot in results.iter_mut() {
+                        if slot.is_none() {
+                            *slot = Some((outcome_of(&reply), reply.one_line()));
+                        }
+                    }
+                    break;
+                }
+                Event::Failed { reply, reason } => {
+                    summary = reply.map(|r| r.one_line()).unwrap_or(reason);
+                    alive = false;
+                    break;
+                }
+                Event::Closed => {
+                    summary = "connection closed".into();
+                    alive = false;
+                    break;
+                }
+                Event::Ready { .. } | Event::StartTls | Event::ProbeDone => {}
             }
-            Event::Failed { reply, reason } => {
-                summary = reply.map(|r| r.one_line()).unwrap_or(reason);
-                alive = false;
-                break;
-            }
-            Event::Closed => {
-                summary = "connection closed".into();
-                alive = false;
-                break;
-            }
-            Event::Ready { .. } | Event::StartTls | Event::ProbeDone => {}
         }
     }
     let report = AttemptReport {
@@ -543,10 +547,7 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
             })
             .collect(),
     };
-    let job = Job {
-        id: job.id,
-        rcpts,
-    };
+    let job = Job { id: job.id, rcpts };
     record(ctx, &job, report, m.arrival).await;
     job_done(ctx, job.id);
     alive

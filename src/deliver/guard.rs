@@ -15,7 +15,7 @@ pub fn check_address(
 ) -> Result<(), String> {
     let ip = crate::receive::canonical_ip(addr.ip());
     if let Some(d) = domain
-        && d.offline_address.iter().any(|o| *o == ip)
+        && d.offline_address.contains(&ip)
     {
         return Err(format!("{ip} is an offline_address of {}", d.name));
     }

@@ -59,7 +59,10 @@ async fn check(ctx: &Ctx, known: &mut HashMap<Destination, BTreeSet<IpAddr>>) {
         match known.insert(d.clone(), now.clone()) {
             Some(old) if old != now => {
                 let show = |s: &BTreeSet<IpAddr>| {
-                    s.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                    s.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 };
                 log::info!(
                     "id=NOQUEUE event=host_status_change destination={d} old={} new={}",
@@ -67,7 +70,11 @@ async fn check(ctx: &Ctx, known: &mut HashMap<Destination, BTreeSet<IpAddr>>) {
                     show(&now)
                 );
                 let t = crate::time::now_unix();
-                match ctx.spool.reschedule(Filter::Destination(d.clone()), t).await {
+                match ctx
+                    .spool
+                    .reschedule(Filter::Destination(d.clone()), t)
+                    .await
+                {
                     Ok(n) => log::info!("id=NOQUEUE event=flush destination={d} messages={n}"),
                     Err(e) => log::error!("id=NOQUEUE event=spool_error error=\"{e}\""),
                 }

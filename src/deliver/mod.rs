@@ -107,7 +107,10 @@ fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
         Ok(Some(m)) => m,
         Ok(None) => return,
         Err(e) => {
-            log::error!("id={} event=spool_error error=\"{e}\"", spool::format_id(id));
+            log::error!(
+                "id={} event=spool_error error=\"{e}\"",
+                spool::format_id(id)
+            );
             return;
         }
     };
@@ -208,7 +211,11 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
                     .iter()
                     .find(|(i, _)| *i == r.index)
                     .map_or("", |(_, a)| a.as_str()),
-                if r.remote.is_empty() { "none" } else { &r.remote },
+                if r.remote.is_empty() {
+                    "none"
+                } else {
+                    &r.remote
+                },
                 r.reply.replace('"', "'")
             );
         }

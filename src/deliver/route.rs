@@ -186,7 +186,11 @@ mod tests {
 
     #[test]
     fn keeps_only_hosts_better_than_us() {
-        let r = [mx(10, "mail.example.com"), mx(20, "mx2.test"), mx(30, "mail.example.com")];
+        let r = [
+            mx(10, "mail.example.com"),
+            mx(20, "mx2.test"),
+            mx(30, "mail.example.com"),
+        ];
         assert_eq!(
             plan("example.com", &r, "MX2.test"),
             MxPlan::Hosts(vec!["mail.example.com".into()])
@@ -195,9 +199,16 @@ mod tests {
 
     #[test]
     fn best_or_only_or_equal_mx_is_a_loop() {
-        assert_eq!(plan("e.com", &[mx(10, "mx2.test")], "mx2.test"), MxPlan::Loop);
         assert_eq!(
-            plan("e.com", &[mx(10, "mx2.test"), mx(20, "other.test")], "mx2.test"),
+            plan("e.com", &[mx(10, "mx2.test")], "mx2.test"),
+            MxPlan::Loop
+        );
+        assert_eq!(
+            plan(
+                "e.com",
+                &[mx(10, "mx2.test"), mx(20, "other.test")],
+                "mx2.test"
+            ),
             MxPlan::Loop
         );
         // Equal preference is discarded too (RFC 5321 5.1: "equal or higher").
@@ -214,14 +225,21 @@ mod tests {
             plan("e.com", &r, "mx2.test"),
             MxPlan::Hosts(vec!["a.test".into(), "b.test".into()])
         );
-        assert_eq!(plan("e.com", &[], "mx2.test"), MxPlan::Hosts(vec!["e.com".into()]));
+        assert_eq!(
+            plan("e.com", &[], "mx2.test"),
+            MxPlan::Hosts(vec!["e.com".into()])
+        );
     }
 
     #[test]
     fn null_mx_and_ip_literal_mx_are_recognised() {
         assert_eq!(plan("e.com", &[mx(0, "")], "mx2.test"), MxPlan::NullMx);
         assert_eq!(
-            plan("e.com", &[mx(10, "192.0.2.1"), mx(20, "mx2.test")], "mx2.test"),
+            plan(
+                "e.com",
+                &[mx(10, "192.0.2.1"), mx(20, "mx2.test")],
+                "mx2.test"
+            ),
             MxPlan::IpLiteral("192.0.2.1".into())
         );
     }

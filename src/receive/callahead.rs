@@ -120,10 +120,7 @@ pub async fn verify(
                     Reply::new(
                         450,
                         Some(r.enhanced.unwrap_or(Enhanced(4, 1, 1))),
-                        format!(
-                            "<{addr}>: Recipient address not verified now: {}",
-                            r.text()
-                        ),
+                        format!("<{addr}>: Recipient address not verified now: {}", r.text()),
                     ),
                 )),
             }
@@ -155,7 +152,10 @@ fn refusal(addr: &str, reply_line: &str) -> Reply {
         Some((e, _)) if e.0 == 5 => (e, words.next().unwrap_or("").to_string()),
         _ => (
             Enhanced(5, 1, 1),
-            [second, words.next().unwrap_or("")].join(" ").trim().to_string(),
+            [second, words.next().unwrap_or("")]
+                .join(" ")
+                .trim()
+                .to_string(),
         ),
     };
     Reply::new(
@@ -275,7 +275,13 @@ async fn ask(conn: &mut Conn, addr: &str) -> Result<Result<Reply, Reply>, String
 /// Asks once per interval about an address that cannot exist: a 2xx means
 /// the primary accepts everything (call-ahead cannot protect the queue), a
 /// 4xx means it soft-rejects unknown users (Exim's `random` check).
-async fn random_check(ctx: &Ctx, prober: &mut Prober, domain: &Domain, dest: &Destination, now: u64) {
+async fn random_check(
+    ctx: &Ctx,
+    prober: &mut Prober,
+    domain: &Domain,
+    dest: &Destination,
+    now: u64,
+) {
     {
         let mut last = ctx.random_checks.borrow_mut();
         let due = last

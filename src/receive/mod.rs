@@ -185,8 +185,7 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, stop: smol::channel::R
         let cfg = ctx.config();
         let l = &ctx.listeners;
         let per_ip = l.per_ip.borrow().get(&ip).copied().unwrap_or(0);
-        if l.active.get() >= cfg.main.max_connections || per_ip >= cfg.main.max_connections_per_ip
-        {
+        if l.active.get() >= cfg.main.max_connections || per_ip >= cfg.main.max_connections_per_ip {
             log::info!(
                 "id=NOQUEUE event=reject stage=connect client=[{ip}] reason=too_many_connections active={} from_ip={per_ip}",
                 l.active.get()
@@ -204,8 +203,13 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, stop: smol::channel::R
         };
         let local = stream.local_addr().ok();
         ctx.spawn(async move {
-            session::serve(slot.ctx.clone(), stream, SocketAddr::new(ip, peer.port()), local)
-                .await;
+            session::serve(
+                slot.ctx.clone(),
+                stream,
+                SocketAddr::new(ip, peer.port()),
+                local,
+            )
+            .await;
             drop(slot);
         });
     }

@@ -45,12 +45,7 @@ fn sender_listed(list: &[String], sender: &str) -> bool {
 }
 
 /// At MAIL: sender lists and spool room for the announced SIZE.
-pub fn mail(
-    cfg: &Config,
-    ip: IpAddr,
-    mail: &MailFrom,
-    spool: &Spool,
-) -> Result<(), Refusal> {
+pub fn mail(cfg: &Config, ip: IpAddr, mail: &MailFrom, spool: &Spool) -> Result<(), Refusal> {
     let m = &cfg.main;
     let sender = mail.from.to_string();
     let client_allowed = m.client_allow.iter().any(|c| c.contains(ip));
@@ -61,14 +56,22 @@ pub fn mail(
     {
         return Err((
             "sender_deny",
-            Reply::enh(554, (5, 7, 1), format!("<{sender}>: Sender address rejected")),
+            Reply::enh(
+                554,
+                (5, 7, 1),
+                format!("<{sender}>: Sender address rejected"),
+            ),
         ));
     }
     let size = mail.size.unwrap_or(0);
     if !spool.has_room(size, m.max_spool_size, m.max_message_size) {
         return Err((
             "spool_full",
-            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later"),
+            Reply::enh(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage, try again later",
+            ),
         ));
     }
     Ok(())
@@ -183,7 +186,11 @@ pub async fn mx_route(
         )),
         Err(RouteError::Temporary(e)) => Err((
             "dns_tempfail",
-            Reply::enh(451, (4, 4, 3), format!("DNS lookup for {name} failed, try again later: {e}")),
+            Reply::enh(
+                451,
+                (4, 4, 3),
+                format!("DNS lookup for {name} failed, try again later: {e}"),
+            ),
         )),
     }
 }
@@ -194,7 +201,11 @@ pub fn data(cfg: &Config, spool: &Spool) -> Result<(), Refusal> {
     if !spool.has_room(0, m.max_spool_size, m.max_message_size) {
         return Err((
             "spool_full",
-            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later"),
+            Reply::enh(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage, try again later",
+            ),
         ));
     }
     Ok(())

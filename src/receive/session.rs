@@ -142,7 +142,10 @@ pub async fn serve(
                 s.answer_mail(refusal(&ctx, r, ip, "MAIL", &mail.from.to_string(), ""));
             }
             Event::Rcpt(rcpt) => {
-                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                let from = s
+                    .mail_from()
+                    .map(|f| f.from.to_string())
+                    .unwrap_or_default();
                 let mut verdict = policy::rcpt(&cfg, &rcpt);
                 if let Ok(ok) = &verdict
                     && matches!(ok.destination, Destination::Mx { .. })
@@ -157,11 +160,15 @@ pub async fn serve(
                     Ok(ok) if ok.callahead => {
                         let addr = rcpt.to.to_string().to_lowercase();
                         match cfg.domain(&rcpt.to.domain) {
-                            Some(d) => {
-                                super::callahead::verify(&ctx, &mut prober, d, &ok.destination, &addr)
-                                    .await
-                                    .map(|()| ok)
-                            }
+                            Some(d) => super::callahead::verify(
+                                &ctx,
+                                &mut prober,
+                                d,
+                                &ok.destination,
+                                &addr,
+                            )
+                            .await
+                            .map(|()| ok),
                             None => Ok(ok),
                         }
                     }
@@ -180,7 +187,10 @@ pub async fn serve(
             }
             Event::DataStart => {
                 prober.close().await;
-                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                let from = s
+                    .mail_from()
+                    .map(|f| f.from.to_string())
+                    .unwrap_or_default();
                 match policy::data(&cfg, &ctx.spool) {
                     Ok(()) => {
                         let now = crate::time::now_unix();
@@ -240,7 +250,11 @@ pub async fn serve(
                         "id={} event=reject stage=DATA client=[{ip}] reason=spool_full",
                         spool::format_id(inc.id)
                     );
-                    Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later")
+                    Reply::enh(
+                        452,
+                        (4, 3, 1),
+                        "Insufficient system storage, try again later",
+                    )
                 } else {
                     commit(&ctx, &s, &dests, inc, ip).await
                 };
@@ -248,7 +262,10 @@ pub async fn serve(
                 s.answer_data_end(reply);
             }
             Event::DataRefused(why) => {
-                let from = s.mail_from().map(|f| f.from.to_string()).unwrap_or_default();
+                let from = s
+                    .mail_from()
+                    .map(|f| f.from.to_string())
+                    .unwrap_or_default();
                 if let Some(inc) = msg.take() {
                     ctx.spool.abort(inc.id, inc.size).await;
                 }
@@ -281,14 +298,12 @@ pub async fn serve(
                 let Some(cfg) = tls.clone() else {
                     break;
                 };
-                let hs = futures_lite::future::or(
-                    async { Some(stream.accept_tls(cfg).await) },
-                    async {
+                let hs =
+                    futures_lite::future::or(async { Some(stream.accept_tls(cfg).await) }, async {
                         smol::Timer::after(m.command_timeout).await;
                         None
-                    },
-                )
-                .await;
+                    })
+                    .await;
                 match hs {
                     Some(Ok(())) => {
                         log::info!(
@@ -302,7 +317,9 @@ pub async fn serve(
                         break;
                     }
                     None => {
-                        log::info!("id=NOQUEUE event=tls_failed client=[{ip}] error=\"handshake timed out\"");
+                        log::info!(
+                            "id=NOQUEUE event=tls_failed client=[{ip}] error=\"handshake timed out\""
+                        );
                         break;
                     }
                 }
@@ -413,8 +430,14 @@ async fn commit(
         }
         Err(e) => {
             ctx.stats.borrow_mut().reject("spool_error");
-            log::error!("id={qid} event=reject stage=DATA client=[{ip}] reason=spool_error error=\"{e}\"");
-            Reply::enh(452, (4, 3, 1), "Insufficient system storage, try again later")
+            log::error!(
+                "id={qid} event=reject stage=DATA client=[{ip}] reason=spool_error error=\"{e}\""
+            );
+            Reply::enh(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage, try again later",
+            )
         }
     }
 }

@@ -33,9 +33,9 @@ use crate::config::RetryStep;
 use crate::deliver::destination::Destination;
 use crate::deliver::dsn;
 use crate::deliver::retry::{self, Next};
-pub use schema::{Attempt, Message, RcptState, Recipient};
-use schema::{ATTEMPTS, CALLAHEAD, CALLAHEAD_EXPIRY, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
 pub use schema::CacheEntry;
+use schema::{ATTEMPTS, CALLAHEAD, CALLAHEAD_EXPIRY, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
+pub use schema::{Attempt, Message, RcptState, Recipient};
 
 /// Requests waiting for the spool thread, at most. A full queue makes the
 /// sessions wait (back-pressure) instead of growing memory: with 32 KiB
@@ -52,6 +52,9 @@ pub const DISK_RESERVE: u64 = 1024 * 1024;
 pub const CALLAHEAD_CACHE_MAX: u64 = 20_000;
 /// The file name inside `spool_dir`.
 pub const SPOOL_FILE: &str = "spool.redb";
+
+/// One entry of `Spool::list`: a message, or why its record is unreadable.
+pub type Listed = (QueueId, Result<Message, String>);
 
 /// A queue id: unique, sorting by arrival. Shown as upper-case hex.
 pub type QueueId = u64;
@@ -330,7 +333,11 @@ impl Spool {
     /// (queued plus incoming) and with room on the disk.
     pub fn has_room(&self, more: u64, max_spool_size: u64, max_message_size: u64) -> bool {
         let s = self.state();
-        if s.bytes.saturating_add(s.incoming_bytes).saturating_add(more) > max_spool_size {
+        if s.bytes
+            .saturating_add(s.incoming_bytes)
+            .saturating_add(more)
+            > max_spool_size
+        {
             return false;
         }
         match free_disk(&self.shared.dir) {
@@ -466,12 +473,14 @@ impl Spool {
         let db = self.db()?;
         let tx = db.begin_read().map_err(storage)?;
         let t = tx.open_table(CHUNKS).map_err(storage)?;
-        Ok(t.get((id, seq)).map_err(storage)?.map(|v| v.value().to_vec()))
+        Ok(t.get((id, seq))
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Every queued message, oldest first (for `queue list`). Damaged
     /// records are listed as errors, not skipped silently.
-    pub fn list(&self) -> Result<Vec<(QueueId, Result<Message, String>)>, SpoolError> {
+    pub fn list(&self) -> Result<Vec<Listed>, SpoolError> {
         let db = self.db()?;
         let tx = db.begin_read().map_err(storage)?;
         let t = tx.open_table(MESSAGES).map_err(storage)?;
@@ -1296,13 +1305,10 @@ fn cache_put(
     x.insert((entry.expire, address), ()).map_err(storage)?;
     // Bounded: a dictionary attack must not grow the cache without end.
     while t.len().map_err(storage)? > CALLAHEAD_CACHE_MAX {
-        let first = x
-            .first()
-            .map_err(storage)?
-            .map(|(k, _)| {
-                let (e, a) = k.value();
-                (e, a.to_string())
-            });
+        let first = x.first().map_err(storage)?.map(|(k, _)| {
+            let (e, a) = k.value();
+            (e, a.to_string())
+        });
         let Some((e, a)) = first else {
             break;
         };
@@ -1333,7 +1339,8 @@ fn retag(
             let old_next = m.next_attempt;
             let mut hit = false;
             for r in m.recipients.iter_mut() {
-                if r.state == RcptState::Pending && domain_of(&r.address).eq_ignore_ascii_case(domain)
+                if r.state == RcptState::Pending
+                    && domain_of(&r.address).eq_ignore_ascii_case(domain)
                 {
                     r.destination = dest.clone();
                     hit = true;
@@ -1353,11 +1360,7 @@ fn retag(
     Ok(n)
 }
 
-fn reschedule(
-    tx: &redb::WriteTransaction,
-    filter: &Filter,
-    now: u64,
-) -> Result<usize, SpoolError> {
+fn reschedule(tx: &redb::WriteTransaction, filter: &Filter, now: u64) -> Result<usize, SpoolError> {
     let mut changed: BTreeMap<QueueId, (u64, Message)> = BTreeMap::new();
     {
         let t = tx.open_table(MESSAGES).map_err(storage)?;
