@@ -208,6 +208,18 @@ enum Request {
         id: QueueId,
         reply: Sender<Result<(), SpoolError>>,
     },
+    /// Answered once every request queued before it has been applied (the
+    /// body chunks of a message are then readable, e.g. for scanning).
+    Barrier {
+        reply: Sender<Result<(), SpoolError>>,
+    },
+    /// Replace one body chunk of a message still being received (adds
+    /// header lines such as X-Spam-* before the commit).
+    ReplaceChunk {
+        id: QueueId,
+        seq: u32,
+        data: Vec<u8>,
+    },
     /// Remember a call-ahead answer (not durable: it can be learned again).
     CachePut {
         address: String,
@@ -550,6 +562,29 @@ impl Spool {
         }
     }
 
+    /// Waits until everything queued before (e.g. a message's chunks) is
+    /// applied and readable with `chunk`.
+    pub async fn barrier(&self) -> Result<(), SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(Request::Barrier { reply }, rx).await
+    }
+
+    /// Replaces chunk `seq` of a message being received (before `commit`).
+    /// `delta`: the change in size, for the incoming-bytes account.
+    pub async fn replace_chunk(
+        &self,
+        id: QueueId,
+        seq: u32,
+        data: Vec<u8>,
+        delta: i64,
+    ) -> Result<(), SpoolError> {
+        self.add_incoming(delta);
+        self.tx
+            .send(Request::ReplaceChunk { id, seq, data })
+            .await
+            .map_err(|_| SpoolError::Closed)
+    }
+
     /// Stores a call-ahead answer; does not wait for the disk.
     pub async fn cache_put(&self, address: String, entry: CacheEntry) {
         let _ = self.tx.send(Request::CachePut { address, entry }).await;
@@ -740,7 +775,15 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     };
     let durable = batch
         .iter()
-        .any(|r| !matches!(r, Request::Append { .. } | Request::CachePut { .. }));
+        .any(|r| {
+            !matches!(
+                r,
+                Request::Append { .. }
+                    | Request::CachePut { .. }
+                    | Request::Barrier { .. }
+                    | Request::ReplaceChunk { .. }
+            )
+        });
     let mut appended: Vec<QueueId> = vec![];
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
@@ -817,6 +860,16 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     owed.push(Owed::Count(reply, Ok(n)));
                 }
                 Request::CachePut { address, entry } => cache_put(&tx, &address, &entry)?,
+                Request::Barrier { reply } => owed.push(Owed::Unit(reply, Ok(()))),
+                Request::ReplaceChunk { id, seq, data } => {
+                    appended.push(id);
+                    if !st.broken.contains(&id) {
+                        tx.open_table(CHUNKS)
+                            .map_err(storage)?
+                            .insert((id, seq), data.as_slice())
+                            .map_err(storage)?;
+                    }
+                }
                 Request::Retag {
                     domain,
                     dest,
@@ -873,7 +926,9 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
             Request::Append { id, .. } => {
                 st.broken.insert(id);
             }
-            Request::Commit { reply, .. } | Request::Delete { reply, .. } => {
+            Request::Commit { reply, .. }
+            | Request::Delete { reply, .. }
+            | Request::Barrier { reply } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
             Request::Finish { reply, .. } => {
@@ -883,6 +938,9 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
                 let _ = reply.try_send(Err(e.clone()));
             }
             Request::Abort { .. } | Request::CachePut { .. } => {}
+            Request::ReplaceChunk { id, .. } => {
+                st.broken.insert(id);
+            }
         }
     }
 }
