@@ -185,6 +185,9 @@ async fn start(
     while ctx.listeners.active() > 0 && std::time::Instant::now() < deadline {
         smol::Timer::after(Duration::from_millis(50)).await;
     }
+    if let Err(e) = ctx.spool.sync().await {
+        log::error!("event=spool_error error=\"{e}\"");
+    }
     let _ = std::fs::remove_file(&ctx.config().main.control_socket);
     drop(wake_tx);
     drop(spool_thread);

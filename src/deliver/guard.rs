@@ -22,12 +22,18 @@ pub fn check_address(
     let ours = own.iter().any(|l| {
         l.port() == addr.port()
             && (crate::receive::canonical_ip(l.ip()) == ip
-                || (l.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+                || (l.ip().is_unspecified() && is_local(ip)))
     });
     if ours {
         return Err(format!("{addr} is one of our own listen addresses"));
     }
     Ok(())
+}
+
+/// True when `ip` is an address of this machine (an interface address, or
+/// loopback): only a local address can be bound.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_unspecified() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// The first word of a 220 greeting's first line: the server's name.
@@ -67,6 +73,14 @@ mod tests {
     fn greeting_naming_ourselves_is_refused() {
         assert!(check_greeting(None, "mx2.test", "MX2.test ESMTP").is_err());
         assert!(check_greeting(None, "mx2.test", "mail.test ESMTP").is_ok());
+    }
+
+    #[test]
+    fn an_interface_address_on_our_wildcard_port_is_refused() {
+        // 127.0.0.5 is local (all of 127/8 is); 192.0.2.1 (TEST-NET) is not.
+        let own: Vec<SocketAddr> = vec!["0.0.0.0:2525".parse().unwrap()];
+        assert!(check_address(None, "127.0.0.5:2525".parse().unwrap(), &own).is_err());
+        assert!(check_address(None, "192.0.2.1:2525".parse().unwrap(), &own).is_ok());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub const DSN_HEADER_CAP: usize = 64 * 1024;
 pub const DISK_RESERVE: u64 = 1024 * 1024;
 /// Call-ahead answers kept at most; the soonest to expire go first.
 pub const CALLAHEAD_CACHE_MAX: u64 = 20_000;
+/// Delivery bookkeeping is made durable at most this long after it was
+/// applied (sooner when a message commit comes by).
+pub const BOOKKEEPING_SYNC: Duration = Duration::from_secs(2);
 /// The file name inside `spool_dir`.
 pub const SPOOL_FILE: &str = "spool.redb";
 
@@ -211,6 +214,8 @@ enum Request {
     /// Answered once every request queued before it has been applied (the
     /// body chunks of a message are then readable, e.g. for scanning).
     Barrier {
+        /// Also make everything before it durable (shutdown).
+        durable: bool,
         reply: Sender<Result<(), SpoolError>>,
     },
     /// Replace one body chunk of a message still being received (adds
@@ -566,7 +571,28 @@ impl Spool {
     /// applied and readable with `chunk`.
     pub async fn barrier(&self) -> Result<(), SpoolError> {
         let (reply, rx) = bounded(1);
-        self.call(Request::Barrier { reply }, rx).await
+        self.call(
+            Request::Barrier {
+                durable: false,
+                reply,
+            },
+            rx,
+        )
+        .await
+    }
+
+    /// Makes everything applied so far durable (delivery bookkeeping is
+    /// otherwise synced within `BOOKKEEPING_SYNC`): for a clean stop.
+    pub async fn sync(&self) -> Result<(), SpoolError> {
+        let (reply, rx) = bounded(1);
+        self.call(
+            Request::Barrier {
+                durable: true,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// Replaces chunk `seq` of a message being received (before `commit`).
@@ -727,6 +753,8 @@ impl Owed {
 
 struct ThreadState {
     shared: Arc<Shared>,
+    /// Bookkeeping committed without fsync since then.
+    unsynced_since: Option<std::time::Instant>,
     /// Messages whose chunks failed to be written: their commit must fail.
     broken: HashSet<QueueId>,
     /// Size deltas applied to the shared counters once the commit is done.
@@ -738,12 +766,41 @@ struct ThreadState {
 fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
     let mut st = ThreadState {
         shared: shared.clone(),
+        unsynced_since: None,
         broken: HashSet::new(),
         bytes_delta: 0,
         messages_delta: 0,
         wake: false,
     };
-    while let Ok(first) = rx.recv_blocking() {
+    loop {
+        let first = match st.unsynced_since {
+            None => match rx.recv_blocking() {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+            // Bookkeeping waits for a sync: wake up for it even when idle.
+            Some(t) => {
+                let left = BOOKKEEPING_SYNC.saturating_sub(t.elapsed());
+                let got = smol::block_on(futures_lite::future::or(
+                    async { Some(rx.recv().await) },
+                    async {
+                        smol::Timer::after(left).await;
+                        None
+                    },
+                ));
+                match got {
+                    Some(Ok(r)) => r,
+                    Some(Err(_)) => break,
+                    None => {
+                        let (reply, _rx) = bounded(1);
+                        Request::Barrier {
+                            durable: true,
+                            reply,
+                        }
+                    }
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -756,6 +813,17 @@ fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
             st.wake = false;
             let _ = wake.try_send(());
         }
+    }
+    if st.unsynced_since.is_some() {
+        let (reply, _rx) = bounded(1);
+        run_batch(
+            &shared,
+            &mut st,
+            vec![Request::Barrier {
+                durable: true,
+                reply,
+            }],
+        );
     }
 }
 
@@ -773,17 +841,25 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             }
         }
     };
-    let durable = batch
+    // Messages, deletions and queue-wide changes are made durable at once;
+    // delivery bookkeeping (Finish) and cache answers ride along with the
+    // next durable commit or are synced within BOOKKEEPING_SYNC: a crash
+    // in between redelivers (at-least-once), it never loses a message.
+    let bookkeeping = batch
         .iter()
-        .any(|r| {
-            !matches!(
-                r,
-                Request::Append { .. }
-                    | Request::CachePut { .. }
-                    | Request::Barrier { .. }
-                    | Request::ReplaceChunk { .. }
-            )
-        });
+        .any(|r| matches!(r, Request::Finish { .. } | Request::CachePut { .. }));
+    let durable = batch.iter().any(|r| {
+        matches!(
+            r,
+            Request::Commit { .. }
+                | Request::Delete { .. }
+                | Request::Retag { .. }
+                | Request::Reschedule { .. }
+                | Request::Barrier { durable: true, .. }
+        )
+    }) || st
+        .unsynced_since
+        .is_some_and(|t| t.elapsed() >= BOOKKEEPING_SYNC);
     let mut appended: Vec<QueueId> = vec![];
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
@@ -860,7 +936,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     owed.push(Owed::Count(reply, Ok(n)));
                 }
                 Request::CachePut { address, entry } => cache_put(&tx, &address, &entry)?,
-                Request::Barrier { reply } => owed.push(Owed::Unit(reply, Ok(()))),
+                Request::Barrier { reply, .. } => owed.push(Owed::Unit(reply, Ok(()))),
                 Request::ReplaceChunk { id, seq, data } => {
                     appended.push(id);
                     if !st.broken.contains(&id) {
@@ -897,6 +973,11 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     })();
     match result {
         Ok(()) => {
+            if durable {
+                st.unsynced_since = None;
+            } else if bookkeeping {
+                st.unsynced_since.get_or_insert_with(std::time::Instant::now);
+            }
             {
                 let mut s = lock(&shared.state);
                 s.bytes = s.bytes.saturating_add_signed(st.bytes_delta);
@@ -928,7 +1009,7 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
             }
             Request::Commit { reply, .. }
             | Request::Delete { reply, .. }
-            | Request::Barrier { reply } => {
+            | Request::Barrier { reply, .. } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
             Request::Finish { reply, .. } => {
