@@ -976,7 +976,8 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             if durable {
                 st.unsynced_since = None;
             } else if bookkeeping {
-                st.unsynced_since.get_or_insert_with(std::time::Instant::now);
+                st.unsynced_since
+                    .get_or_insert_with(std::time::Instant::now);
             }
             {
                 let mut s = lock(&shared.state);
@@ -1528,4 +1529,141 @@ fn reschedule(tx: &redb::WriteTransaction, filter: &Filter, now: u64) -> Result<
         store(tx, id, old_next, &m)?;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mxspool-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "a@b.test".into(),
+            recipients: vec![(
+                "u@example.com".into(),
+                Destination::Relay {
+                    host: "127.0.0.1".into(),
+                    port: 25,
+                },
+            )],
+            flags: 0,
+            client: "test".into(),
+            arrival: 1000,
+        }
+    }
+
+    #[test]
+    fn committed_messages_survive_a_reopen_and_half_received_bodies_do_not() {
+        let dir = tmpdir("reopen");
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, rec) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            assert_eq!(rec.messages, 0);
+            let a = spool.new_id(1000);
+            spool
+                .append(a, 0, b"Subject: a\r\n\r\n".to_vec())
+                .await
+                .unwrap();
+            spool.append(a, 1, b"body\r\n".to_vec()).await.unwrap();
+            spool.commit(a, envelope(), 2, 20).await.unwrap();
+            // A message whose client vanished mid-DATA: never committed.
+            let b = spool.new_id(1000);
+            spool.append(b, 0, b"partial".to_vec()).await.unwrap();
+            spool.barrier().await.unwrap();
+            assert_eq!(spool.state().messages, 1);
+            drop(spool);
+            thread.join();
+        });
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, rec) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            assert_eq!((rec.messages, rec.leftovers, rec.bytes), (1, 1, 20));
+            let list = spool.list().unwrap();
+            let (id, m) = &list[0];
+            let m = m.as_ref().unwrap();
+            assert_eq!(m.sender, "a@b.test");
+            assert_eq!(spool.chunk(*id, 1).unwrap().unwrap(), b"body\r\n");
+            // The new ids never repeat the old ones, whatever the clock says.
+            assert!(spool.new_id(0) > *id);
+            drop(spool);
+            thread.join();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_permanent_failure_returns_the_mail_and_a_temporary_one_reschedules() {
+        let dir = tmpdir("finish");
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, _) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            let id = spool.new_id(1000);
+            spool
+                .append(id, 0, b"Subject: x\r\n\r\nbody\r\n".to_vec())
+                .await
+                .unwrap();
+            let mut env = envelope();
+            env.recipients.push(env.recipients[0].clone());
+            env.recipients[1].0 = "v@example.com".into();
+            spool.commit(id, env, 1, 20).await.unwrap();
+            let policy = ReturnPolicy {
+                steps: vec![RetryStep {
+                    interval: Duration::from_secs(60),
+                    span: Duration::from_secs(600),
+                }],
+                reporting_mta: "mx2.test".into(),
+                smarthost: None,
+            };
+            let report = AttemptReport {
+                time: 1010,
+                destination: envelope().recipients[0].1.clone(),
+                relay: "h[127.0.0.1]:25".into(),
+                summary: "mixed".into(),
+                results: vec![
+                    RcptResult {
+                        index: 0,
+                        outcome: Outcome::Failed,
+                        reply: "550 5.1.1 no such user".into(),
+                        remote: "h[127.0.0.1]:25".into(),
+                    },
+                    RcptResult {
+                        index: 1,
+                        outcome: Outcome::Deferred,
+                        reply: "451 4.3.0 later".into(),
+                        remote: "h[127.0.0.1]:25".into(),
+                    },
+                ],
+            };
+            let f = spool.finish(id, report, policy).await.unwrap();
+            assert_eq!(f.failed, vec!["u@example.com".to_string()]);
+            assert_eq!(f.next_attempt, Some(1060));
+            let dsn = f.dsn.unwrap();
+            let d = spool.message(dsn).unwrap().unwrap();
+            assert_eq!(d.sender, "");
+            assert_eq!(d.recipients[0].address, "a@b.test");
+            assert_eq!(
+                d.recipients[0].destination,
+                Destination::Mx {
+                    domain: "b.test".into(),
+                    port: 25
+                }
+            );
+            let body = spool.chunk(dsn, 0).unwrap().unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("Final-Recipient: rfc822; u@example.com"));
+            assert!(text.contains("Subject: x"));
+            // The schedule index moved with the message.
+            let (due, next) = spool.due(1059, 10, &HashSet::new()).unwrap();
+            assert_eq!(due, vec![dsn]);
+            assert_eq!(next, Some(1060));
+            drop(spool);
+            thread.join();
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
