@@ -189,3 +189,83 @@ def env_bool(name, default=False):
     if v is None:
         return default
     return v not in ("", "0", "no", "false")
+
+
+QUEUED_RE = r"^2\.0\.0 Ok: queued as (\S+)$"
+
+
+class SendResult:
+    def __init__(self):
+        self.mail = None          # (code, text)
+        self.rcpt = {}            # addr -> (code, text)
+        self.data = None          # (code, text) or None if DATA was not reached
+        self.queue_id = None
+
+    @property
+    def accepted(self):
+        return self.data is not None and self.data[0] == 250
+
+    def __repr__(self):
+        return f"SendResult(mail={self.mail}, rcpt={self.rcpt}, data={self.data})"
+
+
+def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOST,
+              mail_options=(), timeout=30):
+    """One transaction with smtplib (which dot-stuffs); never raises for SMTP
+    replies, returns a SendResult with every reply."""
+    import re
+    import smtplib
+    res = SendResult()
+    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as s:
+        s.ehlo(helo)
+        res.mail = s.mail(sender, list(mail_options))
+        res.mail = (res.mail[0], res.mail[1].decode("utf-8", "replace"))
+        if res.mail[0] != 250:
+            return res
+        ok = False
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            res.rcpt[r] = (code, text.decode("utf-8", "replace"))
+            ok = ok or code in (250, 251)
+        if not ok:
+            s.rset()
+            return res
+        code, text = s.data(msg)
+        res.data = (code, text.decode("utf-8", "replace"))
+        m = re.match(QUEUED_RE, res.data[1])
+        if m:
+            res.queue_id = m.group(1)
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            pass
+    return res
+
+
+def queue_entries(mx):
+    """`mxspool queue list --json` as a list of dicts, or None if the
+    command failed."""
+    import json
+    r = mx.run("queue", "list", "--json", timeout=20)
+    if r.returncode != 0:
+        return None
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return None
+
+
+def wait_attempted(mx, queue_id, attempts=1, timeout=15):
+    """Wait until the queue shows QUEUE_ID with at least ATTEMPTS delivery
+    attempts (CONTRACT: `queue list --json` has `id` and `attempts`)."""
+    def done():
+        entries = queue_entries(mx)
+        if entries is None:
+            return False
+        for e in entries:
+            if e.get("id") == queue_id and int(e.get("attempts", 0)) >= attempts:
+                return True
+        return False
+    wait_until(done, timeout, interval=0.2,
+               what=f"{queue_id} to show {attempts} attempt(s) in `queue list --json` "
+                    f"(last: {queue_entries(mx)!r})")
