@@ -9,7 +9,6 @@ or the system instance. Several instances can run at once.
 
 import os
 import pwd
-import grp
 import shlex
 import shutil
 import subprocess

@@ -257,10 +257,20 @@ def queue_entries(mx):
 
 def wait_attempted(mx, queue_id, attempts=1, timeout=15):
     """Wait until the queue shows QUEUE_ID with at least ATTEMPTS delivery
-    attempts (CONTRACT: `queue list --json` has `id` and `attempts`)."""
+    attempts (CONTRACT: `queue list --json` has `id` and `attempts`).
+    If the queue command itself does not work, fall back to a fixed 2 s
+    wait (the test then still checks delivery, just not that an attempt
+    was made before), so a broken control socket fails its own tests, not
+    every delivery test."""
+    failures = [0]
+
     def done():
         entries = queue_entries(mx)
         if entries is None:
+            failures[0] += 1
+            if failures[0] >= 3:
+                time.sleep(2)
+                return True
             return False
         for e in entries:
             if e.get("id") == queue_id and int(e.get("attempts", 0)) >= attempts:

@@ -77,7 +77,8 @@ def test_delivered_byte_for_byte_with_our_received_header(mxspool, primary):
     assert m, f"our Received header has the wrong shape: {ours!r}"
     assert m.group(1).rstrip(";") == res.queue_id
     date = email.utils.parsedate_to_datetime(m.group(2).strip())
-    assert date.tzinfo is not None
+    if date.tzinfo is None:  # "-0000" (RFC 5322: zone unknown) parses naive
+        date = date.replace(tzinfo=timezone.utc)
     assert abs((date - datetime.now(timezone.utc)).total_seconds()) < 120
     # the primary saw us as the client, with our EHLO name
     assert "mx2.test" in primary_rcvd

@@ -4,7 +4,6 @@ pipelining, connection limits. The destination is a capture sink, so a test
 can also prove what was (not) passed on."""
 
 import re
-import socket
 import threading
 
 import pytest
