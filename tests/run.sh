@@ -89,7 +89,7 @@ bin=${MXSPOOL_BIN:-target/debug/mxspool}
 case $bin in /*) ;; *) bin=$root/$bin ;; esac
 export MXSPOOL_BIN=$bin
 export MXSPOOL_RUNNER=${MXSPOOL_RUNNER:-}
-echo "==> integration tests (MXSPOOL_BIN=$MXSPOOL_BIN MXSPOOL_RUNNER=$MXSPOOL_RUNNER)"
+echo "    MXSPOOL_BIN=$MXSPOOL_BIN MXSPOOL_RUNNER=$MXSPOOL_RUNNER"
 if [ ! -x "$MXSPOOL_BIN" ]; then
 	echo "warning: $MXSPOOL_BIN does not exist; only the harness self-tests can pass" >&2
 fi
