@@ -1,0 +1,182 @@
+"""Fixtures of the integration suite (see tests/README-testing.md).
+
+- workdir: a fresh per-test directory (mode 0755, so Postfix's unprivileged
+  processes can traverse it); kept when the test fails, removed otherwise.
+- postfix_primary: factory -> PostfixInstance (harness_postfix.py).
+- primary: a started Postfix for example.com with alice, bob, carol, dave.
+- sink_factory / sink: capture SMTP servers (harness_sink.py).
+- mxspool: factory -> Mxspool (harness_mxspool.py), started by default.
+- mxspool_cmd: run `mxspool ARGS...` and capture exit status and output.
+"""
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness_mxspool import Mxspool, run_command  # noqa: E402
+from harness_postfix import PostfixInstance  # noqa: E402
+from harness_sink import SmtpSink  # noqa: E402
+
+TEST_TIMEOUT = int(os.environ.get("MXSPOOL_TEST_TIMEOUT", "180"))
+KEEP = os.environ.get("MXSPOOL_KEEP_TMP", "") not in ("", "0")
+
+
+# --- per-test timeout and failure bookkeeping ---------------------------
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _failed(request):
+    return any(getattr(request.node, "rep_" + w, None) is not None
+               and getattr(request.node, "rep_" + w).failed
+               for w in ("setup", "call"))
+
+
+@pytest.fixture(autouse=True)
+def _test_timeout(request):
+    """A hung daemon must not hang CI: SIGALRM after MXSPOOL_TEST_TIMEOUT s."""
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded {TEST_TIMEOUT}s (MXSPOOL_TEST_TIMEOUT)")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(TEST_TIMEOUT)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="session")
+def _run_dir():
+    base = os.environ.get("MXSPOOL_TEST_TMP")
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="mxspool-it-", dir=base))
+    os.chmod(d, 0o755)
+    yield d
+    if not KEEP and not any(d.iterdir()):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_counter = [0]
+
+
+@pytest.fixture
+def workdir(request, _run_dir):
+    # Short on purpose: Postfix's and mxspool's unix sockets live below it
+    # and a unix socket path may not exceed 107 bytes.
+    _counter[0] += 1
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    d = _run_dir / f"{_counter[0]:03d}-{name[5:25] if name.startswith('test_') else name[:20]}"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir()
+    os.chmod(d, 0o755)
+    yield d
+    if _failed(request) or KEEP:
+        print(f"\n[harness] files of this test kept in {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- peers --------------------------------------------------------------
+
+@pytest.fixture
+def postfix_primary(request, workdir):
+    """Factory: postfix_primary(domains=("example.com",), users=("alice",),
+    start=True, port=None, name=None, extra_main_cf=None) -> PostfixInstance."""
+    instances = []
+
+    def make(domains=("example.com",), users=("alice",), start=True, port=None,
+             name=None, extra_main_cf=None):
+        name = name or f"pf{len(instances)}"
+        pf = PostfixInstance(workdir / name, domains=domains, users=users, port=port,
+                             name=name, extra_main_cf=extra_main_cf)
+        instances.append(pf)
+        if start:
+            pf.start()
+        return pf
+
+    yield make
+    failed = _failed(request)
+    for pf in instances:
+        try:
+            pf.stop()
+        finally:
+            if failed:
+                print(f"\n--- postfix {pf.name} maillog ({pf.log_file}) ---\n{pf.log()[-20000:]}")
+
+
+@pytest.fixture
+def primary(postfix_primary):
+    """A running Postfix primary for example.com: alice, bob, carol, dave."""
+    return postfix_primary(users=("alice", "bob", "carol", "dave"))
+
+
+@pytest.fixture
+def sink_factory(request):
+    """Factory: sink_factory(**SmtpSink kwargs) -> SmtpSink."""
+    sinks = []
+
+    def make(**kw):
+        s = SmtpSink(**kw)
+        sinks.append(s)
+        return s
+
+    yield make
+    failed = _failed(request)
+    for s in sinks:
+        if failed:
+            print(f"\n--- {s.describe()}")
+        s.close()
+
+
+@pytest.fixture
+def sink(sink_factory):
+    return sink_factory()
+
+
+# --- the daemon ---------------------------------------------------------
+
+@pytest.fixture
+def mxspool(request, workdir):
+    """Factory: mxspool(domains, start=True, name=None, hostname='mx2.test',
+    smarthost=None, retry=None, port=None, **uci_main_options) -> Mxspool.
+    DOMAINS: dicts from harness_mxspool.domain(), or (name, deliver_to) tuples."""
+    daemons = []
+
+    def make(domains, start=True, name=None, **kw):
+        name = name or f"mx{len(daemons)}"
+        mx = Mxspool(workdir / name, domains, **kw)
+        daemons.append(mx)
+        if start:
+            mx.start()
+        return mx
+
+    yield make
+    failed = _failed(request)
+    for mx in daemons:
+        try:
+            mx.stop()
+        finally:
+            if failed:
+                print(f"\n--- mxspool log ({mx.log_path}) ---\n{mx.log()[-30000:]}")
+                try:
+                    print(f"--- config ({mx.config_path}) ---\n{mx.config_path.read_text()}")
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def mxspool_cmd():
+    """mxspool_cmd(*args, timeout=60) -> CompletedProcess (text mode)."""
+    return run_command

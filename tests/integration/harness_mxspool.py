@@ -1,0 +1,204 @@
+"""Drive the mxspool binary: write a UCI config, run the daemon, run its
+other commands.
+
+Env: MXSPOOL_BIN (default target/debug/mxspool, relative to the repository
+root), MXSPOOL_RUNNER (a command prefix such as `qemu-mips -L /sysroot`,
+empty by default), MXSPOOL_START_TIMEOUT (seconds, default 20).
+"""
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from harness_util import LOCALHOST, free_port, port_accepts, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def binary_path():
+    p = Path(os.environ.get("MXSPOOL_BIN") or "target/debug/mxspool")
+    if not p.is_absolute():
+        p = REPO_ROOT / p
+    return p
+
+
+def runner_prefix():
+    return shlex.split(os.environ.get("MXSPOOL_RUNNER", ""))
+
+
+def command(*args):
+    return runner_prefix() + [str(binary_path()), *map(str, args)]
+
+
+def run_command(*args, timeout=60, input=None):
+    """Run `mxspool ARGS...` to completion; returns CompletedProcess (text)."""
+    return subprocess.run(command(*args), capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+def quote(v):
+    v = str(v)
+    if "'" not in v:
+        return f"'{v}'"
+    if '"' not in v and "\\" not in v and "$" not in v:
+        return f'"{v}"'
+    raise ValueError(f"cannot quote {v!r} for UCI")
+
+
+def domain(name, deliver_to, verify="none", **extra):
+    """A `config domain` section. DELIVER_TO: 'mx', 'HOST[:PORT]', or an int
+    port meaning 127.0.0.1:PORT."""
+    if isinstance(deliver_to, int):
+        deliver_to = f"{LOCALHOST}:{deliver_to}"
+    d = {"name": name, "deliver_to": deliver_to, "verify": verify}
+    d.update(extra)
+    return d
+
+
+def render_uci(main: dict, domains: list) -> str:
+    """UCI text. Values that are lists become `list` lines, None is skipped."""
+    def section(kind, name, opts):
+        out = [f"config {kind} '{name}'"]
+        for k, v in opts.items():
+            if v is None:
+                continue
+            if isinstance(v, (list, tuple)):
+                out += [f"\tlist {k} {quote(x)}" for x in v]
+            else:
+                out.append(f"\toption {k} {quote(v)}")
+        return "\n".join(out) + "\n"
+
+    text = section("mxspool", "main", main)
+    for i, d in enumerate(domains):
+        text += "\n" + section("domain", f"d{i}", d)
+    return text
+
+
+class Mxspool:
+    """One daemon instance. API: start(), stop(), kill9(), restart(), log(),
+    run(*args) for other commands with -c, port, host, config_path, spool_dir,
+    control_socket, write_config(), proc."""
+
+    def __init__(self, workdir: Path, domains, hostname="mx2.test", smarthost=None,
+                 retry=None, port=None, **options):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = LOCALHOST
+        self.port = port or free_port()
+        self.config_path = self.workdir / "mxspool.conf"
+        self.spool_dir = self.workdir / "spool"
+        self.control_socket = self.workdir / "ctl.sock"
+        self.log_path = self.workdir / "mxspool.log"
+        main = {
+            "hostname": hostname,
+            "listen": [f"{LOCALHOST}:{self.port}"],
+            "spool_dir": str(self.spool_dir),
+            "control_socket": str(self.control_socket),
+            "syslog": "0",
+            "log_level": "debug",
+        }
+        if smarthost is not None:
+            if isinstance(smarthost, int):
+                smarthost = f"{LOCALHOST}:{smarthost}"
+            main["smarthost"] = smarthost
+        if retry is not None:
+            main["retry"] = [retry] if isinstance(retry, str) else list(retry)
+        main.update(options)
+        self.main = main
+        self.domains = [d if isinstance(d, dict) else domain(*d) for d in domains]
+        self.proc = None
+        self._logf = None
+        self.start_timeout = float(os.environ.get("MXSPOOL_START_TIMEOUT", "20"))
+        self.write_config()
+
+    def write_config(self):
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_uci(self.main, self.domains))
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self):
+        assert not self.running, "already running"
+        if port_accepts(self.port):
+            raise RuntimeError(f"port {self.port} is already taken before mxspool starts")
+        self._logf = open(self.log_path, "ab")
+        self._logf.write(f"=== start {time.strftime('%H:%M:%S')} ===\n".encode())
+        self._logf.flush()
+        self.proc = subprocess.Popen(
+            command("run", "-c", self.config_path),
+            stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.workdir, start_new_session=True,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not port_accepts(self.port, timeout=0.3):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"mxspool exited with {self.proc.returncode} before listening "
+                    f"on {self.port}\n--- log ---\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill9()
+                raise RuntimeError(
+                    f"mxspool did not listen on {self.port} within "
+                    f"{self.start_timeout}s\n--- log ---\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, grace=10):
+        """SIGTERM, then SIGKILL after GRACE seconds. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        rc = self.proc.returncode
+        self._close_log()
+        return rc
+
+    def kill9(self):
+        """SIGKILL the daemon (its whole process group, so a runner such as
+        qemu dies with it)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self._close_log()
+
+    def restart(self):
+        self.stop()
+        wait_until(lambda: not port_accepts(self.port, timeout=0.2), 10,
+                   what=f"port {self.port} to be released")
+        return self.start()
+
+    def _close_log(self):
+        if self._logf:
+            self._logf.close()
+            self._logf = None
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def run(self, *args, timeout=60):
+        """`mxspool ARGS... -c CONFIG` (e.g. run("queue", "list", "--json"))."""
+        return run_command(*args, "-c", self.config_path, timeout=timeout)
+
+    def wait_log(self, pattern, timeout=10):
+        import re
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.log()), timeout,
+                          what=f"log line matching {pattern!r}")

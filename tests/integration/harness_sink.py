@@ -1,0 +1,299 @@
+"""A capture SMTP server on plain sockets and threads (no aiosmtpd).
+
+It records every byte received, every command in order, whether the client
+pipelined, and each mail transaction (envelope, DATA as sent on the wire
+with its dot-stuffing, and the un-stuffed content). Replies are scriptable:
+per recipient (a string, or a callable taking the address and returning a
+string), to MAIL, and to the end of data. EHLO keywords are configurable.
+"""
+
+import re
+import socket
+import threading
+import time
+
+from harness_util import LOCALHOST, bare_newlines, wait_until
+
+
+class Transaction:
+    def __init__(self, mail_from, mail_params):
+        self.mail_from = mail_from          # address inside <>, "" for <>
+        self.mail_params = mail_params      # text after the >
+        self.rcpts = []                     # accepted recipients (as sent)
+        self.rejected = []                  # (rcpt, reply) not accepted
+        self.data_wire = None               # bytes as on the wire (stuffed), w/o final .CRLF
+        self.content = None                 # un-stuffed message bytes (CRLF)
+        self.data_reply = None
+        self.received_at = None             # time.time() at end of data
+        self.session = None
+
+    def __repr__(self):
+        return (f"Transaction(from={self.mail_from!r}, rcpts={self.rcpts!r}, "
+                f"rejected={self.rejected!r}, size={len(self.content or b'')}, "
+                f"reply={self.data_reply!r})")
+
+
+class Session:
+    def __init__(self, peer):
+        self.peer = peer
+        self.raw = bytearray()              # every byte received
+        self.commands = []                  # command lines (str, without CRLF)
+        self.pipelined = False              # a command arrived before our previous reply
+        self.transactions = []
+        self.helo = None
+        self.started_at = time.time()
+        self.closed = False
+
+    def __repr__(self):
+        return f"Session(peer={self.peer}, commands={self.commands!r})"
+
+
+_ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
+
+
+class SmtpSink:
+    def __init__(self, hostname="sink.test", pipelining=True, size=None,
+                 eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
+                 greeting=None, port=0):
+        self.hostname = hostname
+        self.pipelining = pipelining
+        self.size = size
+        self.eightbitmime = eightbitmime
+        self.smtputf8 = smtputf8
+        self.enhancedstatuscodes = enhancedstatuscodes
+        self.greeting = greeting or f"220 {hostname} ESMTP sink"
+        self.mail_reply = "250 2.1.0 Ok"
+        self.rcpt_replies = {}              # lower-case address -> reply or callable
+        self.default_rcpt_reply = "250 2.1.5 Ok"
+        self.data_reply = "250 2.0.0 Ok: queued"  # or callable(Transaction) -> str
+        self.sessions = []
+        self.cond = threading.Condition()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((LOCALHOST, port))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._stopping = False
+        self._threads = []
+        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accept_thread.start()
+
+    # --- public API ----------------------------------------------------
+    @property
+    def transactions(self):
+        with self.cond:
+            return [t for s in self.sessions for t in s.transactions]
+
+    @property
+    def messages(self):
+        """Transactions whose DATA we accepted with a 2xx."""
+        return [t for t in self.transactions
+                if t.data_reply and t.data_reply.startswith("2")]
+
+    def wait_for_messages(self, n=1, timeout=20):
+        wait_until(lambda: len(self.messages) >= n, timeout,
+                   what=f"{n} message(s) at sink :{self.port} (have {len(self.messages)}: "
+                        f"{self.transactions!r})")
+        return self.messages
+
+    def wait_for(self, predicate, timeout=20, what="sink condition"):
+        return wait_until(predicate, timeout, what=what)
+
+    def rcpt_attempts(self, addr):
+        """How many times RCPT TO for ADDR was received."""
+        addr = addr.lower()
+        with self.cond:
+            return sum(1 for s in self.sessions for c in s.commands
+                       if c.upper().startswith("RCPT TO:") and f"<{addr}>" in c.lower())
+
+    def all_raw(self):
+        with self.cond:
+            return b"".join(bytes(s.raw) for s in self.sessions)
+
+    def bare_newlines(self):
+        """[(session index, offsets)] of bare CR / LF seen in received bytes."""
+        with self.cond:
+            return [(i, bare_newlines(bytes(s.raw))) for i, s in enumerate(self.sessions)
+                    if bare_newlines(bytes(s.raw))]
+
+    def close(self):
+        self._stopping = True
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def describe(self):
+        with self.cond:
+            out = [f"sink :{self.port} sessions={len(self.sessions)}"]
+            for s in self.sessions:
+                out.append(f"  {s.peer} cmds={s.commands!r}")
+                for t in s.transactions:
+                    out.append(f"    {t!r}")
+            return "\n".join(out)
+
+    # --- server --------------------------------------------------------
+    def _accept_loop(self):
+        while not self._stopping:
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _ehlo_lines(self):
+        kw = []
+        if self.pipelining:
+            kw.append("PIPELINING")
+        if self.size is not None:
+            kw.append(f"SIZE {self.size}")
+        if self.eightbitmime:
+            kw.append("8BITMIME")
+        if self.enhancedstatuscodes:
+            kw.append("ENHANCEDSTATUSCODES")
+        if self.smtputf8:
+            kw.append("SMTPUTF8")
+        return [self.hostname] + kw
+
+    def _serve(self, conn, peer):
+        session = Session(peer)
+        with self.cond:
+            self.sessions.append(session)
+            self.cond.notify_all()
+        buf = bytearray()
+        conn.settimeout(120)
+
+        def recv_more():
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ConnectionError("eof")
+            with self.cond:
+                session.raw.extend(chunk)
+            buf.extend(chunk)
+
+        def read_line():
+            while True:
+                i = buf.find(b"\n")
+                if i >= 0:
+                    line = bytes(buf[: i + 1])
+                    del buf[: i + 1]
+                    return line
+                recv_more()
+
+        def reply(text):
+            if buf:
+                session.pipelined = True
+            lines = text.split("\n")
+            out = "".join(
+                f"{l[:3]}{'-' if n < len(lines) - 1 else ' '}{l[4:]}\r\n"
+                for n, l in enumerate(lines)
+            )
+            conn.sendall(out.encode())
+
+        txn = None
+        try:
+            conn.sendall(self.greeting.encode() + b"\r\n")
+            while True:
+                raw_line = read_line()
+                line = raw_line.rstrip(b"\r\n").decode("utf-8", "replace")
+                with self.cond:
+                    session.commands.append(line)
+                verb = line.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    session.helo = line[5:].strip()
+                    txn = None
+                    reply("\n".join("250 " + l for l in self._ehlo_lines()))
+                elif verb == "HELO":
+                    session.helo = line[5:].strip()
+                    txn = None
+                    reply(f"250 {self.hostname}")
+                elif line.upper().startswith("MAIL FROM:"):
+                    m = _ADDR.match(line[10:])
+                    if not m:
+                        reply("501 5.5.4 Syntax error in MAIL")
+                        continue
+                    r = self.mail_reply
+                    if r.startswith("2"):
+                        txn = Transaction(m.group(1), m.group(2))
+                        txn.session = session
+                        with self.cond:
+                            session.transactions.append(txn)
+                    reply(r)
+                elif line.upper().startswith("RCPT TO:"):
+                    m = _ADDR.match(line[8:])
+                    if txn is None:
+                        reply("503 5.5.1 MAIL first")
+                        continue
+                    if not m:
+                        reply("501 5.5.4 Syntax error in RCPT")
+                        continue
+                    addr = m.group(1)
+                    r = self.rcpt_replies.get(addr.lower(), self.default_rcpt_reply)
+                    if callable(r):
+                        r = r(addr)
+                    with self.cond:
+                        if r.startswith("2"):
+                            txn.rcpts.append(addr)
+                        else:
+                            txn.rejected.append((addr, r))
+                    reply(r)
+                elif verb == "DATA":
+                    if txn is None or not txn.rcpts:
+                        reply("554 5.5.1 No valid recipients")
+                        continue
+                    reply("354 End data with <CR><LF>.<CR><LF>")
+                    data = bytearray(b"\r\n")
+                    while True:
+                        end = data.find(b"\r\n.\r\n")
+                        if end >= 0:
+                            break
+                        if not buf:
+                            recv_more()
+                        data.extend(buf)
+                        buf.clear()
+                    # anything after the terminator is the next command(s)
+                    rest = data[end + 5:]
+                    buf[:0] = rest
+                    wire = bytes(data[2:end + 2])
+                    txn.data_wire = wire
+                    txn.content = unstuff(wire)
+                    txn.received_at = time.time()
+                    r = self.data_reply
+                    if callable(r):
+                        r = r(txn)
+                    with self.cond:
+                        txn.data_reply = r
+                        self.cond.notify_all()
+                    reply(r)
+                    txn = None
+                elif verb == "RSET":
+                    txn = None
+                    reply("250 2.0.0 Ok")
+                elif verb == "NOOP":
+                    reply("250 2.0.0 Ok")
+                elif verb == "QUIT":
+                    reply("221 2.0.0 Bye")
+                    break
+                else:
+                    reply("502 5.5.2 Command not recognized")
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with self.cond:
+                session.closed = True
+                self.cond.notify_all()
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def unstuff(wire: bytes) -> bytes:
+    """Undo SMTP dot-stuffing of DATA as sent on the wire (CRLF lines)."""
+    if not wire:
+        return b""
+    lines = wire.split(b"\r\n")
+    out = [l[1:] if l.startswith(b".") else l for l in lines]
+    return b"\r\n".join(out)

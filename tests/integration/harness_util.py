@@ -1,0 +1,281 @@
+"""Small shared helpers for the integration harness: ports, polling, a raw
+SMTP client for byte-exact conversations, and message builders."""
+
+import email.utils
+import os
+import select
+import socket
+import time
+import uuid
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port(host=LOCALHOST):
+    """A TCP port that was free a moment ago on HOST (bind to 0, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Poll PREDICATE until it returns a truthy value; return that value.
+    Raise AssertionError naming WHAT after TIMEOUT seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_accepts(port, host=LOCALHOST, timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def bare_newlines(data: bytes):
+    """Offsets of every CR not followed by LF and every LF not preceded by CR."""
+    bad = []
+    for i, b in enumerate(data):
+        if b == 0x0D and (i + 1 >= len(data) or data[i + 1] != 0x0A):
+            bad.append(i)
+        elif b == 0x0A and (i == 0 or data[i - 1] != 0x0D):
+            bad.append(i)
+    return bad
+
+
+def make_message(
+    subject=None,
+    body="Hello.\r\n",
+    sender="sender@sender.test",
+    to="alice@example.com",
+    extra_headers=(),
+    message_id=None,
+):
+    """An RFC 5322 message as CRLF bytes with a unique Message-ID.
+    Returns (bytes, message_id)."""
+    message_id = message_id or f"<{uuid.uuid4().hex}@sender.test>"
+    subject = subject or f"test {message_id}"
+    headers = list(extra_headers) + [
+        f"From: <{sender}>",
+        f"To: <{to}>",
+        f"Subject: {subject}",
+        f"Date: {email.utils.formatdate(localtime=False)}",
+        f"Message-ID: {message_id}",
+    ]
+    if isinstance(body, str):
+        body = body.encode()
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + body, message_id
+
+
+class SmtpReply:
+    def __init__(self, code, lines):
+        self.code = code
+        self.lines = lines  # text after "NNN-" / "NNN "
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    def __repr__(self):
+        return f"SmtpReply({self.code}, {self.lines!r})"
+
+    def __str__(self):
+        return "\n".join(f"{self.code} {line}" for line in self.lines)
+
+
+class RawSmtp:
+    """A byte-level SMTP client over a plain socket, for conversations smtplib
+    would not produce (bare LF, pipelined batches, connection limits)."""
+
+    def __init__(self, port, host=LOCALHOST, timeout=15.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.timeout = timeout
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def _fill(self, timeout):
+        self.sock.settimeout(timeout)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(
+                f"connection closed by server (unparsed buffer: {self.buf!r})"
+            )
+        self.buf += chunk
+
+    def read_line(self, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while b"\r\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete reply line within {timeout}s: {self.buf!r}")
+            self._fill(left)
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line.decode("utf-8", "replace")
+
+    def reply(self, timeout=None) -> SmtpReply:
+        """Read one (possibly multi-line) reply."""
+        lines = []
+        while True:
+            line = self.read_line(timeout)
+            if len(line) < 3 or not line[:3].isdigit():
+                raise AssertionError(f"malformed reply line {line!r}")
+            lines.append(line[4:])
+            if len(line) == 3 or line[3] == " ":
+                return SmtpReply(int(line[:3]), lines)
+            if line[3] != "-":
+                raise AssertionError(f"malformed reply line {line!r}")
+
+    def cmd(self, line: str) -> SmtpReply:
+        self.send(line.encode() + b"\r\n")
+        return self.reply()
+
+    def readable_within(self, seconds) -> bool:
+        """True if the server sent anything (or closed) within SECONDS."""
+        if self.buf:
+            return True
+        r, _, _ = select.select([self.sock], [], [], seconds)
+        return bool(r)
+
+    def closed_by_peer(self, timeout=5.0) -> bool:
+        """True if the server closes the connection within TIMEOUT (any
+        remaining data is drained and kept in self.buf)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self.sock.settimeout(left)
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except ConnectionResetError:
+                return True
+            if not chunk:
+                return True
+            self.buf += chunk
+
+    def ehlo(self, name="client.test") -> SmtpReply:
+        return self.cmd(f"EHLO {name}")
+
+    def greeting(self) -> SmtpReply:
+        return self.reply()
+
+
+def env_bool(name, default=False):
+    v = os.environ.get(name)
+    if v is None:
+        return default
+    return v not in ("", "0", "no", "false")
+
+
+QUEUED_RE = r"^2\.0\.0 Ok: queued as (\S+)$"
+
+
+class SendResult:
+    def __init__(self):
+        self.mail = None          # (code, text)
+        self.rcpt = {}            # addr -> (code, text)
+        self.data = None          # (code, text) or None if DATA was not reached
+        self.queue_id = None
+
+    @property
+    def accepted(self):
+        return self.data is not None and self.data[0] == 250
+
+    def __repr__(self):
+        return f"SendResult(mail={self.mail}, rcpt={self.rcpt}, data={self.data})"
+
+
+def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOST,
+              mail_options=(), timeout=30):
+    """One transaction with smtplib (which dot-stuffs); never raises for SMTP
+    replies, returns a SendResult with every reply."""
+    import re
+    import smtplib
+    res = SendResult()
+    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as s:
+        s.ehlo(helo)
+        res.mail = s.mail(sender, list(mail_options))
+        res.mail = (res.mail[0], res.mail[1].decode("utf-8", "replace"))
+        if res.mail[0] != 250:
+            return res
+        ok = False
+        for r in rcpts:
+            code, text = s.rcpt(r)
+            res.rcpt[r] = (code, text.decode("utf-8", "replace"))
+            ok = ok or code in (250, 251)
+        if not ok:
+            s.rset()
+            return res
+        code, text = s.data(msg)
+        res.data = (code, text.decode("utf-8", "replace"))
+        m = re.match(QUEUED_RE, res.data[1])
+        if m:
+            res.queue_id = m.group(1)
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            pass
+    return res
+
+
+def queue_entries(mx):
+    """`mxspool queue list --json` as a list of dicts, or None if the
+    command failed."""
+    import json
+    r = mx.run("queue", "list", "--json", timeout=20)
+    if r.returncode != 0:
+        return None
+    try:
+        return json.loads(r.stdout)
+    except ValueError:
+        return None
+
+
+def wait_attempted(mx, queue_id, attempts=1, timeout=15):
+    """Wait until the queue shows QUEUE_ID with at least ATTEMPTS delivery
+    attempts (CONTRACT: `queue list --json` has `id` and `attempts`).
+    If the queue command itself does not work, fall back to a fixed 2 s
+    wait (the test then still checks delivery, just not that an attempt
+    was made before), so a broken control socket fails its own tests, not
+    every delivery test."""
+    failures = [0]
+
+    def done():
+        entries = queue_entries(mx)
+        if entries is None:
+            failures[0] += 1
+            if failures[0] >= 3:
+                time.sleep(2)
+                return True
+            return False
+        for e in entries:
+            if e.get("id") == queue_id and int(e.get("attempts", 0)) >= attempts:
+                return True
+        return False
+    wait_until(done, timeout, interval=0.2,
+               what=f"{queue_id} to show {attempts} attempt(s) in `queue list --json` "
+                    f"(last: {queue_entries(mx)!r})")

@@ -1,0 +1,156 @@
+"""Delivery (CONTRACT.md "Delivery" and "Receiving"): store-and-forward to a
+real Postfix primary, byte-exact; our Received header; the primary down and
+back on the same port; dot-stuffing and line ends on the wire."""
+
+import email.utils
+import re
+import time
+from datetime import datetime, timezone
+
+from harness_mxspool import domain
+from harness_util import make_message, send_mail, wait_attempted
+
+# A body with the lines that break naive relays: dots, dot-dot, a lone dot,
+# long-ish lines, trailing spaces, UTF-8 (8BITMIME).
+TRICKY_BODY = (
+    b"first line\r\n"
+    b".\r\n"
+    b"..x\r\n"
+    b".x\r\n"
+    b"...\r\n"
+    b"trailing spaces   \r\n"
+    b"\r\n"
+    b"caf\xc3\xa9 \xe2\x82\xac\r\n"
+    + b"z" * 900 + b"\r\n"
+    b"last line\r\n"
+)
+
+
+def unfold(value: str) -> str:
+    return re.sub(r"\r?\n[ \t]+", " ", value)
+
+
+def split_headers(raw: bytes):
+    """[(name, value-with-folding)] of the header block of LF message bytes,
+    and the offset where the header block ends (after the blank line)."""
+    head, sep, _ = raw.partition(b"\n\n")
+    headers, cur = [], None
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and cur is not None:
+            cur[1] += b"\n" + line
+        else:
+            name, _, value = line.partition(b":")
+            cur = [name.decode(), value.strip()]
+            headers.append(cur)
+    return [(n, v.decode("utf-8", "replace")) for n, v in headers], len(head) + len(sep)
+
+
+def test_delivered_byte_for_byte_with_our_received_header(mxspool, primary):
+    """Protects the core promise: after 250 the message reaches the primary
+    at once (first attempt immediate), byte-for-byte (dots, 8-bit, long
+    lines), with one Received header prepended by us — `from <helo>
+    ([127.0.0.1]) by mx2.test with ESMTP id <queue id> for <rcpt>; <date>` —
+    that sits directly below the primary's own."""
+    mx = mxspool([domain("example.com", primary.port)], retry="1s 1h")
+    msg, mid = make_message(body=TRICKY_BODY)
+    t0 = time.time()
+    res = send_mail(mx.port, "sender@sender.test", ["alice@example.com"], msg, helo="client.test")
+    assert res.accepted, res
+    assert res.queue_id, f"DATA reply must be '250 2.0.0 Ok: queued as ID': {res.data}"
+    (got,) = primary.wait_for_messages("alice", 1, timeout=10)
+    assert time.time() - t0 < 10
+
+    lf_original = msg.replace(b"\r\n", b"\n")
+    assert got.endswith(lf_original), "the original headers and body must arrive unchanged"
+    prefix = got[: -len(lf_original)]
+    headers, _ = split_headers(prefix + b"\n")
+    names = [n.lower() for n, _ in headers]
+    received = [v for n, v in headers if n.lower() == "received"]
+    assert len(received) == 2, f"want the primary's Received and ours: {headers}"
+    primary_rcvd, ours = unfold(received[0]), unfold(received[1])
+    assert "by pf0.primary.test" in primary_rcvd, primary_rcvd
+    # ours is the last header before the original message
+    assert names[-1] == "received" and headers[-1][1] == received[1]
+    m = re.match(
+        r"from client\.test \(\[127\.0\.0\.1\]\).*?\bby mx2\.test with ESMTP id (\S+?);?"
+        r"(?:\s.*?)?\bfor <alice@example\.com>;\s*(.+)$", ours)
+    assert m, f"our Received header has the wrong shape: {ours!r}"
+    assert m.group(1).rstrip(";") == res.queue_id
+    date = email.utils.parsedate_to_datetime(m.group(2).strip())
+    if date.tzinfo is None:  # "-0000" (RFC 5322: zone unknown) parses naive
+        date = date.replace(tzinfo=timezone.utc)
+    assert abs((date - datetime.now(timezone.utc)).total_seconds()) < 120
+    # the primary saw us as the client, with our EHLO name
+    assert "mx2.test" in primary_rcvd
+
+
+def test_several_recipients_one_copy_each(mxspool, primary):
+    """Protects: one message to several recipients of the domain reaches
+    each mailbox exactly once."""
+    mx = mxspool([domain("example.com", primary.port)], retry="1s 1h")
+    msg, mid = make_message()
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com", "bob@example.com"], msg)
+    assert res.accepted, res
+    for u in ("alice", "bob"):
+        (got,) = primary.wait_for_messages(u, 1, timeout=10)
+        assert got.endswith(msg.replace(b"\r\n", b"\n"))
+    assert len(primary.messages("alice")) == 1 and len(primary.messages("bob")) == 1
+
+
+def test_primary_down_then_up_on_same_port(mxspool, postfix_primary):
+    """Protects store-and-forward: with the primary down mail is still
+    accepted (250) and queued; when the primary comes back on the same port
+    the mail is delivered within the retry interval (1 s here)."""
+    pf = postfix_primary(users=("alice",), start=False)
+    mx = mxspool([domain("example.com", pf.port)], retry="1s 1h")
+    msg, mid = make_message()
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
+    assert res.accepted, res
+    # let the daemon make its immediate attempt against the closed port
+    wait_attempted(mx, res.queue_id)
+    assert pf.messages("alice") == []
+    pf.start()
+    (got,) = pf.wait_for_messages("alice", 1, timeout=15)
+    assert got.endswith(msg.replace(b"\r\n", b"\n"))
+
+
+def test_dot_stuffing_and_line_ends_on_the_wire(mxspool, sink):
+    """Protects the client side of the wire: lines `.`, `..x`, `.x` arrive
+    correctly dot-stuffed (`..`, `...x`, `..x`), the un-stuffed content is
+    exactly ours plus one Received header, and the destination never sees a
+    bare CR or LF."""
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, mid = make_message(body=TRICKY_BODY)
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert t.mail_from == "s@sender.test"
+    assert t.rcpts == ["alice@example.com"]
+    assert b"\r\n..\r\n...x\r\n..x\r\n....\r\n" in t.data_wire, t.data_wire
+    assert t.content.endswith(msg)
+    added = t.content[: -len(msg)]
+    assert added.startswith(b"Received: ") and added.endswith(b"\r\n")
+    assert added.count(b"Received:") == 1
+    assert sink.bare_newlines() == []
+
+
+def test_pipelining_client_against_non_pipelining_server(mxspool, sink_factory):
+    """Protects: towards a server that does not advertise PIPELINING we send
+    one command at a time (and still deliver)."""
+    sink = sink_factory(pipelining=False)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message()
+    assert send_mail(mx.port, "s@sender.test", ["alice@example.com", "bob@example.com"], msg).accepted
+    sink.wait_for_messages(1, timeout=10)
+    assert not any(s.pipelined for s in sink.sessions), sink.describe()
+
+
+def test_null_sender_is_relayed_with_null_sender(mxspool, sink):
+    """Protects: a bounce (MAIL FROM:<>) we receive is passed on with MAIL
+    FROM:<> unchanged."""
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(sender="MAILER-DAEMON@sender.test")
+    res = send_mail(mx.port, "", ["alice@example.com"], msg)
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert t.mail_from == ""
