@@ -35,11 +35,17 @@ enum Io {
     Data(usize),
     Eof,
     Timeout,
+    /// The daemon is stopping.
+    Stop,
     Error(std::io::Error),
 }
 
-async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
-    futures_lite::future::or(
+async fn read_timeout(ctx: &Ctx, stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
+    let stop = async {
+        ctx.stopped().await;
+        Io::Stop
+    };
+    let read = futures_lite::future::or(
         async {
             match stream.read(buf).await {
                 Ok(0) => Io::Eof,
@@ -51,8 +57,8 @@ async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
             smol::Timer::after(t).await;
             Io::Timeout
         },
-    )
-    .await
+    );
+    futures_lite::future::or(read, stop).await
 }
 
 async fn write_timeout(stream: &mut Stream, bytes: &[u8], t: Duration) -> bool {
@@ -121,7 +127,13 @@ pub async fn serve(
             } else {
                 m.command_timeout
             };
-            match read_timeout(&mut stream, &mut buf, t).await {
+            if shut {
+                // Stopping and the session still wants input: it owes
+                // nothing; its 421 is out, close.
+                break;
+            }
+            match read_timeout(&ctx, &mut stream, &mut buf, t).await {
+                Io::Stop => continue,
                 Io::Data(n) => s.receive(&buf[..n]),
                 Io::Timeout => {
                     log::info!("id=NOQUEUE event=timeout client=[{ip}]");
