@@ -264,6 +264,10 @@ pub struct Main {
     pub smarthost: Option<HostPort>,
     pub user: Option<String>,
     pub syslog: bool,
+    /// `enabled` (extra, default 1): read by the OpenWrt init script, which
+    /// starts nothing while it is 0 (the package ships it at 0 until the
+    /// owner has set hostname and domains).
+    pub enabled: bool,
     pub log_level: log::LevelFilter,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -449,6 +453,7 @@ impl fmt::Display for Config {
         opt(f, "max_hops", &m.max_hops)?;
         opt(f, "smarthost", &or_empty(m.smarthost.as_ref()))?;
         opt(f, "user", &or_empty(m.user.as_ref()))?;
+        opt(f, "enabled", &if m.enabled { "1" } else { "0" })?;
         opt(f, "syslog", &if m.syslog { "1" } else { "0" })?;
         opt(f, "log_level", &level_name(m.log_level))?;
         opt(f, "tls_cert", &or_empty(path_or_empty(&m.tls_cert)))?;
@@ -577,6 +582,7 @@ const MAIN_SINGLE: &[&str] = &[
     "smarthost",
     "user",
     "syslog",
+    "enabled",
     "log_level",
     "tls_cert",
     "tls_key",
@@ -798,6 +804,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         })?,
         user: o.one("user", None, |v| empty_or(v, system_user))?,
         syslog: o.one("syslog", true, parse_bool)?,
+        enabled: o.one("enabled", true, parse_bool)?,
         log_level: o.one("log_level", log::LevelFilter::Info, parse_log_level)?,
         tls_cert: o.one("tls_cert", None, |v| empty_or(v, abs_path))?,
         tls_key: o.one("tls_key", None, |v| empty_or(v, abs_path))?,
