@@ -3,7 +3,9 @@
 //! consulted at MAIL, RCPT and DATA.
 
 pub mod callahead;
+pub mod dnsbl;
 pub mod policy;
+pub mod pregreet;
 pub mod received;
 pub mod session;
 
