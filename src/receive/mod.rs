@@ -7,6 +7,7 @@ pub mod dnsbl;
 pub mod policy;
 pub mod pregreet;
 pub mod received;
+pub mod scan;
 pub mod session;
 
 use std::cell::{Cell, RefCell};

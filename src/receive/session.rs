@@ -265,7 +265,17 @@ pub async fn serve(
                         "Insufficient system storage, try again later",
                     )
                 } else {
-                    commit(&ctx, &s, &dests, inc, ip).await
+                    // Content scanners see the spooled message before the 250.
+                    match super::scan::check(&ctx, inc.id, inc.seq, inc.size, ip).await {
+                        Ok(grew) => {
+                            inc.size = inc.size.saturating_add_signed(grew);
+                            commit(&ctx, &s, &dests, inc, ip).await
+                        }
+                        Err(reply) => {
+                            ctx.spool.abort(inc.id, inc.size).await;
+                            reply
+                        }
+                    }
                 };
                 dests.clear();
                 s.answer_data_end(reply);
