@@ -14,6 +14,8 @@ use crate::tls::Stream;
 
 /// How long the refusal may take to write: the client is not ours to wait for.
 const REFUSAL_WRITE: Duration = Duration::from_secs(5);
+/// The most we read (and discard) from an early talker before closing.
+const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// What the client did during the pause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +79,29 @@ pub async fn wait(ctx: &Ctx, stream: &mut Stream, ip: IpAddr) -> bool {
             );
             ctx.stats.borrow_mut().reject("pregreet");
             let bytes = reply.to_wire();
-            let _ =
-                futures_lite::future::or(async { stream.write_all(&bytes).await.ok() }, async {
+            let _ = futures_lite::future::or(
+                async {
+                    stream.write_all(&bytes).await.ok()?;
+                    // Half-close, then swallow what the client still sends:
+                    // closing with unread input would reset the connection
+                    // and could destroy our reply before the client reads it.
+                    stream.close().await.ok()?;
+                    let mut sink = [0u8; 1024];
+                    let mut left = DRAIN_LIMIT;
+                    while left > 0 {
+                        match stream.read(&mut sink).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                    Some(())
+                },
+                async {
                     smol::Timer::after(REFUSAL_WRITE).await;
                     None
-                })
-                .await;
+                },
+            )
+            .await;
             false
         }
     }
