@@ -119,6 +119,16 @@ pub async fn addresses(resolver: &Resolver, host: &str) -> Result<Vec<IpAddr>, R
     Ok(ans.addrs)
 }
 
+/// A relay host is the owner's own choice, typically a dynamic-DNS name:
+/// one that does not resolve right now (lapsed, mistyped and about to be
+/// retagged) defers the mail instead of bouncing the whole queue.
+fn relay_error(e: RouteError) -> RouteError {
+    match e {
+        RouteError::Permanent(m) => RouteError::Temporary(m),
+        t => t,
+    }
+}
+
 /// The addresses for `dest`, in the order to try them.
 pub async fn resolve(
     resolver: &Resolver,
@@ -127,7 +137,8 @@ pub async fn resolve(
 ) -> Result<Vec<Target>, RouteError> {
     match dest {
         Destination::Relay { host, port } => Ok(addresses(resolver, host)
-            .await?
+            .await
+            .map_err(relay_error)?
             .into_iter()
             .map(|ip| Target {
                 host: host.clone(),
@@ -175,6 +186,18 @@ pub async fn resolve(
 
 #[cfg(test)]
 mod tests {
+    // A relay name that does not resolve defers (retry, retag), never bounces.
+    #[test]
+    fn relay_lookup_failures_are_temporary() {
+        assert_eq!(
+            super::relay_error(RouteError::Permanent("nx".into())),
+            RouteError::Temporary("nx".into())
+        );
+        assert_eq!(
+            super::relay_error(RouteError::Temporary("t".into())),
+            RouteError::Temporary("t".into())
+        );
+    }
     use super::*;
 
     fn mx(p: u16, h: &str) -> Mx {

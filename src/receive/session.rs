@@ -93,6 +93,7 @@ pub async fn serve(
         max_hops: m.max_hops,
         starttls: tls.is_some(),
     });
+    let mut dnsbl = super::dnsbl::Check::default();
     if let Err((reason, reply)) = policy::connect(&cfg, ip) {
         log::info!(
             "id=NOQUEUE event=reject stage=connect client=[{ip}] reason={reason} reply=\"{}\"",
@@ -101,6 +102,11 @@ pub async fn serve(
         ctx.stats.borrow_mut().reject(reason);
         s.refuse_connection(reply);
     } else {
+        // The DNSBL lookups run during the greeting pause and EHLO.
+        dnsbl = super::dnsbl::Check::start(&ctx, ip);
+        if !super::pregreet::wait(&ctx, &mut stream, ip).await {
+            return;
+        }
         s.greeting();
     }
     let mut buf = vec![0u8; READ_BUF];
@@ -150,7 +156,10 @@ pub async fn serve(
         match ev {
             Event::Mail(mail) => {
                 dests.clear();
-                let r = policy::mail(&cfg, ip, &mail, &ctx.spool);
+                let r = match dnsbl.at_mail(&cfg, ip, &mail.from.to_string()).await {
+                    Ok(()) => policy::mail(&cfg, ip, &mail, &ctx.spool),
+                    Err(r) => Err(r),
+                };
                 s.answer_mail(refusal(&ctx, r, ip, "MAIL", &mail.from.to_string(), ""));
             }
             Event::Rcpt(rcpt) => {
@@ -268,7 +277,17 @@ pub async fn serve(
                         "Insufficient system storage, try again later",
                     )
                 } else {
-                    commit(&ctx, &s, &dests, inc, ip).await
+                    // Content scanners see the spooled message before the 250.
+                    match super::scan::check(&ctx, inc.id, inc.seq, inc.size, ip).await {
+                        Ok(grew) => {
+                            inc.size = inc.size.saturating_add_signed(grew);
+                            commit(&ctx, &s, &dests, inc, ip).await
+                        }
+                        Err(reply) => {
+                            ctx.spool.abort(inc.id, inc.size).await;
+                            reply
+                        }
+                    }
                 };
                 dests.clear();
                 s.answer_data_end(reply);
