@@ -74,17 +74,20 @@ build)
 	BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$T/$DIR/mxspool
 	[ -f "$BIN" ] || { echo "cross/build.sh: built, but $BIN is missing" >&2; exit 1; }
 	echo "binary $BIN"
-	# Size as shipped: stripped. The release profile already strips (strip=true);
-	# otherwise strip a copy with zig's objcopy and report that.
-	TMP=$(mktemp)
-	trap 'rm -f "$TMP"' EXIT
-	if python3 -m ziglang objcopy --strip-all "$BIN" "$TMP" 2>/dev/null && [ -s "$TMP" ]; then
-		SIZE=$(stat -c %s "$TMP")
-		FULL=$(stat -c %s "$BIN")
-		[ "$SIZE" -gt "$FULL" ] && SIZE=$FULL
+	# Size as shipped: stripped. The release profile strips already (strip=true);
+	# otherwise strip a copy: zig objcopy (native-endian ELF only), else llvm-strip.
+	SIZE=$(stat -c %s "$BIN")
+	if command -v readelf >/dev/null 2>&1 && ! readelf -S -W "$BIN" | grep -Eq '\.symtab|\.debug_'; then
+		: # already stripped
 	else
-		SIZE=$(stat -c %s "$BIN")
-		echo "note: could not strip a copy; size below is the file as built" >&2
+		TMP=$(mktemp)
+		trap 'rm -f "$TMP"' EXIT
+		if python3 -m ziglang objcopy --strip-all "$BIN" "$TMP" 2>/dev/null ||
+			{ command -v llvm-strip >/dev/null 2>&1 && llvm-strip -o "$TMP" "$BIN"; }; then
+			SIZE=$(stat -c %s "$TMP")
+		else
+			echo "note: could not strip a copy (big-endian, no llvm-strip); size is the file as built" >&2
+		fi
 	fi
 	echo "size $T $SIZE"
 	;;
