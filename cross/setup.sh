@@ -45,7 +45,12 @@ fi
 have_zig=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("ziglang"))' 2>/dev/null || true)
 if [ "$have_zig" != "$ZIG_VERSION" ]; then
 	say "pip install ziglang==$ZIG_VERSION (found: ${have_zig:-none})"
-	"$PYTHON" -m pip install --disable-pip-version-check "ziglang==$ZIG_VERSION"
+	if ! "$PYTHON" -m pip install --disable-pip-version-check "ziglang==$ZIG_VERSION"; then
+		# Debian's system python refuses (PEP 668 "externally-managed-environment"):
+		# install into the user site instead, which touches no dpkg-owned file.
+		say "retrying: pip install --user (externally managed python)"
+		"$PYTHON" -m pip install --disable-pip-version-check --user --break-system-packages "ziglang==$ZIG_VERSION"
+	fi
 else
 	say "ziglang $ZIG_VERSION already installed"
 fi
