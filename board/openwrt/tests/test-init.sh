@@ -138,7 +138,7 @@ check "start_service (shipped config, enabled '0'): starts nothing" hasnt "procd
 check "start_service (disabled): sets no params" hasnt "procd_set_param"
 check "start_service (disabled): returns 0" test ! -s "$TMP/run.out"
 run "$TMP/no-enabled.conf" 0 start_service
-check "start_service (no enabled option): starts nothing" hasnt "procd_open_instance"
+check "start_service (no enabled option): starts, as the daemon default is 1" has "procd_open_instance <mxspool>"
 
 # --- triggers and reload ----------------------------------------------------------
 run "$TMP/enabled.conf" 1 service_triggers
