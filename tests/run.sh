@@ -6,14 +6,22 @@
 #      util-linux for script(1)) when missing, and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
-#   4. python3 -m pytest -q tests/integration against the built binary.
+#   4. python3 -m pytest -q tests/integration against the built binary;
+#   5. the OpenWrt package checks (init script under stub procd, shellcheck)
+#      and the mips32 source lint;
+#   6. for each MXSPOOL_CROSS target: cross/setup.sh (pinned zig, nightly,
+#      qemu-user), the unit tests under qemu, then this whole integration
+#      suite again against the cross-built binary run through qemu.
 # Every step runs even when an earlier lint/unit step failed (so one run shows
 # everything); the exit status is non-zero if any step failed.
 #
 # Environment:
 #   MXSPOOL_BIN         binary under test (default target/debug/mxspool)
 #   MXSPOOL_RUNNER      command prefix for it, e.g. "qemu-mips -L /sysroot"
-#   MXSPOOL_SKIP_CARGO  1: skip steps 2-3 (e.g. testing a cross-built binary)
+#   MXSPOOL_SKIP_CARGO  1: skip steps 2-3 and 5-6 (e.g. testing a cross-built binary)
+#   MXSPOOL_CROSS       targets to build and test under qemu after the native
+#                       run (default "mips-unknown-linux-musl": big-endian,
+#                       32-bit, no 64-bit atomics; "none" to skip)
 #   MXSPOOL_TEST_TIMEOUT, MXSPOOL_KEEP_TMP, MXSPOOL_TEST_TMP: see
 #                       tests/README-testing.md
 set -uo pipefail
@@ -105,6 +113,19 @@ if [ ! -x "$MXSPOOL_BIN" ]; then
 	echo "warning: $MXSPOOL_BIN does not exist; only the harness self-tests can pass" >&2
 fi
 step "integration tests" python3 -m pytest -q tests/integration "$@"
+
+if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
+	step "OpenWrt init script and shell checks" sh board/openwrt/tests/test-init.sh
+	step "mips32 source lint" cross/lint-mips32.sh
+	for t in ${MXSPOOL_CROSS:-mips-unknown-linux-musl}; do
+		[ "$t" = none ] && continue
+		step "cross tools" cross/setup.sh || break
+		step "unit tests on $t under qemu" cross/build.sh "$t" test
+		step "release size on $t" cross/build.sh "$t" build release
+		step "integration tests on $t under qemu" env MXSPOOL_SKIP_CARGO=1 MXSPOOL_CROSS=none \
+			cross/test-integration.sh "$t" "$@"
+	done
+fi
 
 if [ ${#failed[@]} -ne 0 ]; then
 	printf '==> %d step(s) failed:\n' "${#failed[@]}" >&2
