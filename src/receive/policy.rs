@@ -72,20 +72,26 @@ pub fn sender(cfg: &Config, ip: IpAddr, sender: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The spool is over `max_spool_size` or the disk nearly full: RFC 1870's
+/// temporary "insufficient storage", never a silent loss.
+pub fn storage_full() -> Refusal {
+    (
+        "spool_full",
+        Reply::enh(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage, try again later",
+        ),
+    )
+}
+
 /// At MAIL: sender lists and spool room for the announced SIZE.
 pub fn mail(cfg: &Config, ip: IpAddr, mail: &MailFrom, spool: &Spool) -> Result<(), Refusal> {
     let m = &cfg.main;
     sender(cfg, ip, &mail.from.to_string())?;
     let size = mail.size.unwrap_or(0);
     if !spool.has_room(size, m.max_spool_size, m.max_message_size) {
-        return Err((
-            "spool_full",
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            ),
-        ));
+        return Err(storage_full());
     }
     Ok(())
 }
@@ -212,14 +218,7 @@ pub async fn mx_route(
 pub fn data(cfg: &Config, spool: &Spool) -> Result<(), Refusal> {
     let m = &cfg.main;
     if !spool.has_room(0, m.max_spool_size, m.max_message_size) {
-        return Err((
-            "spool_full",
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            ),
-        ));
+        return Err(storage_full());
     }
     Ok(())
 }

@@ -271,11 +271,7 @@ pub async fn serve(
                         "id={} event=reject stage=DATA client=[{ip}] reason=spool_full",
                         spool::format_id(inc.id)
                     );
-                    Reply::enh(
-                        452,
-                        (4, 3, 1),
-                        "Insufficient system storage, try again later",
-                    )
+                    policy::storage_full().1
                 } else {
                     // Content scanners see the spooled message before the 250.
                     match super::scan::check(&ctx, inc.id, inc.seq, inc.size, ip).await {
@@ -464,11 +460,7 @@ async fn commit(
             log::error!(
                 "id={qid} event=reject stage=DATA client=[{ip}] reason=spool_error error=\"{e}\""
             );
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            )
+            policy::storage_full().1
         }
     }
 }
