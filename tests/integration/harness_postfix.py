@@ -111,7 +111,9 @@ class PostfixInstance:
             "mydomain": "primary.test",
             "myorigin": "$myhostname",
             "mydestination": "",
-            "inet_interfaces": self.host,
+            # 127.0.0.1 even when listening elsewhere in 127/8: Postfix wants
+            # an interface address here, and master.cf names the listen address.
+            "inet_interfaces": LOCALHOST,
             "inet_protocols": "ipv4",
             "mynetworks": "127.0.0.0/8",
             # Like a real primary: accept mail for its own domains only.
