@@ -87,31 +87,28 @@ async fn check(ctx: &Ctx) {
             continue;
         };
         let now: BTreeSet<IpAddr> = targets.iter().map(|t| t.addr.ip()).collect();
-        let changed = update(&mut ctx.deliverer.resolved.borrow_mut(), &d, now.clone());
-        match changed {
-            Some(old) => {
-                let show = |s: &BTreeSet<IpAddr>| {
-                    s.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                log::info!(
-                    "id=NOQUEUE event=host_status_change destination={d} old={} new={}",
-                    show(&old),
-                    show(&now)
-                );
-                let t = crate::time::now_unix();
-                match ctx
-                    .spool
-                    .reschedule(Filter::Destination(d.clone()), t)
-                    .await
-                {
-                    Ok(n) => log::info!("id=NOQUEUE event=flush destination={d} messages={n}"),
-                    Err(e) => log::error!("id=NOQUEUE event=spool_error error=\"{e}\""),
-                }
-            }
-            None => {}
+        let Some(old) = update(&mut ctx.deliverer.resolved.borrow_mut(), &d, now.clone()) else {
+            continue;
+        };
+        let show = |s: &BTreeSet<IpAddr>| {
+            s.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        log::info!(
+            "id=NOQUEUE event=host_status_change destination={d} old={} new={}",
+            show(&old),
+            show(&now)
+        );
+        let t = crate::time::now_unix();
+        match ctx
+            .spool
+            .reschedule(Filter::Destination(d.clone()), t)
+            .await
+        {
+            Ok(n) => log::info!("id=NOQUEUE event=flush destination={d} messages={n}"),
+            Err(e) => log::error!("id=NOQUEUE event=spool_error error=\"{e}\""),
         }
     }
 }
