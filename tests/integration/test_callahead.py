@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness_mxspool import domain
-from harness_util import RawSmtp, make_message, send_mail
+from harness_util import RawSmtp, make_message, send_mail, wait_until
 
 SENDER = "sender@sender.test"
 
@@ -244,3 +244,26 @@ def test_good_primary_gets_no_warning(mxspool, sink):
     assert len(rcpts) >= 2, sink.describe()
     mx.stop()
     assert not re.search(r"event=primary_warning", mx.log()), mx.log()
+
+
+def test_callahead_through_the_mx_records(mxspool, postfix_primary, nsd):
+    """Protects "same resolution as delivery": with deliver_to 'mx', the
+    probe goes to the MX host ranked above us (a real Postfix on
+    127.0.0.2, found through a real NSD): its unknown user is refused with
+    550 5.1.1, its known user accepted."""
+    pf = postfix_primary(users=("alice",), host="127.0.0.2")
+    nsd.zone("example.com", ["@ MX 10 mail", "@ MX 20 mx2.test.", "@ MX 30 mail",
+                             "mail A 127.0.0.2"])
+    nsd.zone("test", ["mx2 A 127.0.0.1"])
+    nsd.start()
+    mx = mxspool([domain("example.com", "mx", "callahead", port=str(pf.port))],
+                 resolver=nsd.resolver)
+    c = Client(mx)
+    try:
+        r = c.rcpt("ghost@example.com")
+        assert r.code == 550 and r.text.startswith("5.1.1"), r
+        assert c.rcpt("alice@example.com").code == 250
+    finally:
+        c.close()
+    wait_until(lambda: "<ghost@example.com>" in pf.log(), 10,
+               what="Postfix to log the probe for ghost")
