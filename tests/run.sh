@@ -45,7 +45,10 @@ as_root() {
 }
 
 install_packages() {
-	local pkgs=(postfix swaks util-linux nsd) missing=() p
+	# dnsmasq-base: the DNS server of the DNSBL tests (binary only, no
+	# service); nsd: the authoritative DNS server of the DNS tests;
+	# spamd/spamassassin and clamav-daemon: the real scanners.
+	local pkgs=(postfix swaks util-linux dnsmasq-base spamassassin spamd clamav-daemon nsd) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done
@@ -54,7 +57,16 @@ install_packages() {
 	# Postfix: no system configuration; the tests run private instances.
 	echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
 	as_root apt-get update -qq || return 1
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || return 1
+	# No package may start a system service (spamd, clamd, postfix): the
+	# tests run private instances on their own ports.
+	local policy=/usr/sbin/policy-rc.d created=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && created=1
+	fi
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	local rc=$?
+	[ "$created" = 1 ] && as_root rm -f "$policy"
+	[ "$rc" = 0 ] || return 1
 	# The package must not leave a system instance running (port 25); the
 	# tests never use it.
 	if [ -f /etc/postfix/main.cf ] && as_root postfix status >/dev/null 2>&1; then
