@@ -235,7 +235,10 @@ mod tests {
                 "::1".parse::<IpAddr>().unwrap()
             ]
         );
-        assert_eq!(hosts_file(t, "nas"), vec!["192.168.1.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            hosts_file(t, "nas"),
+            vec!["192.168.1.2".parse::<IpAddr>().unwrap()]
+        );
         assert!(hosts_file(t, "old").is_empty());
         assert!(hosts_file(t, "box").is_empty());
     }
