@@ -54,8 +54,11 @@ _ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
 class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
-                 greeting=None, port=0):
+                 greeting=None, port=0, host=LOCALHOST, greeting_delay=0.0):
         self.hostname = hostname
+        self.host = host                    # any 127.0.0.x works on Linux
+        self.greeting_delay = greeting_delay  # seconds before the 220 (a tarpit)
+        self.rcpt_delay = 0.0               # seconds before each RCPT reply (float('inf'): never)
         self.pipelining = pipelining
         self.size = size
         self.eightbitmime = eightbitmime
@@ -70,7 +73,7 @@ class SmtpSink:
         self.cond = threading.Condition()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOCALHOST, port))
+        self._sock.bind((host, port))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
         self._stopping = False
@@ -125,7 +128,7 @@ class SmtpSink:
 
     def describe(self):
         with self.cond:
-            out = [f"sink :{self.port} sessions={len(self.sessions)}"]
+            out = [f"sink {self.host}:{self.port} sessions={len(self.sessions)}"]
             for s in self.sessions:
                 out.append(f"  {s.peer} cmds={s.commands!r}")
                 for t in s.transactions:
@@ -194,6 +197,8 @@ class SmtpSink:
 
         txn = None
         try:
+            if self.greeting_delay:
+                time.sleep(self.greeting_delay)
             conn.sendall(self.greeting.encode() + b"\r\n")
             while True:
                 raw_line = read_line()
@@ -233,6 +238,12 @@ class SmtpSink:
                     r = self.rcpt_replies.get(addr.lower(), self.default_rcpt_reply)
                     if callable(r):
                         r = r(addr)
+                    if self.rcpt_delay:
+                        if self.rcpt_delay == float("inf"):
+                            while not self._stopping:
+                                time.sleep(0.1)
+                            break
+                        time.sleep(self.rcpt_delay)
                     with self.cond:
                         if r.startswith("2"):
                             txn.rcpts.append(addr)
