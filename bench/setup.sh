@@ -20,6 +20,7 @@ if command -v postfix >/dev/null 2>&1 && postfix status >/dev/null 2>&1; then
     postfix stop >/dev/null 2>&1 || true
 fi
 
+if [ "${MXSPOOL_BENCH_OPENSMTPD:-1}" = 1 ]; then
 if [ ! -x "$OPENSMTPD_ROOT/usr/sbin/smtpd" ]; then
     mkdir -p "$OPENSMTPD_ROOT.deb"
     (cd "$OPENSMTPD_ROOT.deb" && apt-get download opensmtpd >/dev/null 2>&1 || {
@@ -33,6 +34,7 @@ for name in opensmtpd opensmtpq; do
 done
 mkdir -p /var/lib/opensmtpd/empty
 chgrp opensmtpq "$OPENSMTPD_ROOT/usr/sbin/smtpctl" && chmod 2755 "$OPENSMTPD_ROOT/usr/sbin/smtpctl"
+fi
 
 if [ "${MXSPOOL_BENCH_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --quiet
