@@ -14,4 +14,4 @@ if [ "${1:-}" = "--quick" ]; then
     QUICK="--rounds 1 --messages 200 --big-messages 5 --no-huge --output bench/results-quick.md"
 fi
 # shellcheck disable=SC2086
-exec python3 bench/bench.py compare $QUICK "$@"
+exec python3 bench/bench.py --binary "$MXSPOOL_BENCH_BINARY" compare $QUICK "$@"

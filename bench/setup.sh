@@ -36,6 +36,21 @@ mkdir -p /var/lib/opensmtpd/empty
 chgrp opensmtpq "$OPENSMTPD_ROOT/usr/sbin/smtpctl" && chmod 2755 "$OPENSMTPD_ROOT/usr/sbin/smtpctl"
 fi
 
-if [ "${MXSPOOL_BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    cargo build --release --quiet
+# The binary measured: a static musl build when that target is installed
+# (what OpenWrt runs: no shared libc mapped in), else the glibc build.
+# MXSPOOL_BENCH_BINARY overrides.
+MUSL=x86_64-unknown-linux-musl
+if [ -z "${MXSPOOL_BENCH_BINARY:-}" ]; then
+    if rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
+        MXSPOOL_BENCH_BINARY=target/$MUSL/release/mxspool
+        if [ "${MXSPOOL_BENCH_SKIP_BUILD:-0}" != 1 ]; then
+            # ring's C parts: the host gcc will do when there is no musl-gcc.
+            command -v x86_64-linux-musl-gcc >/dev/null 2>&1 || export CC_x86_64_unknown_linux_musl=gcc
+            cargo build --release --quiet --target "$MUSL"
+        fi
+    else
+        MXSPOOL_BENCH_BINARY=target/release/mxspool
+        [ "${MXSPOOL_BENCH_SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet
+    fi
 fi
+export MXSPOOL_BENCH_BINARY
