@@ -216,6 +216,13 @@ fn reply_unavailable() -> Reply {
 
 // ---- the driver ----
 
+/// Whether any scanner is configured (the session then sends every chunk
+/// to the spool before `check`).
+pub fn enabled(ctx: &Ctx) -> bool {
+    let cfg = ctx.config();
+    cfg.main.clamd.is_some() || cfg.main.spamd.is_some()
+}
+
 /// Scans message `id` (`chunks` chunks, `size` bytes, in the spool but not
 /// committed). `Ok(delta)`: accept; the message grew by `delta` bytes of
 /// X-Spam headers. `Err(reply)`: refuse with it (already logged and
@@ -227,11 +234,11 @@ pub async fn check(
     size: u64,
     ip: IpAddr,
 ) -> Result<i64, Reply> {
-    let cfg = ctx.config();
-    let m = &cfg.main;
-    if m.clamd.is_none() && m.spamd.is_none() {
+    if !enabled(ctx) {
         return Ok(0);
     }
+    let cfg = ctx.config();
+    let m = &cfg.main;
     let qid = spool::format_id(id);
     let reject = |reason: &'static str, reply: Reply, detail: String| {
         ctx.stats.borrow_mut().reject(reason);

@@ -29,6 +29,11 @@ struct Incoming {
     header: Option<Vec<u8>>,
     /// The spool refused more bytes (over `max_spool_size`): answer 452.
     over_quota: bool,
+    /// The newest chunk, not yet sent: it goes with the commit, so a small
+    /// message costs the spool one transaction, not two.
+    held: Option<Vec<u8>>,
+    /// Bytes already sent with `append` (what an abort gives back).
+    appended: u64,
 }
 
 enum Io {
@@ -244,6 +249,8 @@ pub async fn serve(
                             size: 0,
                             header: Some(header),
                             over_quota: false,
+                            held: None,
+                            appended: 0,
                         });
                         s.answer_data(Ok(()));
                     }
@@ -265,7 +272,7 @@ pub async fn serve(
                     push_chunk(&ctx, &mut inc, h).await;
                 }
                 let reply = if inc.over_quota {
-                    ctx.spool.abort(inc.id, inc.size).await;
+                    ctx.spool.abort(inc.id, inc.appended).await;
                     ctx.stats.borrow_mut().reject("spool_full");
                     log::warn!(
                         "id={} event=reject stage=DATA client=[{ip}] reason=spool_full",
@@ -274,13 +281,16 @@ pub async fn serve(
                     policy::storage_full().1
                 } else {
                     // Content scanners see the spooled message before the 250.
+                    if super::scan::enabled(&ctx) {
+                        flush_held(&ctx, &mut inc).await;
+                    }
                     match super::scan::check(&ctx, inc.id, inc.seq, inc.size, ip).await {
                         Ok(grew) => {
                             inc.size = inc.size.saturating_add_signed(grew);
                             commit(&ctx, &s, &dests, inc, ip).await
                         }
                         Err(reply) => {
-                            ctx.spool.abort(inc.id, inc.size).await;
+                            ctx.spool.abort(inc.id, inc.appended).await;
                             reply
                         }
                     }
@@ -294,7 +304,7 @@ pub async fn serve(
                     .map(|f| f.from.to_string())
                     .unwrap_or_default();
                 if let Some(inc) = msg.take() {
-                    ctx.spool.abort(inc.id, inc.size).await;
+                    ctx.spool.abort(inc.id, inc.appended).await;
                 }
                 let reason = match why {
                     DataRefusal::BareNewline => "bare_newline",
@@ -311,7 +321,7 @@ pub async fn serve(
             Event::Reset => {
                 prober.close().await;
                 if let Some(inc) = msg.take() {
-                    ctx.spool.abort(inc.id, inc.size).await;
+                    ctx.spool.abort(inc.id, inc.appended).await;
                 }
                 dests.clear();
             }
@@ -361,7 +371,7 @@ pub async fn serve(
     prober.close().await;
     if let Some(inc) = msg.take() {
         // The client vanished mid-DATA: nothing was acknowledged.
-        ctx.spool.abort(inc.id, inc.size).await;
+        ctx.spool.abort(inc.id, inc.appended).await;
     }
     log::debug!("id=NOQUEUE event=disconnect client=[{ip}]");
 }
@@ -406,13 +416,30 @@ async fn push_chunk(ctx: &Ctx, inc: &mut Incoming, chunk: Vec<u8>) {
         inc.over_quota = true;
         return;
     }
-    let seq = inc.seq;
-    if ctx.spool.append(inc.id, seq, chunk).await.is_err() {
-        inc.over_quota = true;
+    flush_held(ctx, inc).await;
+    if inc.over_quota {
         return;
     }
+    inc.held = Some(chunk);
     inc.seq += 1;
     inc.size += len;
+}
+
+/// Sends the held chunk (seq `inc.seq - 1`) to the spool now.
+async fn flush_held(ctx: &Ctx, inc: &mut Incoming) {
+    if let Some(prev) = inc.held.take() {
+        let len = prev.len() as u64;
+        if ctx
+            .spool
+            .append(inc.id, inc.seq.saturating_sub(1), prev)
+            .await
+            .is_err()
+        {
+            inc.over_quota = true;
+            return;
+        }
+        inc.appended += len;
+    }
 }
 
 async fn commit(
@@ -446,7 +473,8 @@ async fn commit(
         client: format!("{} [{ip}]", s.helo().unwrap_or("unknown")),
         arrival: crate::time::now_unix(),
     };
-    match ctx.spool.commit(inc.id, env, inc.seq, inc.size).await {
+    let last = inc.held.map(|c| (inc.seq.saturating_sub(1), c));
+    match ctx.spool.commit(inc.id, env, inc.seq, inc.size, last).await {
         Ok(()) => {
             ctx.stats.borrow_mut().accepted += 1;
             log::info!(

@@ -189,6 +189,8 @@ enum Request {
         envelope: Envelope,
         chunks: u32,
         size: u64,
+        /// The last chunk (seq, bytes), when the session held it back.
+        last: Option<(u32, Vec<u8>)>,
         reply: Sender<Result<(), SpoolError>>,
     },
     Abort {
@@ -378,14 +380,20 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)
     }
 
-    /// Makes the message durable: returns after the fsync.
+    /// Makes the message durable: returns after the fsync. `last`: the
+    /// final chunk, when it was not appended (it is written in the same
+    /// transaction). `size` counts every chunk, `last` included.
     pub async fn commit(
         &self,
         id: QueueId,
         envelope: Envelope,
         chunks: u32,
         size: u64,
+        last: Option<(u32, Vec<u8>)>,
     ) -> Result<(), SpoolError> {
+        if let Some((_, c)) = &last {
+            self.add_incoming(c.len() as i64);
+        }
         let (reply, rx) = bounded(1);
         let r = self.call(
             Request::Commit {
@@ -393,6 +401,7 @@ impl Spool {
                 envelope,
                 chunks,
                 size,
+                last,
                 reply,
             },
             rx,
@@ -895,8 +904,17 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     envelope,
                     chunks,
                     size,
+                    last,
                     reply,
                 } => {
+                    if let Some((seq, data)) = &last
+                        && !st.broken.contains(&id)
+                    {
+                        tx.open_table(CHUNKS)
+                            .map_err(storage)?
+                            .insert((id, *seq), data.as_slice())
+                            .map_err(storage)?;
+                    }
                     let r = if st.broken.remove(&id) {
                         remove_body(&tx, id)?;
                         Err(SpoolError::Storage(
@@ -1570,7 +1588,7 @@ mod tests {
                 .await
                 .unwrap();
             spool.append(a, 1, b"body\r\n".to_vec()).await.unwrap();
-            spool.commit(a, envelope(), 2, 20).await.unwrap();
+            spool.commit(a, envelope(), 2, 20, None).await.unwrap();
             // A message whose client vanished mid-DATA: never committed.
             let b = spool.new_id(1000);
             spool.append(b, 0, b"partial".to_vec()).await.unwrap();
@@ -1610,7 +1628,7 @@ mod tests {
             let mut env = envelope();
             env.recipients.push(env.recipients[0].clone());
             env.recipients[1].0 = "v@example.com".into();
-            spool.commit(id, env, 1, 20).await.unwrap();
+            spool.commit(id, env, 1, 20, None).await.unwrap();
             let policy = ReturnPolicy {
                 steps: vec![RetryStep {
                     interval: Duration::from_secs(60),

@@ -8,6 +8,7 @@ runs with `option syslog '0'`, so its log is its stderr.
 """
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +24,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("MXSPOOL_BIN", ROOT / "target" / "debug" / "mxspool"))
+# A command prefix such as `qemu-mips` to run a cross-built binary.
+RUNNER = shlex.split(os.environ.get("MXSPOOL_RUNNER", ""))
 ZONE = "bl.test"
 LISTED_IP = "127.0.0.2"  # listed in ZONE
 CLEAN_IP = "127.0.0.3"  # not listed
@@ -204,7 +207,7 @@ class Daemon:
             "\toption verify 'none'\n")
         assert BIN.exists(), f"{BIN} missing: run cargo build first"
         self.logf = open(self.log, "wb")
-        self.proc = subprocess.Popen([str(BIN), "run", "-c", str(self.conf)],
+        self.proc = subprocess.Popen([*RUNNER, str(BIN), "run", "-c", str(self.conf)],
                                      stdout=self.logf, stderr=subprocess.STDOUT)
         wait_port(self.port, 15, self.proc)
 
@@ -220,7 +223,7 @@ class Daemon:
         raise AssertionError(f"{needle!r} not logged:\n{self.text()[-3000:]}")
 
     def queue(self, *args):
-        return subprocess.run([str(BIN), "queue", *args, "-c", str(self.conf)],
+        return subprocess.run([*RUNNER, str(BIN), "queue", *args, "-c", str(self.conf)],
                               capture_output=True, text=True, timeout=20)
 
     def close(self):
