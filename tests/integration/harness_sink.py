@@ -5,7 +5,14 @@ pipelined, and each mail transaction (envelope, DATA as sent on the wire
 with its dot-stuffing, and the un-stuffed content). Replies are scriptable:
 per recipient (a string, or a callable taking the address and returning a
 string), to MAIL, and to the end of data. EHLO keywords are configurable.
+
+It binds to HOST (any 127.0.0.x, for impostors on another loopback address)
+and, given TLS (a server ssl.SSLContext), offers STARTTLS; TLS_BROKEN makes
+it offer STARTTLS, answer 220 and then send garbage instead of a handshake.
+Session.tls is the negotiated protocol version ("TLSv1.3") or None.
 """
+
+import ssl
 
 import re
 import socket
@@ -43,6 +50,7 @@ class Session:
         self.helo = None
         self.started_at = time.time()
         self.closed = False
+        self.tls = None                     # negotiated TLS version after STARTTLS
 
     def __repr__(self):
         return f"Session(peer={self.peer}, commands={self.commands!r})"
@@ -54,7 +62,7 @@ _ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
 class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
-                 greeting=None, port=0):
+                 greeting=None, port=0, host=LOCALHOST, tls=None, tls_broken=False):
         self.hostname = hostname
         self.pipelining = pipelining
         self.size = size
@@ -62,6 +70,9 @@ class SmtpSink:
         self.smtputf8 = smtputf8
         self.enhancedstatuscodes = enhancedstatuscodes
         self.greeting = greeting or f"220 {hostname} ESMTP sink"
+        self.host = host
+        self.tls = tls
+        self.tls_broken = tls_broken
         self.mail_reply = "250 2.1.0 Ok"
         self.rcpt_replies = {}              # lower-case address -> reply or callable
         self.default_rcpt_reply = "250 2.1.5 Ok"
@@ -70,7 +81,7 @@ class SmtpSink:
         self.cond = threading.Condition()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((LOCALHOST, port))
+        self._sock.bind((host, port))
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
         self._stopping = False
@@ -125,9 +136,9 @@ class SmtpSink:
 
     def describe(self):
         with self.cond:
-            out = [f"sink :{self.port} sessions={len(self.sessions)}"]
+            out = [f"sink {self.host}:{self.port} sessions={len(self.sessions)}"]
             for s in self.sessions:
-                out.append(f"  {s.peer} cmds={s.commands!r}")
+                out.append(f"  {s.peer} tls={s.tls} cmds={s.commands!r}")
                 for t in s.transactions:
                     out.append(f"    {t!r}")
             return "\n".join(out)
@@ -143,8 +154,10 @@ class SmtpSink:
             t.start()
             self._threads.append(t)
 
-    def _ehlo_lines(self):
+    def _ehlo_lines(self, session=None):
         kw = []
+        if (self.tls is not None or self.tls_broken) and not (session and session.tls):
+            kw.append("STARTTLS")
         if self.pipelining:
             kw.append("PIPELINING")
         if self.size is not None:
@@ -204,7 +217,7 @@ class SmtpSink:
                 if verb == "EHLO":
                     session.helo = line[5:].strip()
                     txn = None
-                    reply("\n".join("250 " + l for l in self._ehlo_lines()))
+                    reply("\n".join("250 " + l for l in self._ehlo_lines(session)))
                 elif verb == "HELO":
                     session.helo = line[5:].strip()
                     txn = None
@@ -271,6 +284,18 @@ class SmtpSink:
                 elif verb == "RSET":
                     txn = None
                     reply("250 2.0.0 Ok")
+                elif verb == "STARTTLS" and (self.tls is not None or self.tls_broken) \
+                        and not session.tls:
+                    reply("220 2.0.0 Ready to start TLS")
+                    if self.tls_broken:
+                        conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28 this is not TLS\r\n")
+                        break
+                    buf.clear()   # RFC 3207: nothing sent before the handshake counts
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    with self.cond:
+                        session.tls = conn.version()
+                        session.helo = None
+                    txn = None
                 elif verb == "NOOP":
                     reply("250 2.0.0 Ok")
                 elif verb == "QUIT":
@@ -278,7 +303,7 @@ class SmtpSink:
                     break
                 else:
                     reply("502 5.5.2 Command not recognized")
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:
             with self.cond:
