@@ -130,6 +130,12 @@ class SmtpSink:
     def close(self):
         self._stopping = True
         try:
+            # shutdown wakes the accept thread (a bare close does not on
+            # Linux), so the port is free at once for a successor.
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self._sock.close()
         except OSError:
             pass
