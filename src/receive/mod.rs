@@ -31,8 +31,11 @@ struct Entry {
     addr: SocketAddr,
     /// The bound address (differs when the port was 0).
     local: SocketAddr,
-    /// Bound but not yet accepting.
-    socket: Option<TcpListener>,
+    /// Bound but not yet accepting. A std socket on purpose: registering
+    /// it with the async reactor starts the reactor's thread, and that must
+    /// not happen before the privilege drop (the ids of a thread started
+    /// earlier stay root).
+    socket: Option<std::net::TcpListener>,
     /// Ends the accept loop.
     stop: Option<smol::channel::Sender<()>>,
 }
@@ -103,7 +106,7 @@ impl Listeners {
     }
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     // std's bind sets SO_REUSEADDR on Unix, so a restart does not wait for
     // TIME_WAIT; an IPv6 wildcard is made v6-only by the OS default on
     // OpenWrt (bindv6only=0 would clash with 0.0.0.0:25, so we set it).
@@ -121,7 +124,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         std::net::TcpListener::bind(addr)?
     };
-    TcpListener::try_from(l)
+    Ok(l)
 }
 
 /// Starts an accept loop for every listener not yet accepting.
@@ -135,7 +138,10 @@ pub fn start(ctx: &Rc<Ctx>) {
         }
     }
     for (sock, rx) in started {
-        ctx.spawn(accept_loop(ctx.clone(), sock, rx));
+        match TcpListener::try_from(sock) {
+            Ok(sock) => ctx.spawn(accept_loop(ctx.clone(), sock, rx)),
+            Err(e) => log::error!("event=listen_error error=\"{e}\""),
+        }
     }
 }
 
