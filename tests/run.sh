@@ -3,7 +3,8 @@
 #
 # On a fresh Debian 12 machine with only the Rust toolchain and python3:
 #   1. installs the apt packages the integration tests need (postfix, swaks,
-#      util-linux for script(1)) when missing, and pytest when missing;
+#      util-linux for script(1), openssl for the tests' self-signed
+#      certificates) when missing, and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
 #   4. python3 -m pytest -q tests/integration against the built binary.
@@ -45,7 +46,7 @@ as_root() {
 }
 
 install_packages() {
-	local pkgs=(postfix swaks util-linux) missing=() p
+	local pkgs=(postfix swaks util-linux openssl) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done

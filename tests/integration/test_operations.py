@@ -411,3 +411,34 @@ def test_privilege_drop_to_nobody(mxspool, sink):
     assert q(mx, "stats", "--json").returncode == 0
     assert json.loads(q(mx, "stats", "--json").stdout)["delivered"] == 1
     assert mx.stop() == 0
+
+
+def test_sighup_opens_and_closes_listen_addresses(mxspool, sink):
+    """Protects reload of `listen`: an added address accepts mail at once, a
+    removed one stops accepting. The SIGHUP comes right after the port first
+    accepts (procd may reload a service it just started): it must reload,
+    not kill the daemon with SIGHUP's default action."""
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    extra = free_port()
+    mx.main["listen"] = [f"127.0.0.1:{mx.port}", f"127.0.0.1:{extra}"]
+    mx.write_config()
+    os.kill(mx.proc.pid, signal.SIGHUP)
+    time.sleep(0.2)
+    assert mx.running, f"SIGHUP at startup killed the daemon: {mx.proc.returncode}"
+    mx.wait_log(r"event=reloaded", timeout=10)
+    msg, mid = make_message()
+    res = send_mail(extra, "sender@sender.test", ["alice@example.com"], msg)
+    assert res.accepted, res
+    sink.wait_for_messages(1, timeout=15)
+
+    old = mx.port
+    mx.main["listen"] = [f"127.0.0.1:{extra}"]
+    mx.write_config()
+    os.kill(mx.proc.pid, signal.SIGHUP)
+    from harness_util import port_accepts
+    wait_until(lambda: not port_accepts(old, timeout=0.2), 10,
+               what=f"the removed listener {old} to close")
+    msg, mid2 = make_message()
+    assert send_mail(extra, "sender@sender.test", ["alice@example.com"], msg).accepted
+    sink.wait_for_messages(2, timeout=15)
+    mx.port = extra  # so that teardown's stop and any restart look here
