@@ -122,7 +122,16 @@ pub async fn serve(
                 m.command_timeout
             };
             match read_timeout(&mut stream, &mut buf, t).await {
-                Io::Data(n) => s.receive(&buf[..n]),
+                Io::Data(n) => {
+                    // A stop that came while we waited for the client: what
+                    // it sends now is new (a command, the rest of a message)
+                    // and gets the 421, never executed.
+                    if ctx.stopping.get() && !shut {
+                        shut = true;
+                        s.shutdown();
+                    }
+                    s.receive(&buf[..n])
+                }
                 Io::Timeout => {
                     log::info!("id=NOQUEUE event=timeout client=[{ip}]");
                     s.timeout();
