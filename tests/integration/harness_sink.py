@@ -62,7 +62,8 @@ _ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
 class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
-                 greeting=None, port=0, host=LOCALHOST, tls=None, tls_broken=False):
+                 greeting=None, port=0, host=LOCALHOST, tls=None, tls_broken=False,
+                 starttls_extra=b""):
         self.hostname = hostname
         self.pipelining = pipelining
         self.size = size
@@ -73,6 +74,9 @@ class SmtpSink:
         self.host = host
         self.tls = tls
         self.tls_broken = tls_broken
+        # bytes sent in plaintext right behind our "220 Ready" (an injection
+        # the client must discard before its handshake)
+        self.starttls_extra = starttls_extra
         self.mail_reply = "250 2.1.0 Ok"
         self.rcpt_replies = {}              # lower-case address -> reply or callable
         self.default_rcpt_reply = "250 2.1.5 Ok"
@@ -292,7 +296,7 @@ class SmtpSink:
                     reply("250 2.0.0 Ok")
                 elif verb == "STARTTLS" and (self.tls is not None or self.tls_broken) \
                         and not session.tls:
-                    reply("220 2.0.0 Ready to start TLS")
+                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n" + self.starttls_extra)
                     if self.tls_broken:
                         conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28 this is not TLS\r\n")
                         break

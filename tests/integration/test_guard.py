@@ -184,3 +184,20 @@ def test_callahead_probe_is_guarded_too(mxspool, sink_factory):
     assert impostor.sessions, "neither probe nor delivery reached the impostor's address"
     assert saw_mail_from(impostor) == [], impostor.describe()
     assert impostor.rcpt_attempts("bob@example.com") == 0
+
+
+@pytest.mark.parametrize("option,value", [
+    ("tls_pin", "md5:abc"),
+    ("tls_pin", "sha256:not base64!"),
+    ("offline_address", "203.0.113.300"),
+])
+def test_bad_guard_settings_are_config_errors(mxspool, mxspool_cmd, option, value):
+    """Protects: a guard setting that cannot work is refused at `check` with
+    its line (exit 2) — never silently ignored, which would leave the owner's
+    mail unguarded."""
+    mx = mxspool([domain("example.com", 2, **{option: value})], start=False)
+    lines = mx.config_path.read_text().splitlines()
+    n = next(i for i, l in enumerate(lines, 1) if option in l)
+    r = mxspool_cmd("check", "-c", mx.config_path)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith(f"{mx.config_path}:{n}:"), r.stderr

@@ -343,3 +343,19 @@ def test_sighup_reloads_certificate_and_keeps_old_one_when_new_is_bad(tls_relay,
     assert "broken.crt" in line, line
     assert mx.running
     assert served_cert(mx.port) == pem_der(new_cert)
+
+
+def test_client_discards_plaintext_behind_servers_220(mxspool, sink_factory, workdir):
+    """Protects the client side of RFC 3207 injection: bytes a server (or a
+    man in the middle) sends after its `220 Ready` are discarded before the
+    handshake — never read as a reply inside TLS; the mail still goes over
+    TLS (not in plaintext after a failed handshake)."""
+    cert, key = make_cert(workdir / "c", "primary.test")
+    s = sink_factory(hostname="primary.test", tls=server_context(cert, key),
+                     starttls_extra=b"250-primary.test\r\n250 PIPELINING\r\n")
+    mx = mxspool([domain("example.com", s.port)], retry="1s 1h")
+    msg, mid = make_message()
+    assert send_mail(mx.port, "sender@sender.test", ["alice@example.com"], msg).accepted
+    (t,) = s.wait_for_messages(1, timeout=20)
+    assert t.session.tls in ("TLSv1.2", "TLSv1.3"), s.describe()
+    assert "event=tls_failed" not in mx.log()
