@@ -208,7 +208,7 @@ def test_queue_without_daemon_and_bad_usage(mxspool, mxspool_cmd, sink):
         assert r.returncode == 1, (args, r.returncode, r.stderr)
         assert want in r.stderr, (args, r.stderr)
     bad = [("frobnicate",), ("show",), ("show", "not-an-id!"), ("retag", "example.com"),
-           ("list", "--xml"), ("delete", "a", "b")]
+           ("list", "--xml"), ("delete", "a", "b"), ("retag", "example.com", "host:notaport")]
     for args in bad:
         r = q(mx, *args, ok=False)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
@@ -450,3 +450,23 @@ def test_sighup_opens_and_closes_listen_addresses(mxspool, sink):
     assert send_mail(extra, "sender@sender.test", ["alice@example.com"], msg).accepted
     sink.wait_for_messages(2, timeout=15)
     mx.port = extra  # so that teardown's stop and any restart look here
+
+
+def test_reload_removing_a_domain_keeps_its_queued_mail(mxspool, sink_factory, down_port):
+    """Protects "reload without losing mail": mail queued for a domain that a
+    reload removes is still in the queue and still delivered to the
+    destination it was tagged with at receipt."""
+    mx = mxspool([domain("example.com", down_port), domain("example.org", down_port)],
+                 retry="1h 1d")
+    qid, mid = submit(mx, "carol@example.org")
+    wait_attempted(mx, qid, 1)
+    mx.domains = [domain("example.com", down_port)]
+    mx.write_config()
+    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.wait_log(r"event=reloaded", timeout=10)
+    assert rcpt_code(mx, "x@example.org") == 550
+    assert ids(mx) == {qid}, "the reload dropped queued mail"
+    primary = sink_factory(hostname="primary.test", port=down_port)
+    q(mx, "flush")
+    (t,) = primary.wait_for_messages(1, timeout=15)
+    assert mid.encode() in t.content
