@@ -30,6 +30,10 @@ pub struct Ctx {
     pub listeners: Listeners,
     /// Set once SIGTERM/SIGINT arrived.
     pub stopping: Cell<bool>,
+    /// Closed when the daemon stops: wakes sessions that wait for their
+    /// client, so an idle connection gets its 421 at once instead of
+    /// holding the stop for the whole grace period.
+    pub stop_signal: smol::channel::Receiver<()>,
     /// STARTTLS for our listeners, when a certificate is configured.
     pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Opportunistic TLS for deliveries and call-ahead.
@@ -148,6 +152,7 @@ async fn start(
         recovered.leftovers
     );
     let config_for_resolver = config.clone();
+    let (stop_tx, stop_signal) = smol::channel::bounded::<()>(1);
     let control = async_net::unix::UnixListener::try_from(prepared.control)
         .map_err(|e| format!("control socket: {e}"))?;
     let ctx = Rc::new(Ctx {
@@ -161,6 +166,7 @@ async fn start(
         deliverer: Deliverer::default(),
         listeners: prepared.listeners,
         stopping: Cell::new(false),
+        stop_signal,
         tls_server: RefCell::new(prepared.tls_server),
         tls_client: crate::tls::client_config()?,
         resolver: RefCell::new(make_resolver(&config_for_resolver)),
@@ -181,6 +187,7 @@ async fn start(
     }
     log::info!("event=stopping");
     ctx.stopping.set(true);
+    stop_tx.close();
     ctx.listeners.close();
     ctx.spool.wake();
     // Sessions answer 421 to their next command; commits in flight finish

@@ -36,6 +36,8 @@ enum Io {
     Eof,
     Timeout,
     Error(std::io::Error),
+    /// The daemon is stopping.
+    Stopped,
 }
 
 async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
@@ -121,7 +123,23 @@ pub async fn serve(
             } else {
                 m.command_timeout
             };
-            match read_timeout(&mut stream, &mut buf, t).await {
+            let read = read_timeout(&mut stream, &mut buf, t);
+            let io = if shut {
+                read.await
+            } else {
+                // A stop wakes us (the channel closes): nothing owed to the
+                // client then, so it gets the 421 now.
+                futures_lite::future::or(read, async {
+                    let _ = ctx.stop_signal.recv().await;
+                    Io::Stopped
+                })
+                .await
+            };
+            match io {
+                Io::Stopped => {
+                    shut = true;
+                    s.shutdown();
+                }
                 Io::Data(n) => {
                     // A stop that came while we waited for the client: what
                     // it sends now is new (a command, the rest of a message)

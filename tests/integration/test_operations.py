@@ -309,12 +309,14 @@ def test_sighup_reload_valid_and_invalid_while_mail_flows(mxspool, sink):
 # --- SIGTERM ----------------------------------------------------------------
 
 def test_sigterm_during_data_then_restart_delivers_every_250(mxspool, sink_factory, down_port):
-    """Protects the graceful stop (issue 7): after SIGTERM a new command gets
-    421, and sessions in the middle of DATA get no 250 when they finish (a
-    421 or the connection closed: what arrives after the stop is never
-    executed). A client that stalls in DATA cannot hold the daemon: it exits
-    0 within its 10 s grace period. Nothing that got a 250 before is lost:
-    after the restart every such message is delivered, and nothing else."""
+    """Protects the graceful stop (issue 7): after SIGTERM an idle session
+    gets its 421, and sessions in the middle of DATA get no 250 when they
+    finish (a 421 or the connection closed: what arrives after the stop is
+    never executed). Silent or stalled clients cannot hold the daemon: it
+    exits 0 well within procd's default 5 s term_timeout (else procd's
+    SIGKILL would cut the clean close of the spool). Nothing that got a 250
+    before is lost: after the restart every such message is delivered, and
+    nothing else."""
     mx = mxspool([domain("example.com", down_port)], retry="1h 1d")
     acked = [submit(mx, "alice@example.com")[1] for _ in range(3)]
     partial = []
@@ -336,10 +338,9 @@ def test_sigterm_during_data_then_restart_delivers_every_250(mxspool, sink_facto
     t0 = time.monotonic()
     mx.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
-    # issue 7: "answer 421 to new commands"
     try:
-        r = idle.cmd("MAIL FROM:<late@sender.test>")
-        assert r.code == 421, f"a new command after SIGTERM must get 421: {r}"
+        r = idle.reply(timeout=5)
+        assert r.code == 421, f"an idle session must get 421 at a stop: {r}"
     finally:
         idle.close()
     refused = []
@@ -369,8 +370,7 @@ def test_sigterm_during_data_then_restart_delivers_every_250(mxspool, sink_facto
     rc = mx.proc.wait(15)
     elapsed = time.monotonic() - t0
     assert rc == 0, f"a stop on SIGTERM is a clean exit, got {rc}"
-    assert 9 < elapsed < 12.5, \
-        f"stop took {elapsed:.1f}s: a stalled DATA is waited for, up to the 10 s grace"
+    assert elapsed < 4, f"stop took {elapsed:.1f}s with idle and stalled clients"
     assert re.search(r"event=stopped", mx.log())
 
     primary = sink_factory(hostname="primary.test", port=down_port)
