@@ -30,10 +30,9 @@ pub struct Ctx {
     pub listeners: Listeners,
     /// Set once SIGTERM/SIGINT arrived.
     pub stopping: Cell<bool>,
-    /// Closed when the daemon stops: wakes sessions that wait for their
-    /// client, so an idle connection gets its 421 at once instead of
-    /// holding the stop for the whole grace period.
-    pub stop_signal: smol::channel::Receiver<()>,
+    /// Dropped at stop: every `stopped()` waiter wakes up.
+    stop_tx: RefCell<Option<smol::channel::Sender<()>>>,
+    stop_rx: smol::channel::Receiver<()>,
     /// STARTTLS for our listeners, when a certificate is configured.
     pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Opportunistic TLS for deliveries and call-ahead.
@@ -52,6 +51,17 @@ impl Ctx {
     }
     pub fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
         self.ex.spawn(f).detach();
+    }
+
+    /// Resolves when the daemon begins to stop (for tasks that wait on
+    /// the network and must answer 421 promptly).
+    pub async fn stopped(&self) {
+        let _ = self.stop_rx.recv().await;
+    }
+
+    fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop_tx.borrow_mut().take();
     }
 }
 
@@ -152,7 +162,7 @@ async fn start(
         recovered.leftovers
     );
     let config_for_resolver = config.clone();
-    let (stop_tx, stop_signal) = smol::channel::bounded::<()>(1);
+    let (stop_tx, stop_rx) = smol::channel::bounded(1);
     let control = async_net::unix::UnixListener::try_from(prepared.control)
         .map_err(|e| format!("control socket: {e}"))?;
     let ctx = Rc::new(Ctx {
@@ -166,7 +176,8 @@ async fn start(
         deliverer: Deliverer::default(),
         listeners: prepared.listeners,
         stopping: Cell::new(false),
-        stop_signal,
+        stop_tx: RefCell::new(Some(stop_tx)),
+        stop_rx,
         tls_server: RefCell::new(prepared.tls_server),
         tls_client: crate::tls::client_config()?,
         resolver: RefCell::new(make_resolver(&config_for_resolver)),
@@ -186,8 +197,7 @@ async fn start(
         }
     }
     log::info!("event=stopping");
-    ctx.stopping.set(true);
-    stop_tx.close();
+    ctx.begin_stop();
     ctx.listeners.close();
     ctx.spool.wake();
     // Sessions answer 421 to their next command; commits in flight finish

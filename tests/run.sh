@@ -3,18 +3,26 @@
 #
 # On a fresh Debian 12 machine with only the Rust toolchain and python3:
 #   1. installs the apt packages the integration tests need (postfix, swaks,
-#      util-linux for script(1), openssl for the tests' self-signed
+#      util-linux for script(1), nsd, openssl for the tests' self-signed
 #      certificates) when missing, and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
-#   4. python3 -m pytest -q tests/integration against the built binary.
+#   4. python3 -m pytest -q tests/integration against the built binary;
+#   5. the OpenWrt package checks (init script under stub procd, shellcheck)
+#      and the mips32 source lint;
+#   6. for each MXSPOOL_CROSS target: cross/setup.sh (pinned zig, nightly,
+#      qemu-user), the unit tests under qemu, then this whole integration
+#      suite again against the cross-built binary run through qemu.
 # Every step runs even when an earlier lint/unit step failed (so one run shows
 # everything); the exit status is non-zero if any step failed.
 #
 # Environment:
 #   MXSPOOL_BIN         binary under test (default target/debug/mxspool)
 #   MXSPOOL_RUNNER      command prefix for it, e.g. "qemu-mips -L /sysroot"
-#   MXSPOOL_SKIP_CARGO  1: skip steps 2-3 (e.g. testing a cross-built binary)
+#   MXSPOOL_SKIP_CARGO  1: skip steps 2-3 and 5-6 (e.g. testing a cross-built binary)
+#   MXSPOOL_CROSS       targets to build and test under qemu after the native
+#                       run (default "mips-unknown-linux-musl": big-endian,
+#                       32-bit, no 64-bit atomics; "none" to skip)
 #   MXSPOOL_TEST_TIMEOUT, MXSPOOL_KEEP_TMP, MXSPOOL_TEST_TMP: see
 #                       tests/README-testing.md
 set -uo pipefail
@@ -46,7 +54,11 @@ as_root() {
 }
 
 install_packages() {
-	local pkgs=(postfix swaks util-linux openssl) missing=() p
+	# dnsmasq-base: the DNS server of the DNSBL tests (binary only, no
+	# service); nsd: the authoritative DNS server of the DNS tests;
+	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
+	# the TLS tests' self-signed certificates.
+	local pkgs=(postfix swaks util-linux dnsmasq-base spamassassin spamd clamav-daemon nsd openssl) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done
@@ -55,7 +67,16 @@ install_packages() {
 	# Postfix: no system configuration; the tests run private instances.
 	echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
 	as_root apt-get update -qq || return 1
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || return 1
+	# No package may start a system service (spamd, clamd, postfix): the
+	# tests run private instances on their own ports.
+	local policy=/usr/sbin/policy-rc.d created=0
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && created=1
+	fi
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+	local rc=$?
+	[ "$created" = 1 ] && as_root rm -f "$policy"
+	[ "$rc" = 0 ] || return 1
 	# The package must not leave a system instance running (port 25); the
 	# tests never use it.
 	if [ -f /etc/postfix/main.cf ] && as_root postfix status >/dev/null 2>&1; then
@@ -95,6 +116,19 @@ if [ ! -x "$MXSPOOL_BIN" ]; then
 	echo "warning: $MXSPOOL_BIN does not exist; only the harness self-tests can pass" >&2
 fi
 step "integration tests" python3 -m pytest -q tests/integration "$@"
+
+if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
+	step "OpenWrt init script and shell checks" sh board/openwrt/tests/test-init.sh
+	step "mips32 source lint" cross/lint-mips32.sh
+	for t in ${MXSPOOL_CROSS:-mips-unknown-linux-musl}; do
+		[ "$t" = none ] && continue
+		step "cross tools" cross/setup.sh || break
+		step "unit tests on $t under qemu" cross/build.sh "$t" test
+		step "release size on $t" cross/build.sh "$t" build release
+		step "integration tests on $t under qemu" env MXSPOOL_SKIP_CARGO=1 MXSPOOL_CROSS=none \
+			cross/test-integration.sh "$t" "$@"
+	done
+fi
 
 if [ ${#failed[@]} -ne 0 ]; then
 	printf '==> %d step(s) failed:\n' "${#failed[@]}" >&2

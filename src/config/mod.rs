@@ -178,6 +178,61 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// A SpamAssassin score in hundredths of a point (`5`, `5.0`, `-1.25`),
+/// so that the model stays `Eq` and thresholds compare exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Score(pub i32);
+
+/// Scores beyond this are surely typos (GTUBE scores 1000).
+pub const MAX_SCORE: i32 = 100_000;
+
+impl Score {
+    /// Parses `[-]DIGITS[.D[D]]`; more decimals than two are refused
+    /// rather than rounded, so what is written is what is compared.
+    pub fn parse(s: &str) -> Result<Score, String> {
+        const WHAT: &str = "must be a score like 5 or 5.0 or -1.25";
+        let (neg, rest) = match s.strip_prefix('-') {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let (whole, frac) = rest.split_once('.').unwrap_or((rest, ""));
+        if whole.is_empty()
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+            || frac.len() > 2
+            || (rest.contains('.') && frac.is_empty())
+        {
+            return Err(WHAT.into());
+        }
+        let whole: i64 = whole.parse().map_err(|_| WHAT.to_string())?;
+        let frac: i64 = match frac.len() {
+            0 => 0,
+            1 => frac.parse::<i64>().map_err(|_| WHAT.to_string())? * 10,
+            _ => frac.parse().map_err(|_| WHAT.to_string())?,
+        };
+        let v = whole.saturating_mul(100).saturating_add(frac);
+        let v = if neg { -v } else { v };
+        if v.abs() > i64::from(MAX_SCORE) * 100 {
+            return Err(format!("is out of range (at most {MAX_SCORE} either way)"));
+        }
+        Ok(Score(v as i32))
+    }
+}
+
+impl fmt::Display for Score {
+    /// `5.0`, `-1.25`, `15.2`: one decimal at least, as SpamAssassin prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let a = self.0.unsigned_abs();
+        let (w, c) = (a / 100, a % 100);
+        if c % 10 == 0 {
+            write!(f, "{sign}{w}.{}", c / 10)
+        } else {
+            write!(f, "{sign}{w}.{c:02}")
+        }
+    }
+}
+
 fn mask32(prefix: u8) -> u32 {
     u32::MAX
         .checked_shl(32u32.saturating_sub(u32::from(prefix)))
@@ -264,6 +319,10 @@ pub struct Main {
     pub smarthost: Option<HostPort>,
     pub user: Option<String>,
     pub syslog: bool,
+    /// `enabled` (extra, default 1): read by the OpenWrt init script, which
+    /// starts nothing while it is 0 (the package ships it at 0 until the
+    /// owner has set hostname and domains).
+    pub enabled: bool,
     pub log_level: log::LevelFilter,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -289,6 +348,26 @@ pub struct Main {
     pub connect_timeout: Duration,
     /// Client: how long to wait for the greeting (`greeting_timeout`, default 5m, RFC 5321 4.5.3.2.1).
     pub greeting_timeout: Duration,
+
+    // The relay front door (issue 6; README).
+    /// Wait this long before our 220; a client that talks first is refused
+    /// (`greet_pause`, default 0s: off).
+    pub greet_pause: Duration,
+    /// Budget of one DNSBL zone's lookup (`dnsbl_timeout`, default 5s).
+    pub dnsbl_timeout: Duration,
+    /// SpamAssassin's spamd, SPAMC over TCP (`spamd`, default empty: off).
+    pub spamd: Option<HostPort>,
+    /// At or above: X-Spam-Flag YES (`spam_tag_score`, default 5.0).
+    pub spam_tag_score: Score,
+    /// At or above: 554 at end of DATA (`spam_reject_score`, default 10.0).
+    pub spam_reject_score: Score,
+    /// ClamAV's clamd, INSTREAM over TCP (`clamd`, default empty: off).
+    pub clamd: Option<HostPort>,
+    /// A scanner down or timed out: 451 instead of accepting unscanned
+    /// (`scan_required`, default 0).
+    pub scan_required: bool,
+    /// The whole exchange with one scanner (`scan_timeout`, default 30s).
+    pub scan_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,6 +528,7 @@ impl fmt::Display for Config {
         opt(f, "max_hops", &m.max_hops)?;
         opt(f, "smarthost", &or_empty(m.smarthost.as_ref()))?;
         opt(f, "user", &or_empty(m.user.as_ref()))?;
+        opt(f, "enabled", &if m.enabled { "1" } else { "0" })?;
         opt(f, "syslog", &if m.syslog { "1" } else { "0" })?;
         opt(f, "log_level", &level_name(m.log_level))?;
         opt(f, "tls_cert", &or_empty(path_or_empty(&m.tls_cert)))?;
@@ -479,6 +559,14 @@ impl fmt::Display for Config {
         )?;
         opt(f, "connect_timeout", &fmt_duration(m.connect_timeout))?;
         opt(f, "greeting_timeout", &fmt_duration(m.greeting_timeout))?;
+        opt(f, "greet_pause", &fmt_duration(m.greet_pause))?;
+        opt(f, "dnsbl_timeout", &fmt_duration(m.dnsbl_timeout))?;
+        opt(f, "spamd", &or_empty(m.spamd.as_ref()))?;
+        opt(f, "spam_tag_score", &m.spam_tag_score)?;
+        opt(f, "spam_reject_score", &m.spam_reject_score)?;
+        opt(f, "clamd", &or_empty(m.clamd.as_ref()))?;
+        opt(f, "scan_required", &if m.scan_required { "1" } else { "0" })?;
+        opt(f, "scan_timeout", &fmt_duration(m.scan_timeout))?;
         for d in &self.domains {
             writeln!(f)?;
             writeln!(f, "config domain")?;
@@ -561,6 +649,12 @@ fn fmt_size(n: u64) -> String {
     }
 }
 
+/// The longest `greet_pause` accepted.
+pub const MAX_GREET_PAUSE: Duration = Duration::from_secs(30);
+/// spamd's and clamd's registered ports, for `spamd 'HOST'` and `clamd 'HOST'`.
+pub const SPAMD_PORT: u16 = 783;
+pub const CLAMD_PORT: u16 = 3310;
+
 const MAIN_SINGLE: &[&str] = &[
     "hostname",
     "spool_dir",
@@ -577,6 +671,7 @@ const MAIN_SINGLE: &[&str] = &[
     "smarthost",
     "user",
     "syslog",
+    "enabled",
     "log_level",
     "tls_cert",
     "tls_key",
@@ -587,6 +682,14 @@ const MAIN_SINGLE: &[&str] = &[
     "max_destination_connections",
     "connect_timeout",
     "greeting_timeout",
+    "greet_pause",
+    "dnsbl_timeout",
+    "spamd",
+    "spam_tag_score",
+    "spam_reject_score",
+    "clamd",
+    "scan_required",
+    "scan_timeout",
 ];
 const MAIN_LIST: &[&str] = &[
     "listen",
@@ -798,6 +901,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         })?,
         user: o.one("user", None, |v| empty_or(v, system_user))?,
         syslog: o.one("syslog", true, parse_bool)?,
+        enabled: o.one("enabled", true, parse_bool)?,
         log_level: o.one("log_level", log::LevelFilter::Info, parse_log_level)?,
         tls_cert: o.one("tls_cert", None, |v| empty_or(v, abs_path))?,
         tls_key: o.one("tls_key", None, |v| empty_or(v, abs_path))?,
@@ -813,7 +917,44 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         max_destination_connections: o.one("max_destination_connections", 2, count)?,
         connect_timeout: o.one("connect_timeout", secs(30), positive_duration)?,
         greeting_timeout: o.one("greeting_timeout", secs(300), positive_duration)?,
+        greet_pause: o.one("greet_pause", secs(0), |v| {
+            let d = parse_duration(v)?;
+            if d > MAX_GREET_PAUSE {
+                // Senders give up on a greeting after 5 minutes (RFC 5321
+                // 4.5.3.2.1) and many far sooner; postscreen uses 6s.
+                return Err(format!(
+                    "must be at most {}s (1-3s is typical)",
+                    MAX_GREET_PAUSE.as_secs()
+                ));
+            }
+            Ok(d)
+        })?,
+        dnsbl_timeout: o.one("dnsbl_timeout", secs(5), positive_duration)?,
+        spamd: o.one("spamd", None, |v| {
+            empty_or(v, |v| HostPort::parse(v, SPAMD_PORT))
+        })?,
+        spam_tag_score: o.one("spam_tag_score", Score(500), Score::parse)?,
+        spam_reject_score: o.one("spam_reject_score", Score(1000), Score::parse)?,
+        clamd: o.one("clamd", None, |v| {
+            empty_or(v, |v| HostPort::parse(v, CLAMD_PORT))
+        })?,
+        scan_required: o.one("scan_required", false, parse_bool)?,
+        scan_timeout: o.one("scan_timeout", secs(30), positive_duration)?,
     };
+    if main.spam_reject_score < main.spam_tag_score
+        && let Some(item) = o
+            .get("spam_reject_score")
+            .or_else(|| o.get("spam_tag_score"))
+    {
+        return Err(o.bad(
+            item,
+            &format!(
+                "spam_reject_score {} is below spam_tag_score {}: mail would be refused \
+                 before it could ever be tagged",
+                main.spam_reject_score, main.spam_tag_score
+            ),
+        ));
+    }
 
     if main.tls_cert.is_some() != main.tls_key.is_some() {
         let (given, missing) = if main.tls_cert.is_some() {

@@ -964,3 +964,108 @@ fn base64() {
         assert_eq!(base64_decode(bad), None, "{bad}");
     }
 }
+
+// The relay front door options (issue 6): defaults are "off" for every
+// check that needs an outside service, and the documented thresholds.
+#[test]
+fn front_door_defaults() {
+    let m = parse(BASE).main;
+    assert_eq!(m.greet_pause, secs(0));
+    assert_eq!(m.dnsbl_timeout, secs(5));
+    assert_eq!(m.spamd, None);
+    assert_eq!(m.clamd, None);
+    assert_eq!(m.spam_tag_score, Score(500));
+    assert_eq!(m.spam_reject_score, Score(1000));
+    assert!(!m.scan_required);
+    assert_eq!(m.scan_timeout, secs(30));
+}
+
+// Every front door option parses, prints in `check` and parses back equal;
+// a scanner without a port gets its registered port.
+#[test]
+fn front_door_values_round_trip() {
+    let c = main_with(
+        "\toption greet_pause '2s'\n\toption dnsbl_timeout '3s'\n\toption spamd '127.0.0.1:7830'\n\toption spam_tag_score '3.5'\n\toption spam_reject_score '12'\n\toption clamd 'clam.lan'\n\toption scan_required 'yes'\n\toption scan_timeout '1m'",
+    );
+    let m = &c.main;
+    assert_eq!(m.greet_pause, secs(2));
+    assert_eq!(m.dnsbl_timeout, secs(3));
+    assert_eq!(
+        m.spamd,
+        Some(HostPort {
+            host: "127.0.0.1".into(),
+            port: 7830
+        })
+    );
+    assert_eq!(
+        m.clamd,
+        Some(HostPort {
+            host: "clam.lan".into(),
+            port: CLAMD_PORT
+        })
+    );
+    assert_eq!(m.spam_tag_score, Score(350));
+    assert_eq!(m.spam_reject_score, Score(1200));
+    assert!(m.scan_required);
+    assert_eq!(m.scan_timeout, secs(60));
+    let printed = c.to_string();
+    for line in [
+        "\toption greet_pause '2s'\n",
+        "\toption spamd '127.0.0.1:7830'\n",
+        "\toption spam_tag_score '3.5'\n",
+        "\toption spam_reject_score '12.0'\n",
+        "\toption clamd 'clam.lan:3310'\n",
+        "\toption scan_required '1'\n",
+    ] {
+        assert!(printed.contains(line), "missing {line:?} in\n{printed}");
+    }
+    assert_eq!(
+        without_lines(parse(&printed)),
+        without_lines(c.clone()),
+        "{printed}"
+    );
+}
+
+// Bad front door values are errors at their line, naming option and value.
+#[test]
+fn front_door_value_errors() {
+    for (key, value) in [
+        ("greet_pause", "2"),
+        ("greet_pause", "31s"),
+        ("dnsbl_timeout", "0s"),
+        ("spamd", "127.0.0.1:x"),
+        ("clamd", "a b"),
+        ("spam_tag_score", "five"),
+        ("spam_tag_score", "5."),
+        ("spam_tag_score", "5.001"),
+        ("spam_reject_score", "1e3"),
+        ("spam_reject_score", "100001"),
+        ("scan_required", "maybe"),
+        ("scan_timeout", "0s"),
+    ] {
+        assert_bad_main(key, value);
+    }
+    // A reject threshold under the tag threshold could never tag anything.
+    let e = main_error("\toption spam_tag_score '8'\n\toption spam_reject_score '6'");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.message.contains("below spam_tag_score"), "{e}");
+}
+
+// Scores are exact hundredths, signed, printed as SpamAssassin prints them.
+#[test]
+fn scores() {
+    for (text, v, printed) in [
+        ("5", 500, "5.0"),
+        ("5.0", 500, "5.0"),
+        ("15.2", 1520, "15.2"),
+        ("-1.25", -125, "-1.25"),
+        ("0.05", 5, "0.05"),
+        ("1000", 100_000, "1000.0"),
+    ] {
+        assert_eq!(Score::parse(text), Ok(Score(v)), "{text}");
+        assert_eq!(Score(v).to_string(), printed);
+    }
+    for bad in ["", "-", ".5", "5.", "1.234", "+5", "5,0", "--1"] {
+        assert!(Score::parse(bad).is_err(), "{bad:?}");
+    }
+}

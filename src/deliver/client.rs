@@ -194,6 +194,7 @@ pub async fn connect(ctx: &Ctx, cfg: &Config, dest: &Destination) -> Result<Conn
             });
         }
     };
+    super::hostcheck::seen(ctx, dest, &targets);
     let domain = domain_for(cfg, dest);
     let own = ctx.listeners.local_addrs();
     let mut errors: Vec<String> = vec![];

@@ -3,6 +3,10 @@
 //! destination's address set changes — the owner's server came back on a
 //! new dynamic address — all its mail is retried at once with its back-off
 //! reset, instead of waiting out the retry interval.
+//!
+//! "Changed" is measured against the addresses the destination last
+//! resolved to anywhere — a delivery attempt or call-ahead included — so a
+//! change right after a failed attempt (before the first check) counts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -13,9 +17,33 @@ use super::route;
 use crate::daemon::Ctx;
 use crate::spool::Filter;
 
+/// Destination → the address set it last resolved to.
+pub type Known = HashMap<Destination, BTreeSet<IpAddr>>;
+
+/// Records what `dest` resolved to for an attempt (delivery, call-ahead).
+pub fn seen(ctx: &Ctx, dest: &Destination, targets: &[route::Target]) {
+    let now = targets.iter().map(|t| t.addr.ip()).collect();
+    ctx.deliverer
+        .resolved
+        .borrow_mut()
+        .insert(dest.clone(), now);
+}
+
+/// Stores `now` for `dest`; returns the old set when it differs (a host
+/// status change). The first sighting is no change.
+fn update(
+    known: &mut Known,
+    dest: &Destination,
+    now: BTreeSet<IpAddr>,
+) -> Option<BTreeSet<IpAddr>> {
+    match known.insert(dest.clone(), now.clone()) {
+        Some(old) if old != now => Some(old),
+        _ => None,
+    }
+}
+
 /// The task.
 pub async fn run(ctx: Rc<Ctx>) {
-    let mut known: HashMap<Destination, BTreeSet<IpAddr>> = HashMap::new();
     loop {
         let interval = ctx.config().main.host_check_interval;
         smol::Timer::after(interval).await;
@@ -23,10 +51,10 @@ pub async fn run(ctx: Rc<Ctx>) {
             return;
         }
         if ctx.spool.state().messages == 0 {
-            known.clear();
+            ctx.deliverer.resolved.borrow_mut().clear();
             continue;
         }
-        check(&ctx, &mut known).await;
+        check(&ctx).await;
     }
 }
 
@@ -45,9 +73,12 @@ fn queued_destinations(ctx: &Ctx) -> Vec<Destination> {
     set.into_iter().collect()
 }
 
-async fn check(ctx: &Ctx, known: &mut HashMap<Destination, BTreeSet<IpAddr>>) {
+async fn check(ctx: &Ctx) {
     let dests = queued_destinations(ctx);
-    known.retain(|d, _| dests.contains(d));
+    ctx.deliverer
+        .resolved
+        .borrow_mut()
+        .retain(|d, _| dests.contains(d));
     let resolver = ctx.resolver.borrow().clone();
     let hostname = ctx.config().main.hostname.clone();
     for d in dests {
@@ -56,30 +87,56 @@ async fn check(ctx: &Ctx, known: &mut HashMap<Destination, BTreeSet<IpAddr>>) {
             continue;
         };
         let now: BTreeSet<IpAddr> = targets.iter().map(|t| t.addr.ip()).collect();
-        match known.insert(d.clone(), now.clone()) {
-            Some(old) if old != now => {
-                let show = |s: &BTreeSet<IpAddr>| {
-                    s.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                log::info!(
-                    "id=NOQUEUE event=host_status_change destination={d} old={} new={}",
-                    show(&old),
-                    show(&now)
-                );
-                let t = crate::time::now_unix();
-                match ctx
-                    .spool
-                    .reschedule(Filter::Destination(d.clone()), t)
-                    .await
-                {
-                    Ok(n) => log::info!("id=NOQUEUE event=flush destination={d} messages={n}"),
-                    Err(e) => log::error!("id=NOQUEUE event=spool_error error=\"{e}\""),
-                }
-            }
-            _ => {}
+        let Some(old) = update(&mut ctx.deliverer.resolved.borrow_mut(), &d, now.clone()) else {
+            continue;
+        };
+        let show = |s: &BTreeSet<IpAddr>| {
+            s.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        log::info!(
+            "id=NOQUEUE event=host_status_change destination={d} old={} new={}",
+            show(&old),
+            show(&now)
+        );
+        let t = crate::time::now_unix();
+        match ctx
+            .spool
+            .reschedule(Filter::Destination(d.clone()), t)
+            .await
+        {
+            Ok(n) => log::info!("id=NOQUEUE event=flush destination={d} messages={n}"),
+            Err(e) => log::error!("id=NOQUEUE event=spool_error error=\"{e}\""),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
+        ips.iter().map(|i| i.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_change_from_the_last_attempts_addresses_is_reported() {
+        let d = Destination::Mx {
+            domain: "example.com".into(),
+            port: 25,
+        };
+        let mut known = Known::new();
+        // First sighting: nothing to compare with.
+        assert_eq!(update(&mut known, &d, set(&["127.0.0.2"])), None);
+        assert_eq!(update(&mut known, &d, set(&["127.0.0.2"])), None);
+        // What a delivery attempt recorded is the baseline of the next check.
+        known.insert(d.clone(), set(&["127.0.0.2"]));
+        assert_eq!(
+            update(&mut known, &d, set(&["127.0.0.5"])),
+            Some(set(&["127.0.0.2"]))
+        );
+        assert_eq!(update(&mut known, &d, set(&["127.0.0.5"])), None);
     }
 }

@@ -55,6 +55,9 @@ pub struct Deliverer {
     /// Message → jobs of it still running.
     in_flight: RefCell<HashMap<QueueId, usize>>,
     queues: RefCell<HashMap<Destination, DestQueue>>,
+    /// Destination → the addresses it last resolved to, for delivery,
+    /// call-ahead or the host check (see `hostcheck`).
+    pub resolved: RefCell<hostcheck::Known>,
 }
 
 impl Deliverer {

@@ -104,10 +104,35 @@ pub async fn mx_plan(
     Ok(plan(domain, &ans.records, our_hostname))
 }
 
-/// The addresses of one host: a literal, or A then AAAA records.
+/// Largest /etc/hosts we read (a router's is a few lines).
+const MAX_HOSTS_FILE: u64 = 256 * 1024;
+
+/// The addresses `/etc/hosts` gives `host` (LAN names, `localhost`), as
+/// the system resolver would: mxspool has no libc resolver of its own.
+fn hosts_file(text: &str, host: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.split('#').next()?;
+            let mut w = l.split_whitespace();
+            let ip: IpAddr = w.next()?.parse().ok()?;
+            w.any(|n| n.eq_ignore_ascii_case(host)).then_some(ip)
+        })
+        .collect()
+}
+
+/// The addresses of one host: a literal, /etc/hosts, or A then AAAA records.
 pub async fn addresses(resolver: &Resolver, host: &str) -> Result<Vec<IpAddr>, RouteError> {
     if let Some(ip) = literal(host) {
         return Ok(vec![ip]);
+    }
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open("/etc/hosts") {
+        use std::io::Read;
+        let _ = f.take(MAX_HOSTS_FILE).read_to_string(&mut text);
+    }
+    let local = hosts_file(&text, host.trim_end_matches('.'));
+    if !local.is_empty() {
+        return Ok(local);
     }
     let ans = resolver
         .ip(host)
@@ -119,6 +144,16 @@ pub async fn addresses(resolver: &Resolver, host: &str) -> Result<Vec<IpAddr>, R
     Ok(ans.addrs)
 }
 
+/// A relay host is the owner's own choice, typically a dynamic-DNS name:
+/// one that does not resolve right now (lapsed, mistyped and about to be
+/// retagged) defers the mail instead of bouncing the whole queue.
+fn relay_error(e: RouteError) -> RouteError {
+    match e {
+        RouteError::Permanent(m) => RouteError::Temporary(m),
+        t => t,
+    }
+}
+
 /// The addresses for `dest`, in the order to try them.
 pub async fn resolve(
     resolver: &Resolver,
@@ -127,7 +162,8 @@ pub async fn resolve(
 ) -> Result<Vec<Target>, RouteError> {
     match dest {
         Destination::Relay { host, port } => Ok(addresses(resolver, host)
-            .await?
+            .await
+            .map_err(relay_error)?
             .into_iter()
             .map(|ip| Target {
                 host: host.clone(),
@@ -175,7 +211,37 @@ pub async fn resolve(
 
 #[cfg(test)]
 mod tests {
+    // A relay name that does not resolve defers (retry, retag), never bounces.
+    #[test]
+    fn relay_lookup_failures_are_temporary() {
+        assert_eq!(
+            super::relay_error(RouteError::Permanent("nx".into())),
+            RouteError::Temporary("nx".into())
+        );
+        assert_eq!(
+            super::relay_error(RouteError::Temporary("t".into())),
+            RouteError::Temporary("t".into())
+        );
+    }
     use super::*;
+
+    #[test]
+    fn hosts_file_names_resolve_case_insensitively_and_comments_do_not() {
+        let t = "127.0.0.1 localhost\n192.168.1.2 NAS nas.lan # box\n# 10.0.0.1 old\n::1 localhost ip6-localhost\n";
+        assert_eq!(
+            hosts_file(t, "localhost"),
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(
+            hosts_file(t, "nas"),
+            vec!["192.168.1.2".parse::<IpAddr>().unwrap()]
+        );
+        assert!(hosts_file(t, "old").is_empty());
+        assert!(hosts_file(t, "box").is_empty());
+    }
 
     fn mx(p: u16, h: &str) -> Mx {
         Mx {

@@ -3,8 +3,11 @@
 //! consulted at MAIL, RCPT and DATA.
 
 pub mod callahead;
+pub mod dnsbl;
 pub mod policy;
+pub mod pregreet;
 pub mod received;
+pub mod scan;
 pub mod session;
 
 use std::cell::{Cell, RefCell};

@@ -44,35 +44,54 @@ fn sender_listed(list: &[String], sender: &str) -> bool {
     })
 }
 
-/// At MAIL: sender lists and spool room for the announced SIZE.
-pub fn mail(cfg: &Config, ip: IpAddr, mail: &MailFrom, spool: &Spool) -> Result<(), Refusal> {
+/// Whether `sender` is in `sender_allow` (which skips `sender_deny` and
+/// the DNSBLs). The null sender is never listed.
+pub fn sender_allowed(cfg: &Config, sender: &str) -> bool {
+    !sender.is_empty() && sender_listed(&cfg.main.sender_allow, sender)
+}
+
+/// The sender lists: `sender_deny` unless the client is in `client_allow`
+/// or the sender in `sender_allow`.
+pub fn sender(cfg: &Config, ip: IpAddr, sender: &str) -> Result<(), Refusal> {
     let m = &cfg.main;
-    let sender = mail.from.to_string();
     let client_allowed = m.client_allow.iter().any(|c| c.contains(ip));
     if !client_allowed
         && !sender.is_empty()
-        && !sender_listed(&m.sender_allow, &sender)
-        && sender_listed(&m.sender_deny, &sender)
+        && !sender_allowed(cfg, sender)
+        && sender_listed(&m.sender_deny, sender)
     {
         return Err((
             "sender_deny",
             Reply::enh(
                 554,
                 (5, 7, 1),
-                format!("<{sender}>: Sender address rejected"),
+                format!("<{sender}>: Sender address rejected: Access denied"),
             ),
         ));
     }
+    Ok(())
+}
+
+/// The spool is over `max_spool_size` or the disk nearly full: RFC 1870's
+/// temporary "insufficient storage", never a silent loss.
+pub fn storage_full() -> Refusal {
+    (
+        "spool_full",
+        Reply::enh(
+            452,
+            (4, 3, 1),
+            "Insufficient system storage, try again later",
+        ),
+    )
+}
+
+/// At MAIL: sender lists and spool room for the announced SIZE.
+pub fn mail(cfg: &Config, ip: IpAddr, mail: &MailFrom, spool: &Spool) -> Result<(), Refusal> {
+    let m = &cfg.main;
+    sender(cfg, ip, &mail.from.to_string())?;
     let size = mail.size.unwrap_or(0);
     if !spool.has_room(size, m.max_spool_size, m.max_message_size) {
-        return Err((
-            "spool_full",
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            ),
-        ));
+        return Err(storage_full());
     }
     Ok(())
 }
@@ -199,14 +218,7 @@ pub async fn mx_route(
 pub fn data(cfg: &Config, spool: &Spool) -> Result<(), Refusal> {
     let m = &cfg.main;
     if !spool.has_room(0, m.max_spool_size, m.max_message_size) {
-        return Err((
-            "spool_full",
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            ),
-        ));
+        return Err(storage_full());
     }
     Ok(())
 }
@@ -229,5 +241,73 @@ mod tests {
         assert!(!sender_listed(&l, "a@bulk.example"));
         assert!(sender_listed(&l, "joe@x.example"));
         assert!(!sender_listed(&l, "jim@x.example"));
+        assert!(
+            sender_listed(&l, "Joe@X.Example"),
+            "addresses compare without case"
+        );
+        assert!(
+            !sender_listed(&l, "a@notspam.example"),
+            "no suffix match without the dot"
+        );
+        assert!(!sender_listed(&l, ""));
+    }
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "config mxspool\n\toption hostname 'mx.example.net'\n\toption spool_dir '/srv/x'\n{extra}"
+        );
+        match Config::parse(&text, std::path::Path::new("/etc/config/mxspool")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    // client_deny refuses at connect with 554 5.7.1; client_allow (v4 or
+    // v6, and a v4-mapped client) overrides it.
+    #[test]
+    fn client_lists_at_connect() {
+        let c = cfg(
+            "\tlist client_deny '198.51.100.0/24'\n\tlist client_deny '2001:db8::/32'\n\tlist client_allow '198.51.100.7'\n",
+        );
+        let (reason, reply) = connect(&c, ip("198.51.100.8")).unwrap_err();
+        assert_eq!(reason, "client_deny");
+        assert_eq!(
+            (reply.code, reply.enhanced.map(|e| e.to_string())),
+            (554, Some("5.7.1".into()))
+        );
+        assert!(connect(&c, ip("2001:db8::1")).is_err());
+        assert!(connect(&c, ip("::ffff:198.51.100.9")).is_err());
+        assert!(connect(&c, ip("198.51.100.7")).is_ok());
+        assert!(connect(&c, ip("::ffff:198.51.100.7")).is_ok());
+        assert!(connect(&c, ip("192.0.2.1")).is_ok());
+    }
+
+    // sender_deny refuses with 554 5.7.1 unless sender_allow or
+    // client_allow says otherwise; the null sender is never refused by
+    // the lists (bounces must get through).
+    #[test]
+    fn sender_lists_at_mail() {
+        let c = cfg(
+            "\tlist sender_deny 'spam.example'\n\tlist sender_deny '.bulk.example'\n\tlist sender_allow 'good@spam.example'\n\tlist client_allow '192.0.2.0/24'\n",
+        );
+        let out = ip("203.0.113.5");
+        let (reason, reply) = sender(&c, out, "bad@spam.example").unwrap_err();
+        assert_eq!(reason, "sender_deny");
+        assert_eq!(
+            (reply.code, reply.enhanced.map(|e| e.to_string())),
+            (554, Some("5.7.1".into()))
+        );
+        assert!(sender(&c, out, "x@a.bulk.example").is_err());
+        assert!(sender(&c, out, "x@bulk.example").is_ok());
+        assert!(sender(&c, out, "good@spam.example").is_ok());
+        assert!(sender(&c, out, "").is_ok());
+        assert!(sender(&c, ip("192.0.2.9"), "bad@spam.example").is_ok());
+        assert!(sender_allowed(&c, "GOOD@spam.example"));
+        assert!(!sender_allowed(&c, "bad@spam.example"));
+        assert!(!sender_allowed(&c, ""));
     }
 }

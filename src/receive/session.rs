@@ -35,13 +35,17 @@ enum Io {
     Data(usize),
     Eof,
     Timeout,
-    Error(std::io::Error),
     /// The daemon is stopping.
-    Stopped,
+    Stop,
+    Error(std::io::Error),
 }
 
-async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
-    futures_lite::future::or(
+async fn read_timeout(ctx: &Ctx, stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
+    let stop = async {
+        ctx.stopped().await;
+        Io::Stop
+    };
+    let read = futures_lite::future::or(
         async {
             match stream.read(buf).await {
                 Ok(0) => Io::Eof,
@@ -53,8 +57,8 @@ async fn read_timeout(stream: &mut Stream, buf: &mut [u8], t: Duration) -> Io {
             smol::Timer::after(t).await;
             Io::Timeout
         },
-    )
-    .await
+    );
+    futures_lite::future::or(read, stop).await
 }
 
 async fn write_timeout(stream: &mut Stream, bytes: &[u8], t: Duration) -> bool {
@@ -89,6 +93,7 @@ pub async fn serve(
         max_hops: m.max_hops,
         starttls: tls.is_some(),
     });
+    let mut dnsbl = super::dnsbl::Check::default();
     if let Err((reason, reply)) = policy::connect(&cfg, ip) {
         log::info!(
             "id=NOQUEUE event=reject stage=connect client=[{ip}] reason={reason} reply=\"{}\"",
@@ -97,6 +102,11 @@ pub async fn serve(
         ctx.stats.borrow_mut().reject(reason);
         s.refuse_connection(reply);
     } else {
+        // The DNSBL lookups run during the greeting pause and EHLO.
+        dnsbl = super::dnsbl::Check::start(&ctx, ip);
+        if !super::pregreet::wait(&ctx, &mut stream, ip).await {
+            return;
+        }
         s.greeting();
     }
     let mut buf = vec![0u8; READ_BUF];
@@ -123,27 +133,17 @@ pub async fn serve(
             } else {
                 m.command_timeout
             };
-            let read = read_timeout(&mut stream, &mut buf, t);
-            let io = if shut {
-                read.await
-            } else {
-                // A stop wakes us (the channel closes): nothing owed to the
-                // client then, so it gets the 421 now.
-                futures_lite::future::or(read, async {
-                    let _ = ctx.stop_signal.recv().await;
-                    Io::Stopped
-                })
-                .await
-            };
-            match io {
-                Io::Stopped => {
-                    shut = true;
-                    s.shutdown();
-                }
+            if shut {
+                // Stopping and the session still wants input: it owes
+                // nothing; its 421 is out, close.
+                break;
+            }
+            match read_timeout(&ctx, &mut stream, &mut buf, t).await {
+                Io::Stop => continue,
                 Io::Data(n) => {
-                    // A stop that came while we waited for the client: what
-                    // it sends now is new (a command, the rest of a message)
-                    // and gets the 421, never executed.
+                    // Data that won the race against a stop is new (a
+                    // command, the rest of a message): it gets the 421,
+                    // never executed.
                     if ctx.stopping.get() && !shut {
                         shut = true;
                         s.shutdown();
@@ -165,7 +165,10 @@ pub async fn serve(
         match ev {
             Event::Mail(mail) => {
                 dests.clear();
-                let r = policy::mail(&cfg, ip, &mail, &ctx.spool);
+                let r = match dnsbl.at_mail(&cfg, ip, &mail.from.to_string()).await {
+                    Ok(()) => policy::mail(&cfg, ip, &mail, &ctx.spool),
+                    Err(r) => Err(r),
+                };
                 s.answer_mail(refusal(&ctx, r, ip, "MAIL", &mail.from.to_string(), ""));
             }
             Event::Rcpt(rcpt) => {
@@ -277,13 +280,19 @@ pub async fn serve(
                         "id={} event=reject stage=DATA client=[{ip}] reason=spool_full",
                         spool::format_id(inc.id)
                     );
-                    Reply::enh(
-                        452,
-                        (4, 3, 1),
-                        "Insufficient system storage, try again later",
-                    )
+                    policy::storage_full().1
                 } else {
-                    commit(&ctx, &s, &dests, inc, ip).await
+                    // Content scanners see the spooled message before the 250.
+                    match super::scan::check(&ctx, inc.id, inc.seq, inc.size, ip).await {
+                        Ok(grew) => {
+                            inc.size = inc.size.saturating_add_signed(grew);
+                            commit(&ctx, &s, &dests, inc, ip).await
+                        }
+                        Err(reply) => {
+                            ctx.spool.abort(inc.id, inc.size).await;
+                            reply
+                        }
+                    }
                 };
                 dests.clear();
                 s.answer_data_end(reply);
@@ -460,11 +469,7 @@ async fn commit(
             log::error!(
                 "id={qid} event=reject stage=DATA client=[{ip}] reason=spool_error error=\"{e}\""
             );
-            Reply::enh(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            )
+            policy::storage_full().1
         }
     }
 }

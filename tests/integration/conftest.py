@@ -5,6 +5,7 @@
 - postfix_primary: factory -> PostfixInstance (harness_postfix.py).
 - primary: a started Postfix for example.com with alice, bob, carol, dave.
 - sink_factory / sink: capture SMTP servers (harness_sink.py).
+- nsd: a private authoritative DNS server, not started (harness_dns.py).
 - mxspool: factory -> Mxspool (harness_mxspool.py), started by default.
 - mxspool_cmd: run `mxspool ARGS...` and capture exit status and output.
 """
@@ -20,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness_dns import NsdServer  # noqa: E402
 from harness_mxspool import Mxspool, run_command  # noqa: E402
 from harness_postfix import PostfixInstance  # noqa: E402
 from harness_sink import SmtpSink  # noqa: E402
@@ -93,14 +95,15 @@ def workdir(request, _run_dir):
 @pytest.fixture
 def postfix_primary(request, workdir):
     """Factory: postfix_primary(domains=("example.com",), users=("alice",),
-    start=True, port=None, name=None, extra_main_cf=None) -> PostfixInstance."""
+    start=True, port=None, name=None, extra_main_cf=None, host='127.0.0.1',
+    hostname=None) -> PostfixInstance."""
     instances = []
 
     def make(domains=("example.com",), users=("alice",), start=True, port=None,
-             name=None, extra_main_cf=None):
+             name=None, extra_main_cf=None, **kw):
         name = name or f"pf{len(instances)}"
         pf = PostfixInstance(workdir / name, domains=domains, users=users, port=port,
-                             name=name, extra_main_cf=extra_main_cf)
+                             name=name, extra_main_cf=extra_main_cf, **kw)
         instances.append(pf)
         if start:
             pf.start()
@@ -120,6 +123,22 @@ def postfix_primary(request, workdir):
 def primary(postfix_primary):
     """A running Postfix primary for example.com: alice, bob, carol, dave."""
     return postfix_primary(users=("alice", "bob", "carol", "dave"))
+
+
+@pytest.fixture
+def nsd(request, workdir):
+    """A private authoritative NSD on 127.0.0.1:PORT (harness_dns.py), not
+    started: add zones with nsd.zone(origin, records), then nsd.start();
+    point mxspool at it with resolver=nsd.resolver."""
+    server = NsdServer(workdir / "dns")
+    yield server
+    try:
+        server.stop()
+    finally:
+        if _failed(request):
+            print(f"\n--- nsd (:{server.port}) log ---\n{server.log()[-10000:]}")
+            for origin, (serial, records) in server.zones.items():
+                print(f"--- zone {origin} (serial {serial}) ---\n" + "\n".join(records))
 
 
 @pytest.fixture

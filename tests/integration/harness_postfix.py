@@ -56,12 +56,14 @@ class PostfixInstance:
     wait_for_messages(user, n, timeout), log(), users, domains."""
 
     def __init__(self, base: Path, domains=("example.com",), users=("alice",),
-                 port=None, name="primary", hostname=None, extra_main_cf=None):
+                 port=None, name="primary", hostname=None, extra_main_cf=None,
+                 host=LOCALHOST):
         self.base = Path(base)
+        self.host = host                    # listen address (any 127.0.0.x)
         self.name = name
         self.domains = [d.lower() for d in domains]
         self.users = [self._qualify(u) for u in users]
-        self.port = port or free_port()
+        self.port = port or free_port(host)
         self.hostname = hostname or f"{name}.primary.test"
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "queue"
@@ -109,6 +111,8 @@ class PostfixInstance:
             "mydomain": "primary.test",
             "myorigin": "$myhostname",
             "mydestination": "",
+            # 127.0.0.1 even when listening elsewhere in 127/8: Postfix wants
+            # an interface address here, and master.cf names the listen address.
             "inet_interfaces": LOCALHOST,
             "inet_protocols": "ipv4",
             "mynetworks": "127.0.0.0/8",
@@ -158,7 +162,7 @@ class PostfixInstance:
             # it Postfix answers STARTTLS with 454 "local problem".
             services += "tlsmgr      unix  -       -       n       1000?   1       tlsmgr\n"
         (self.config_dir / "master.cf").write_text(
-            f"{LOCALHOST}:{self.port} inet n - n - - smtpd\n" + services
+            f"{self.host}:{self.port} inet n - n - - smtpd\n" + services
         )
 
     def _maildir_rel(self, addr):
@@ -200,10 +204,10 @@ class PostfixInstance:
     def start(self, timeout=30):
         if self.running:
             return
-        if port_accepts(self.port):
+        if port_accepts(self.port, self.host):
             raise RuntimeError(f"port {self.port} is already in use by someone else")
         self._postfix("start")
-        wait_until(lambda: port_accepts(self.port), timeout,
+        wait_until(lambda: port_accepts(self.port, self.host), timeout,
                    what=f"postfix {self.name} to listen on {self.port}")
 
     def stop(self, timeout=30):
@@ -213,7 +217,7 @@ class PostfixInstance:
             return
         self._postfix("stop", check=False)
         deadline = time.monotonic() + timeout
-        while self._master_pid() is not None or port_accepts(self.port, timeout=0.2):
+        while self._master_pid() is not None or port_accepts(self.port, self.host, timeout=0.2):
             if time.monotonic() > deadline:
                 self._postfix("abort", check=False)
                 try:

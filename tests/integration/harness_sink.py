@@ -12,10 +12,9 @@ it offer STARTTLS, answer 220 and then send garbage instead of a handshake.
 Session.tls is the negotiated protocol version ("TLSv1.3") or None.
 """
 
-import ssl
-
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -62,16 +61,18 @@ _ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
 class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
-                 greeting=None, port=0, host=LOCALHOST, tls=None, tls_broken=False,
-                 starttls_extra=b""):
+                 greeting=None, port=0, host=LOCALHOST, greeting_delay=0.0, tls=None,
+                 tls_broken=False, starttls_extra=b""):
         self.hostname = hostname
+        self.host = host                    # any 127.0.0.x works on Linux
+        self.greeting_delay = greeting_delay  # seconds before the 220 (a tarpit)
+        self.rcpt_delay = 0.0               # seconds before each RCPT reply (float('inf'): never)
         self.pipelining = pipelining
         self.size = size
         self.eightbitmime = eightbitmime
         self.smtputf8 = smtputf8
         self.enhancedstatuscodes = enhancedstatuscodes
         self.greeting = greeting or f"220 {hostname} ESMTP sink"
-        self.host = host
         self.tls = tls
         self.tls_broken = tls_broken
         # bytes sent in plaintext right behind our "220 Ready" (an injection
@@ -217,6 +218,8 @@ class SmtpSink:
 
         txn = None
         try:
+            if self.greeting_delay:
+                time.sleep(self.greeting_delay)
             conn.sendall(self.greeting.encode() + b"\r\n")
             while True:
                 raw_line = read_line()
@@ -256,6 +259,12 @@ class SmtpSink:
                     r = self.rcpt_replies.get(addr.lower(), self.default_rcpt_reply)
                     if callable(r):
                         r = r(addr)
+                    if self.rcpt_delay:
+                        if self.rcpt_delay == float("inf"):
+                            while not self._stopping:
+                                time.sleep(0.1)
+                            break
+                        time.sleep(self.rcpt_delay)
                     with self.cond:
                         if r.startswith("2"):
                             txn.rcpts.append(addr)

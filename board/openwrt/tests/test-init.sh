@@ -1,0 +1,206 @@
+#!/bin/sh
+# shellcheck disable=SC2016 # sh -c '...' scripts expand their own "$1"
+# board/openwrt/tests/test-init.sh — checks of the OpenWrt packaging, runnable on
+# any Linux host (no OpenWrt needed):
+#   * the procd init script: start_service / service_triggers / reload_service are
+#     run under sh with stub procd_* and config_* functions that record every call,
+#     against the shipped default config and variants of it;
+#   * the default UCI config (spool on persistent storage, listen, enabled '0');
+#   * sh -n / bash -n and shellcheck over the init script, test.sh and cross/*.sh.
+# Prints "N passed, N failed"; exits 1 if anything failed.
+#
+# Env: SH (default sh) is the shell the init script runs under (e.g. "busybox sh").
+#      NO_SHELLCHECK=1 skips shellcheck (it is otherwise required).
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+PKG=$(cd "$HERE/.." && pwd)
+ROOT=$(cd "$PKG/../.." && pwd)
+INIT=$PKG/files/mxspool.init
+CONFIG=$PKG/files/mxspool.config
+SH=${SH:-sh}
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); printf 'ok   %s\n' "$1"; }
+ko() { fail=$((fail + 1)); printf 'FAIL %s\n' "$1"; [ -z "$2" ] || printf '%s\n' "$2" | sed 's/^/     /'; }
+check() { # NAME COMMAND... : passes when COMMAND succeeds
+	name=$1; shift
+	if "$@" >"$TMP/out" 2>&1; then ok "$name"; else ko "$name" "$(cat "$TMP/out")"; fi
+}
+
+# --- the harness: run ACTIONS of the init script with CONFIG_FILE, record calls --
+# Each recorded line is the function name followed by its arguments, each in <>.
+cat >"$TMP/harness.sh" <<'EOF'
+# usage: . harness.sh  with INIT, CONFIG_FILE, CALLS, RUNNING set; then actions
+record() {
+	line=$1; shift
+	for a in "$@"; do line="$line <$a>"; done
+	printf '%s\n' "$line" >>"$CALLS"
+}
+# config_load: parse the UCI file (sections, options; quotes stripped) into
+# "section.option=value" lines, like /lib/functions.sh does into variables.
+config_load() {
+	record config_load "$@"
+	awk '
+		function unq(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); if (s ~ /^'\''.*'\''$/ || s ~ /^".*"$/) s = substr(s, 2, length(s) - 2); return s }
+		/^[ \t]*#/ { next }
+		$1 == "config" { sec = unq($3); if (sec == "") sec = "@" $2 "[" n[$2]++ "]"; next }
+		$1 == "option" || $1 == "list" { v = $0; sub(/^[ \t]*(option|list)[ \t]+[^ \t]+[ \t]*/, "", v); sub(/[ \t]+#.*$/, "", v); print sec "." $2 "=" unq(v) }
+	' "$CONFIG_FILE" >"$CALLS.cfg"
+}
+config_get() { # VAR SECTION OPTION [DEFAULT]
+	record config_get "$@"
+	_v=$(grep -m1 "^$2\.$3=" "$CALLS.cfg" | cut -d= -f2-)
+	[ -n "$_v" ] || _v=$4
+	eval "$1=\$_v"
+}
+config_get_bool() { # VAR SECTION OPTION [DEFAULT]  (functions.sh semantics)
+	record config_get_bool "$@"
+	_v=$(grep -m1 "^$2\.$3=" "$CALLS.cfg" | cut -d= -f2-)
+	[ -n "$_v" ] || _v=$4
+	case "$_v" in
+		1|on|true|yes|enabled) _v=1 ;;
+		0|off|false|no|disabled) _v=0 ;;
+		*) _v=$4 ;;
+	esac
+	eval "$1=\$_v"
+}
+procd_open_instance() { record procd_open_instance "$@"; }
+procd_set_param() { record procd_set_param "$@"; }
+procd_append_param() { record procd_append_param "$@"; }
+procd_close_instance() { record procd_close_instance "$@"; }
+procd_add_reload_trigger() { record procd_add_reload_trigger "$@"; }
+procd_send_signal() { record procd_send_signal "$@"; }
+procd_kill() { record procd_kill "$@"; }
+procd_running() { record procd_running "$@"; [ "$RUNNING" = 1 ]; }
+start() { record start "$@"; start_service "$@"; }
+stop() { record stop "$@"; }
+# shellcheck disable=SC1090
+. "$INIT"
+EOF
+
+run() { # CONFIG_FILE RUNNING ACTION... -> calls in $TMP/calls
+	cfg=$1; running=$2; shift 2
+	: >"$TMP/calls"
+	actions=$*
+	INIT=$INIT CONFIG_FILE=$cfg CALLS=$TMP/calls RUNNING=$running \
+		$SH -c ". \"$TMP/harness.sh\"; $actions; echo \"START=\$START STOP=\$STOP USE_PROCD=\$USE_PROCD\" >\"$TMP/vars\"" \
+		>"$TMP/run.out" 2>&1
+}
+has() { grep -Fx -- "$1" "$TMP/calls" >/dev/null || { echo "missing: $1"; echo "calls:"; cat "$TMP/calls"; return 1; }; }
+hasnt() { ! grep -F -- "$1" "$TMP/calls" >/dev/null || { echo "unexpected: $1"; echo "calls:"; cat "$TMP/calls"; return 1; }; }
+order() { # A B: first line starting with A comes before first line starting with B
+	a=$(grep -n -F -- "$1" "$TMP/calls" | head -n1 | cut -d: -f1)
+	b=$(grep -n -F -- "$2" "$TMP/calls" | head -n1 | cut -d: -f1)
+	if [ -n "$a" ] && [ -n "$b" ] && [ "$a" -lt "$b" ]; then return 0; fi
+	echo "want '$1' before '$2'"; cat "$TMP/calls"; return 1
+}
+
+# Config variants derived from the shipped default.
+sed "s/option enabled '0'/option enabled '1'/" "$CONFIG" >"$TMP/enabled.conf"
+sed "s/option enabled '0'/option enabled 'yes'/" "$CONFIG" >"$TMP/enabled-yes.conf"
+grep -v "option enabled" "$CONFIG" >"$TMP/no-enabled.conf"
+
+# --- header variables -----------------------------------------------------------
+check "init: first line is '#!/bin/sh /etc/rc.common'" \
+	test "$(head -n1 "$INIT")" = "#!/bin/sh /etc/rc.common"
+run "$TMP/enabled.conf" 0 ":"
+check "init: START=90 STOP=10 USE_PROCD=1" grep -Fx "START=90 STOP=10 USE_PROCD=1" "$TMP/vars"
+
+# --- enabled: the instance ------------------------------------------------------
+run "$TMP/enabled.conf" 0 start_service
+check "start_service (enabled): runs cleanly" test ! -s "$TMP/run.out"
+check "start_service: loads the mxspool config" has "config_load <mxspool>"
+check "start_service: opens instance mxspool" has "procd_open_instance <mxspool>"
+check "start_service: exact command line" \
+	has "procd_set_param <command> </usr/sbin/mxspool> <run> <-c> </etc/config/mxspool>"
+check "start_service: respawn" has "procd_set_param <respawn>"
+check "start_service: file param (restart on config change)" has "procd_set_param <file> </etc/config/mxspool>"
+check "start_service: stdout to syslog" has "procd_set_param <stdout> <1>"
+check "start_service: stderr to syslog" has "procd_set_param <stderr> <1>"
+check "start_service: term_timeout 30" has "procd_set_param <term_timeout> <30>"
+check "start_service: closes the instance" has "procd_close_instance"
+check "start_service: enabled checked before procd_open_instance" \
+	order "config_get_bool <enabled> <main> <enabled>" "procd_open_instance"
+check "start_service: params set inside the instance" order "procd_open_instance" "procd_set_param <command>"
+check "start_service: instance closed after the params" order "procd_set_param <term_timeout>" "procd_close_instance"
+check "start_service: one instance only" test "$(grep -c '^procd_open_instance' "$TMP/calls")" = 1
+
+run "$TMP/enabled-yes.conf" 0 start_service
+check "start_service: enabled 'yes' counts as enabled" has "procd_open_instance <mxspool>"
+
+# --- disabled: nothing ----------------------------------------------------------
+run "$CONFIG" 0 start_service
+check "start_service (shipped config, enabled '0'): starts nothing" hasnt "procd_open_instance"
+check "start_service (disabled): sets no params" hasnt "procd_set_param"
+check "start_service (disabled): returns 0" test ! -s "$TMP/run.out"
+run "$TMP/no-enabled.conf" 0 start_service
+check "start_service (no enabled option): starts, as the daemon default is 1" has "procd_open_instance <mxspool>"
+
+# --- triggers and reload ----------------------------------------------------------
+run "$TMP/enabled.conf" 1 service_triggers
+check "service_triggers: reload trigger on config mxspool" has "procd_add_reload_trigger <mxspool>"
+run "$TMP/enabled.conf" 1 reload_service
+check "reload_service (running): SIGHUP via procd_send_signal" has "procd_send_signal <mxspool> <*> <HUP>"
+check "reload_service (running): no restart" hasnt "procd_open_instance"
+run "$TMP/enabled.conf" 0 reload_service
+check "reload_service (enabled, not running): starts it" has "procd_open_instance <mxspool>"
+run "$CONFIG" 1 reload_service
+check "reload_service (disabled): stops it" has "procd_kill <mxspool>"
+check "reload_service (disabled): no signal, no start" hasnt "procd_open_instance"
+
+# --- the shipped default config ------------------------------------------------
+run "$CONFIG" 0 "config_load mxspool"
+cfgv() { grep "^$1=" "$TMP/calls.cfg" | cut -d= -f2-; }
+check "config: main section has a hostname" test -n "$(cfgv main.hostname)"
+spool=$(cfgv main.spool_dir)
+check "config: spool_dir set" test -n "$spool"
+check "config: spool_dir on persistent storage (not /tmp, /var)" \
+	sh -c 'case "$1" in /tmp|/tmp/*|/var|/var/*) echo "spool_dir=$1 is tmpfs on OpenWrt"; exit 1 ;; esac' _ "$spool"
+check "config: listens on 0.0.0.0:25 and [::]:25" \
+	sh -c 'grep -Fx "main.listen=0.0.0.0:25" "$1" && grep -Fx "main.listen=[::]:25" "$1"' _ "$TMP/calls.cfg"
+check "config: control_socket /var/run/mxspool.sock" test "$(cfgv main.control_socket)" = /var/run/mxspool.sock
+check "config: syslog 1" test "$(cfgv main.syslog)" = 1
+check "config: ships disabled (enabled '0')" test "$(cfgv main.enabled)" = 0
+check "config: no tabs/spaces mix-up (options indented with a tab)" \
+	sh -c '! grep -nE "^ +(option|list)" "$1"' _ "$CONFIG"
+
+# --- package Makefile, test.sh ------------------------------------------------------
+mk=$PKG/Makefile
+check "Makefile: PKG_VERSION matches Cargo.toml" \
+	test "$(sed -n 's/^PKG_VERSION:=//p' "$mk")" = "$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)"
+check "Makefile: conffiles lists /etc/config/mxspool" \
+	sh -c 'sed -n "/^define Package\/mxspool\/conffiles/,/^endef/p" "$1" | grep -Fx /etc/config/mxspool' _ "$mk"
+check "Makefile: installs /usr/sbin/mxspool" grep -F '$(INSTALL_BIN) $(PKG_INSTALL_DIR)/bin/mxspool $(1)/usr/sbin/' "$mk"
+check "Makefile: DEPENDS \$(RUST_ARCH_DEPENDS)" grep -E '^[[:space:]]*DEPENDS:=\$\(RUST_ARCH_DEPENDS\)' "$mk"
+check "test.sh: no grep -q" sh -c '! grep -v "^[[:space:]]*#" "$1" | grep -n "grep -q"' _ "$PKG/test.sh"
+
+# --- test.sh against a fake binary ------------------------------------------------------
+mkdir -p "$TMP/bin"
+printf '#!/bin/sh\necho "mxspool 0.1.0 (mips-unknown-linux-musl)"\n' >"$TMP/bin/mxspool"
+chmod +x "$TMP/bin/mxspool"
+check "test.sh: passes when --version prints PKG_VERSION" env PATH="$TMP/bin:$PATH" sh "$PKG/test.sh" mxspool 0.1.0
+check "test.sh: fails when it does not" sh -c '! env PATH="$1:$PATH" sh "$2" mxspool 9.9.9' _ "$TMP/bin" "$PKG/test.sh"
+
+# --- syntax and shellcheck --------------------------------------------------------
+for f in "$INIT" "$PKG/test.sh" "$0" "$ROOT"/cross/*.sh; do
+	[ -f "$f" ] || continue
+	rel=${f#"$ROOT"/}
+	case "$(head -n1 "$f")" in
+		*bash*) check "bash -n $rel" bash -n "$f"; dialect=bash ;;
+		*) check "sh -n $rel" sh -n "$f"; dialect=dash ;;  # busybox ash ~ dash
+	esac
+	if [ "${NO_SHELLCHECK:-0}" != 1 ]; then
+		if command -v shellcheck >/dev/null 2>&1; then
+			check "shellcheck $rel" shellcheck -s "$dialect" "$f"
+		else
+			ko "shellcheck $rel" "shellcheck not installed (cross/setup.sh installs it; NO_SHELLCHECK=1 skips)"
+		fi
+	fi
+done
+
+printf '%d passed, %d failed\n' "$pass" "$fail"
+[ "$fail" = 0 ]
