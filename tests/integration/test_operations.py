@@ -14,7 +14,8 @@ import time
 import pytest
 
 from harness_mxspool import domain
-from harness_util import RawSmtp, free_port, make_message, send_mail, wait_until, wait_attempted
+from harness_util import (RawSmtp, free_port, make_message, port_accepts, send_mail,
+                          wait_attempted, wait_until)
 
 LIST_KEYS = {"id", "sender", "recipients", "size", "destination", "attempts",
              "next_attempt", "last_error"}
@@ -445,7 +446,6 @@ def test_sighup_opens_and_closes_listen_addresses(mxspool, sink):
     mx.main["listen"] = [f"127.0.0.1:{extra}"]
     mx.write_config()
     os.kill(mx.proc.pid, signal.SIGHUP)
-    from harness_util import port_accepts
     wait_until(lambda: not port_accepts(old, timeout=0.2), 10,
                what=f"the removed listener {old} to close")
     msg, mid2 = make_message()

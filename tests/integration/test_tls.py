@@ -5,12 +5,13 @@ configuration errors, and opportunistic TLS when delivering (a real Postfix
 over TLS, fallback to plaintext when the handshake breaks, pinning)."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import smtplib
 import ssl
 import subprocess
-import time
 
 import pytest
 
@@ -325,8 +326,6 @@ def test_sighup_reloads_certificate_and_keeps_old_one_when_new_is_bad(tls_relay,
     """Protects certificate renewal without a restart (issue 7: reload
     applies TLS files): after SIGHUP the new certificate is served; a broken
     one is refused with its reason logged, and the running one stays."""
-    import os
-    import signal
     mx = tls_relay
     old_cert, _ = certs
     assert served_cert(mx.port) == pem_der(old_cert)
