@@ -137,9 +137,10 @@ async fn start(
     prepared: Prepared,
 ) -> Result<(), String> {
     // First thing after the privilege drop (it registers with the reactor,
-    // whose thread must not start earlier): the listeners already accept,
-    // and until this runs a SIGHUP (procd's reload) would kill us with its
-    // default action, while opening a large spool can take a while.
+    // whose thread must not start earlier): until this runs, a SIGHUP
+    // (procd's reload) would kill us with its default action, and opening
+    // a large spool can take a while. The listeners only listen once all
+    // is ready (receive::start), so "port open" means "signals handled".
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
