@@ -136,6 +136,17 @@ async fn start(
     config_path: &Path,
     prepared: Prepared,
 ) -> Result<(), String> {
+    // First thing after the privilege drop (it registers with the reactor,
+    // whose thread must not start earlier): until this runs, a SIGHUP
+    // (procd's reload) would kill us with its default action, and opening
+    // a large spool can take a while. The listeners only listen once all
+    // is ready (receive::start), so "port open" means "signals handled".
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let (wake_tx, wake_rx) = smol::channel::bounded(1);
     let (spool, spool_thread, recovered) = Spool::open(
         &config.main.spool_dir,
@@ -179,12 +190,6 @@ async fn start(
     ctx.spawn(crate::deliver::hostcheck::run(ctx.clone()));
     ctx.spawn(crate::control::server::serve(ctx.clone(), control));
 
-    let mut signals = async_signal::Signals::new([
-        async_signal::Signal::Term,
-        async_signal::Signal::Int,
-        async_signal::Signal::Hup,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     while let Some(sig) = signals.next().await {
         match sig {
             Ok(async_signal::Signal::Hup) => reload(&ctx, config_path),

@@ -16,9 +16,29 @@ fn lookup(passwd: &str, user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// The `Threads:` count of a /proc/PID/status text.
+fn thread_count(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// Gives `paths` to `user`, then becomes that user (and its group) for
-/// good. Must run before any other thread exists.
+/// good. Must run before any other thread exists: the id changes below
+/// apply to the calling thread only, so a thread started earlier would
+/// stay root. Refuses (rather than half-drop) when one exists.
 pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), String> {
+    if let Some(n) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(thread_count)
+        && n > 1
+    {
+        return Err(format!(
+            "cannot drop privileges to '{user}': {n} threads already run and would stay root"
+        ));
+    }
     let passwd = std::fs::read_to_string("/etc/passwd")
         .map_err(|e| format!("cannot read /etc/passwd to find user '{user}': {e}"))?;
     let (uid, gid) =
@@ -53,6 +73,13 @@ fn chown_tree(p: &Path, uid: Uid, gid: Gid) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_threads_in_proc_status() {
+        let s = "Name:\tmxspool\nUmask:\t0022\nThreads:\t2\nSigQ:\t0/1\n";
+        assert_eq!(thread_count(s), Some(2));
+        assert_eq!(thread_count("Name:\tx\n"), None);
+    }
 
     #[test]
     fn finds_users_in_passwd() {

@@ -31,14 +31,20 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
     if certs.is_empty() {
         return Err(format!("no certificate in {}", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("bad private key file {}: {e}", key.display()))?;
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not match or are unusable: {e}"))?;
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            format!(
+                "certificate {} and key {} do not match or are unusable: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
     Ok(Arc::new(cfg))
 }
 
@@ -302,6 +308,28 @@ impl AsyncWrite for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undecodable_certificate_is_an_error_naming_both_files() {
+        // Valid PEM armour and base64 around bytes that are no certificate:
+        // only the TLS setup can tell, and the operator must learn which file.
+        let dir = std::env::temp_dir().join(format!("mxspool-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = server_config(&cert, &key).err().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.contains("c.pem") && e.contains("k.pem"), "{e}");
+    }
 
     #[test]
     fn base64_matches_rfc4648_vectors() {

@@ -3,7 +3,8 @@
 #
 # On a fresh Debian 12 machine with only the Rust toolchain and python3:
 #   1. installs the apt packages the integration tests need (postfix, swaks,
-#      util-linux for script(1), nsd) when missing, and pytest when missing;
+#      util-linux for script(1), nsd, openssl for the tests' self-signed
+#      certificates) when missing, and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
 #   4. python3 -m pytest -q tests/integration against the built binary;
@@ -55,8 +56,9 @@ as_root() {
 install_packages() {
 	# dnsmasq-base: the DNS server of the DNSBL tests (binary only, no
 	# service); nsd: the authoritative DNS server of the DNS tests;
-	# spamd/spamassassin and clamav-daemon: the real scanners.
-	local pkgs=(postfix swaks util-linux dnsmasq-base spamassassin spamd clamav-daemon nsd) missing=() p
+	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
+	# the TLS tests' self-signed certificates.
+	local pkgs=(postfix swaks util-linux dnsmasq-base spamassassin spamd clamav-daemon nsd openssl) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done

@@ -34,8 +34,11 @@ struct Entry {
     addr: SocketAddr,
     /// The bound address (differs when the port was 0).
     local: SocketAddr,
-    /// Bound but not yet accepting.
-    socket: Option<TcpListener>,
+    /// Bound but not yet accepting. A std socket on purpose: registering
+    /// it with the async reactor starts the reactor's thread, and that must
+    /// not happen before the privilege drop (the ids of a thread started
+    /// earlier stay root).
+    socket: Option<std::net::TcpListener>,
     /// Ends the accept loop.
     stop: Option<smol::channel::Sender<()>>,
 }
@@ -106,25 +109,27 @@ impl Listeners {
     }
 }
 
-fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    // std's bind sets SO_REUSEADDR on Unix, so a restart does not wait for
-    // TIME_WAIT; an IPv6 wildcard is made v6-only by the OS default on
-    // OpenWrt (bindv6only=0 would clash with 0.0.0.0:25, so we set it).
-    let l = if addr.is_ipv6() {
-        let sock = rustix::net::socket(
-            rustix::net::AddressFamily::INET6,
-            rustix::net::SocketType::STREAM,
-            None,
-        )?;
-        rustix::net::sockopt::set_ipv6_v6only(&sock, true)?;
-        rustix::net::sockopt::set_socket_reuseaddr(&sock, true)?;
-        rustix::net::bind(&sock, &addr)?;
-        rustix::net::listen(&sock, 128)?;
-        std::net::TcpListener::from(sock)
+/// Pending connections the kernel queues for one listener.
+const BACKLOG: i32 = 128;
+
+/// Binds (as root: port 25) but does not listen yet: `start` does, once the
+/// daemon is ready, so a client (procd, a test) that sees the port accept
+/// knows the spool is open and SIGHUP/SIGTERM are handled.
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let family = if addr.is_ipv6() {
+        rustix::net::AddressFamily::INET6
     } else {
-        std::net::TcpListener::bind(addr)?
+        rustix::net::AddressFamily::INET
     };
-    TcpListener::try_from(l)
+    let sock = rustix::net::socket(family, rustix::net::SocketType::STREAM, None)?;
+    // An IPv6 wildcard is made v6-only (bindv6only=0 would clash with
+    // 0.0.0.0:25); SO_REUSEADDR so a restart does not wait for TIME_WAIT.
+    if addr.is_ipv6() {
+        rustix::net::sockopt::set_ipv6_v6only(&sock, true)?;
+    }
+    rustix::net::sockopt::set_socket_reuseaddr(&sock, true)?;
+    rustix::net::bind(&sock, &addr)?;
+    Ok(std::net::TcpListener::from(sock))
 }
 
 /// Starts an accept loop for every listener not yet accepting.
@@ -138,7 +143,13 @@ pub fn start(ctx: &Rc<Ctx>) {
         }
     }
     for (sock, rx) in started {
-        ctx.spawn(accept_loop(ctx.clone(), sock, rx));
+        let listening = rustix::net::listen(&sock, BACKLOG)
+            .map_err(std::io::Error::from)
+            .and_then(|()| TcpListener::try_from(sock));
+        match listening {
+            Ok(sock) => ctx.spawn(accept_loop(ctx.clone(), sock, rx)),
+            Err(e) => log::error!("event=listen_error error=\"{e}\""),
+        }
     }
 }
 

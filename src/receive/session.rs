@@ -145,7 +145,16 @@ pub async fn serve(
             }
             match read_timeout(&ctx, &mut stream, &mut buf, t).await {
                 Io::Stop => continue,
-                Io::Data(n) => s.receive(&buf[..n]),
+                Io::Data(n) => {
+                    // Data that won the race against a stop is new (a
+                    // command, the rest of a message): it gets the 421,
+                    // never executed.
+                    if ctx.stopping.get() && !shut {
+                        shut = true;
+                        s.shutdown();
+                    }
+                    s.receive(&buf[..n])
+                }
                 Io::Timeout => {
                     log::info!("id=NOQUEUE event=timeout client=[{ip}]");
                     s.timeout();

@@ -156,8 +156,13 @@ class PostfixInstance:
         (self.config_dir / "main.cf").write_text(
             "".join(f"{k} = {v}\n" for k, v in main.items())
         )
+        services = MASTER_CF_SERVICES
+        if "smtpd_tls_cert_file" in self.extra_main_cf:
+            # smtpd's TLS needs tlsmgr (PRNG seed, session cache): without
+            # it Postfix answers STARTTLS with 454 "local problem".
+            services += "tlsmgr      unix  -       -       n       1000?   1       tlsmgr\n"
         (self.config_dir / "master.cf").write_text(
-            f"{self.host}:{self.port} inet n - n - - smtpd\n" + MASTER_CF_SERVICES
+            f"{self.host}:{self.port} inet n - n - - smtpd\n" + services
         )
 
     def _maildir_rel(self, addr):

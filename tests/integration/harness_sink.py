@@ -5,10 +5,16 @@ pipelined, and each mail transaction (envelope, DATA as sent on the wire
 with its dot-stuffing, and the un-stuffed content). Replies are scriptable:
 per recipient (a string, or a callable taking the address and returning a
 string), to MAIL, and to the end of data. EHLO keywords are configurable.
+
+It binds to HOST (any 127.0.0.x, for impostors on another loopback address)
+and, given TLS (a server ssl.SSLContext), offers STARTTLS; TLS_BROKEN makes
+it offer STARTTLS, answer 220 and then send garbage instead of a handshake.
+Session.tls is the negotiated protocol version ("TLSv1.3") or None.
 """
 
 import re
 import socket
+import ssl
 import threading
 import time
 
@@ -43,6 +49,7 @@ class Session:
         self.helo = None
         self.started_at = time.time()
         self.closed = False
+        self.tls = None                     # negotiated TLS version after STARTTLS
 
     def __repr__(self):
         return f"Session(peer={self.peer}, commands={self.commands!r})"
@@ -54,7 +61,8 @@ _ADDR = re.compile(r"^\s*<([^>]*)>\s*(.*)$")
 class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
-                 greeting=None, port=0, host=LOCALHOST, greeting_delay=0.0):
+                 greeting=None, port=0, host=LOCALHOST, greeting_delay=0.0, tls=None,
+                 tls_broken=False, starttls_extra=b""):
         self.hostname = hostname
         self.host = host                    # any 127.0.0.x works on Linux
         self.greeting_delay = greeting_delay  # seconds before the 220 (a tarpit)
@@ -65,6 +73,11 @@ class SmtpSink:
         self.smtputf8 = smtputf8
         self.enhancedstatuscodes = enhancedstatuscodes
         self.greeting = greeting or f"220 {hostname} ESMTP sink"
+        self.tls = tls
+        self.tls_broken = tls_broken
+        # bytes sent in plaintext right behind our "220 Ready" (an injection
+        # the client must discard before its handshake)
+        self.starttls_extra = starttls_extra
         self.mail_reply = "250 2.1.0 Ok"
         self.rcpt_replies = {}              # lower-case address -> reply or callable
         self.default_rcpt_reply = "250 2.1.5 Ok"
@@ -122,6 +135,12 @@ class SmtpSink:
     def close(self):
         self._stopping = True
         try:
+            # shutdown wakes the accept thread (a bare close does not on
+            # Linux), so the port is free at once for a successor.
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self._sock.close()
         except OSError:
             pass
@@ -130,7 +149,7 @@ class SmtpSink:
         with self.cond:
             out = [f"sink {self.host}:{self.port} sessions={len(self.sessions)}"]
             for s in self.sessions:
-                out.append(f"  {s.peer} cmds={s.commands!r}")
+                out.append(f"  {s.peer} tls={s.tls} cmds={s.commands!r}")
                 for t in s.transactions:
                     out.append(f"    {t!r}")
             return "\n".join(out)
@@ -146,8 +165,10 @@ class SmtpSink:
             t.start()
             self._threads.append(t)
 
-    def _ehlo_lines(self):
+    def _ehlo_lines(self, session=None):
         kw = []
+        if (self.tls is not None or self.tls_broken) and not (session and session.tls):
+            kw.append("STARTTLS")
         if self.pipelining:
             kw.append("PIPELINING")
         if self.size is not None:
@@ -209,7 +230,7 @@ class SmtpSink:
                 if verb == "EHLO":
                     session.helo = line[5:].strip()
                     txn = None
-                    reply("\n".join("250 " + l for l in self._ehlo_lines()))
+                    reply("\n".join("250 " + l for l in self._ehlo_lines(session)))
                 elif verb == "HELO":
                     session.helo = line[5:].strip()
                     txn = None
@@ -282,6 +303,18 @@ class SmtpSink:
                 elif verb == "RSET":
                     txn = None
                     reply("250 2.0.0 Ok")
+                elif verb == "STARTTLS" and (self.tls is not None or self.tls_broken) \
+                        and not session.tls:
+                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n" + self.starttls_extra)
+                    if self.tls_broken:
+                        conn.sendall(b"\x15\x03\x03\x00\x02\x02\x28 this is not TLS\r\n")
+                        break
+                    buf.clear()   # RFC 3207: nothing sent before the handshake counts
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    with self.cond:
+                        session.tls = conn.version()
+                        session.helo = None
+                    txn = None
                 elif verb == "NOOP":
                     reply("250 2.0.0 Ok")
                 elif verb == "QUIT":
@@ -289,7 +322,7 @@ class SmtpSink:
                     break
                 else:
                     reply("502 5.5.2 Command not recognized")
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, ssl.SSLError):
             pass
         finally:
             with self.cond:
