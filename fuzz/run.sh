@@ -15,9 +15,16 @@ cargo +"$TOOLCHAIN" fuzz build || exit 2
 failed=""
 for t in $TARGETS; do
     echo "== $t: ${SECONDS_EACH}s"
-    if ! cargo +"$TOOLCHAIN" fuzz run "$t" "fuzz/corpus/$t" -- \
+    log="fuzz/artifacts/$t.log"
+    mkdir -p fuzz/artifacts
+    # The corpus is fuzz/corpus/$t (cargo-fuzz's default).
+    cargo +"$TOOLCHAIN" fuzz run "$t" -- \
         -max_total_time="$SECONDS_EACH" -max_len=70000 -rss_limit_mb=1024 \
-        -timeout=10 -print_final_stats=1 2>&1 | tail -n 20; then
+        -timeout=10 -print_final_stats=1 >"$log" 2>&1
+    rc=$?
+    grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread .* panicked)' "$log" | tail -n 8
+    if [ "$rc" -ne 0 ]; then
+        tail -n 40 "$log"
         failed="$failed $t"
     fi
 done

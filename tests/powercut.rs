@@ -224,7 +224,7 @@ struct Book {
 }
 
 /// One session: sends messages until the power goes or `n` are done.
-async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize) {
+async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, now: u64) {
     for _ in 0..n {
         // Sometimes delete an acknowledged message (a delivery finishing).
         if rng.below(4) == 0 {
@@ -248,7 +248,7 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize) 
             _ => rng.below(CHUNK as u64 * 5) as usize,
         };
         let seed = rng.next();
-        let id = spool.new_id(1_700_000_000);
+        let id = spool.new_id(now);
         book.borrow_mut().issued.insert(id, (seed, len));
         let data = body(seed, len);
         let mut chunks = 0u32;
@@ -333,7 +333,8 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
     let mut rng = Rng(seed);
     let mut book = Book::default();
     let mut image: Vec<u8> = Vec::new();
-    let mut max_ops = 2000u64;
+    // An estimate of the operations a whole round takes (learned).
+    let mut max_ops = 200u64;
     let mut acked_total = 0usize;
     let mut cuts_mid_io = 0u64;
     for round in 0..rounds {
@@ -353,6 +354,8 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
                     book_rc.clone(),
                     Rng(rng.next()),
                     1 + rng.below(6) as usize,
+                    // The clock moves on between boots (queue ids embed it).
+                    1_700_000_000 + round,
                 ));
                 t.detach();
             }
@@ -372,7 +375,8 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
         if disk.lock().dead {
             cuts_mid_io += 1;
         } else {
-            max_ops = max_ops.max(ops + ops / 4);
+            // Aim a little past a typical round: most cuts land inside it.
+            max_ops = (max_ops * 3 + ops + ops / 8) / 4;
         }
         disk.cut();
         image = disk.after_cut(mode, &mut rng);

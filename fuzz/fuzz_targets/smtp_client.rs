@@ -111,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                     c.end_body();
                     let bw = c.take_output();
-                    check_body_wire(&bw, &body);
+                    // Empty: the client had already stopped (the server
+                    // sent garbage behind its 354 in the same read).
+                    if !bw.is_empty() {
+                        check_body_wire(&bw, &body);
+                    }
                     wire.extend_from_slice(&bw);
                 }
                 Event::TransactionFailed { .. } | Event::DataReply(_) | Event::ProbeDone => {

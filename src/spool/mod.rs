@@ -826,11 +826,16 @@ fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
 }
 
 fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
-    let db = match read_lock(&shared.db).clone() {
+    // The read guard must be gone before `reopen` takes the write lock: a
+    // guard in the `match` scrutinee would live through the whole match and
+    // deadlock the spool thread after one failed reopen.
+    let current = read_lock(&shared.db).clone();
+    let db = match current {
         Some(db) => db,
         None => {
             reopen(shared);
-            match read_lock(&shared.db).clone() {
+            let reopened = read_lock(&shared.db).clone();
+            match reopened {
                 Some(db) => db,
                 None => {
                     fail_batch(st, batch, &SpoolError::Storage("spool unavailable".into()));
