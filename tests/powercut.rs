@@ -397,7 +397,7 @@ fn params() -> (u64, u64) {
     let rounds = std::env::var("POWERCUT_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(150);
+        .unwrap_or(30);
     let seed = std::env::var("POWERCUT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
