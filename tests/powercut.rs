@@ -92,7 +92,9 @@ impl Disk {
         })))
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
     /// Counts a mutating operation; Err once the power is out.
     fn tick(s: &mut DiskState) -> io::Result<()> {
@@ -329,7 +331,8 @@ fn check(dir: &std::path::Path, image: Vec<u8>, book: &mut Book, ctx: &str) -> u
 }
 
 fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
-    let dir = std::env::temp_dir().join(format!("mxspool-powercut-{}-{mode:?}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("mxspool-powercut-{}-{mode:?}", std::process::id()));
     let mut rng = Rng(seed);
     let mut book = Book::default();
     let mut image: Vec<u8> = Vec::new();
@@ -365,7 +368,10 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
                 }
             }));
             drop(ex);
-            book = Rc::try_unwrap(book_rc).ok().expect("sessions done").into_inner();
+            book = Rc::try_unwrap(book_rc)
+                .ok()
+                .expect("sessions done")
+                .into_inner();
             acked_total += book.acked.len().saturating_sub(before);
             drop(spool);
             thread.join();
@@ -409,8 +415,13 @@ fn params() -> (u64, u64) {
 fn power_cut_loses_no_acknowledged_message() {
     let (rounds, seed) = params();
     let (r, acked, mid) = run(Mode::Drop, rounds, seed);
-    eprintln!("powercut drop: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost");
-    assert!(mid > r / 4, "too few cuts landed during I/O ({mid} of {r}): the test would prove little");
+    eprintln!(
+        "powercut drop: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost"
+    );
+    assert!(
+        mid > r / 4,
+        "too few cuts landed during I/O ({mid} of {r}): the test would prove little"
+    );
     assert!(acked > 0);
 }
 
@@ -418,7 +429,9 @@ fn power_cut_loses_no_acknowledged_message() {
 fn power_cut_with_reordered_write_cache_loses_nothing() {
     let (rounds, seed) = params();
     let (r, acked, mid) = run(Mode::Subset, rounds, seed ^ 0xA5A5);
-    eprintln!("powercut subset: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost");
+    eprintln!(
+        "powercut subset: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost"
+    );
     assert!(mid > r / 4, "too few cuts landed during I/O ({mid} of {r})");
     assert!(acked > 0);
 }

@@ -33,10 +33,17 @@ impl Rng {
 pub fn assert_no_bare_newline(what: &str, bytes: &[u8]) {
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'\r' {
-            assert_eq!(bytes.get(i + 1), Some(&b'\n'), "{what}: bare CR at {i} in {bytes:?}");
+            assert_eq!(
+                bytes.get(i + 1),
+                Some(&b'\n'),
+                "{what}: bare CR at {i} in {bytes:?}"
+            );
         }
         if b == b'\n' {
-            assert!(i > 0 && bytes[i - 1] == b'\r', "{what}: bare LF at {i} in {bytes:?}");
+            assert!(
+                i > 0 && bytes[i - 1] == b'\r',
+                "{what}: bare LF at {i} in {bytes:?}"
+            );
         }
     }
 }
@@ -48,9 +55,16 @@ pub fn assert_whole_lines(what: &str, bytes: &[u8], max: usize) {
     if bytes.is_empty() {
         return;
     }
-    assert!(bytes.ends_with(b"\r\n"), "{what}: ends inside a line: {bytes:?}");
+    assert!(
+        bytes.ends_with(b"\r\n"),
+        "{what}: ends inside a line: {bytes:?}"
+    );
     for line in bytes.split_inclusive(|&b| b == b'\n') {
-        assert!(line.len() <= max, "{what}: line of {} octets (max {max}): {line:?}", line.len());
+        assert!(
+            line.len() <= max,
+            "{what}: line of {} octets (max {max}): {line:?}",
+            line.len()
+        );
     }
 }
 
@@ -58,7 +72,11 @@ pub fn assert_whole_lines(what: &str, bytes: &[u8], max: usize) {
 pub fn split<'a>(rng: &mut Rng, mut data: &'a [u8], max: usize) -> Vec<&'a [u8]> {
     let mut v = Vec::new();
     while !data.is_empty() {
-        let n = if rng.chance(8) { max } else { 1 + rng.below(16) };
+        let n = if rng.chance(8) {
+            max
+        } else {
+            1 + rng.below(16)
+        };
         let n = n.clamp(1, data.len());
         let (a, b) = data.split_at(n);
         v.push(a);

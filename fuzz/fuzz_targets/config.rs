@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = mxspool::config::uci::parse(&text);
     if let Err(e) = mxspool::config::Config::parse(&text, Path::new("/nonexistent/fuzz.conf")) {
         let lines = text.lines().count();
-        assert!(e.line <= lines + 1, "error on line {} of {lines}: {}", e.line, e.message);
+        assert!(
+            e.line <= lines + 1,
+            "error on line {} of {lines}: {}",
+            e.line,
+            e.message
+        );
     }
 });

@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     assert_whole_lines("Received", &r, 1000);
     assert!(r.starts_with(b"Received: "), "{r:?}");
     for line in r.split_inclusive(|&b| b == b'\n').skip(1) {
-        assert!(line.starts_with(b"\t") || line.starts_with(b" "), "not folded: {line:?}");
+        assert!(
+            line.starts_with(b"\t") || line.starts_with(b" "),
+            "not folded: {line:?}"
+        );
     }
 
     let reports = [
@@ -60,7 +63,11 @@ fuzz_target!(|data: &[u8]| {
         },
         RecipientReport {
             address: diag.clone(),
-            action: if status.len() % 2 == 0 { Action::Delayed } else { Action::Failed },
+            action: if status.len() % 2 == 0 {
+                Action::Delayed
+            } else {
+                Action::Failed
+            },
             status: "4.4.7".into(),
             diagnostic: None,
             remote_mta: None,

@@ -40,7 +40,10 @@ fn check_body_wire(wire: &[u8], body: &[u8]) {
     assert_whole_lines("body on the wire", wire, usize::MAX);
     let lines: Vec<&[u8]> = wire.split_inclusive(|&b| b == b'\n').collect();
     let (last, text) = lines.split_last().expect("no end of data");
-    assert_eq!(*last, b".\r\n", "body does not end with the end-of-data line");
+    assert_eq!(
+        *last, b".\r\n",
+        "body does not end with the end-of-data line"
+    );
     let mut unstuffed = Vec::new();
     for l in text {
         assert_ne!(*l, b".\r\n", "an end-of-data line inside the body");
@@ -93,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
                             to.push(odd_to.clone());
                         }
                         c.send_mail(Envelope {
-                            from: if flags & 4 != 0 { String::new() } else { "s@example.org".into() },
+                            from: if flags & 4 != 0 {
+                                String::new()
+                            } else {
+                                "s@example.org".into()
+                            },
                             to,
                             size: body.len() as u64,
                             eightbit: flags & 8 != 0,

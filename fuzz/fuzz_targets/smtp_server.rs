@@ -29,18 +29,31 @@ fn check_output(out: &[u8]) {
     assert_whole_lines("server output", out, 512);
     for line in out.split_inclusive(|&b| b == b'\n') {
         assert!(line.len() >= 5, "short reply line {line:?}");
-        assert!(line[..3].iter().all(u8::is_ascii_digit), "reply line {line:?}");
-        assert!(matches!(line[3], b' ' | b'-' | b'\r'), "reply line {line:?}");
+        assert!(
+            line[..3].iter().all(u8::is_ascii_digit),
+            "reply line {line:?}"
+        );
+        assert!(
+            matches!(line[3], b' ' | b'-' | b'\r'),
+            "reply line {line:?}"
+        );
     }
 }
 
 fn check_message(body: &[u8]) {
     assert_no_bare_newline("accepted body", body);
-    assert!(body.is_empty() || body.ends_with(b"\r\n"), "body does not end in CRLF");
+    assert!(
+        body.is_empty() || body.ends_with(b"\r\n"),
+        "body does not end in CRLF"
+    );
     for line in body.split_inclusive(|&b| b == b'\n') {
         assert!(line.len() <= 1000, "body line of {} octets", line.len());
     }
-    assert!(body.len() as u64 <= MAX_MESSAGE, "body of {} over the limit", body.len());
+    assert!(
+        body.len() as u64 <= MAX_MESSAGE,
+        "body of {} over the limit",
+        body.len()
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -56,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
         starttls: flags & 0x80 != 0,
     });
     // With no size limit the body bound is the input length.
-    let limit = if flags & 1 == 0 { MAX_MESSAGE } else { u64::MAX };
+    let limit = if flags & 1 == 0 {
+        MAX_MESSAGE
+    } else {
+        u64::MAX
+    };
     s.greeting();
     let mut pieces = split(&mut rng, stream, BODY_CHUNK).into_iter();
     let mut body: Vec<u8> = Vec::new();

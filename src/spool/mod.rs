@@ -844,17 +844,15 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             }
         }
     };
-    let durable = batch
-        .iter()
-        .any(|r| {
-            !matches!(
-                r,
-                Request::Append { .. }
-                    | Request::CachePut { .. }
-                    | Request::Barrier { .. }
-                    | Request::ReplaceChunk { .. }
-            )
-        });
+    let durable = batch.iter().any(|r| {
+        !matches!(
+            r,
+            Request::Append { .. }
+                | Request::CachePut { .. }
+                | Request::Barrier { .. }
+                | Request::ReplaceChunk { .. }
+        )
+    });
     let mut appended: Vec<QueueId> = vec![];
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
