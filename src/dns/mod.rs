@@ -8,7 +8,7 @@
 
 mod cache;
 mod transport;
-mod wire;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -258,6 +258,39 @@ struct Shared {
     path: PathBuf,
     dir: PathBuf,
     cache_size: usize,
+    /// Set by `open_with_backend`: where the database lives instead of
+    /// `path` (also used when it is reopened after a write error).
+    backend: Option<BackendFactory>,
+}
+
+/// Makes a fresh storage backend for the spool database, each time it is
+/// opened or reopened (see `Spool::open_with_backend`).
+pub type BackendFactory =
+    Arc<dyn Fn() -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+
+/// Hands a boxed backend to redb, which takes `impl StorageBackend`.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.0.close()
+    }
 }
 
 /// The handle every part of the daemon uses. Cheap to clone.
@@ -296,14 +329,36 @@ impl Spool {
         cache_size: u64,
         wake: Sender<()>,
     ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
+        Spool::open_inner(dir, cache_size, wake, None)
+    }
+
+    /// As `open`, but the database lives in the storage `backend` makes
+    /// (called again whenever the spool reopens it) instead of
+    /// `dir/spool.redb`; `dir` is still where free space is measured.
+    /// For tests that simulate power cuts and failing disks.
+    pub fn open_with_backend(
+        dir: &Path,
+        cache_size: u64,
+        wake: Sender<()>,
+        backend: BackendFactory,
+    ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
+        Spool::open_inner(dir, cache_size, wake, Some(backend))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        cache_size: u64,
+        wake: Sender<()>,
+        backend: Option<BackendFactory>,
+    ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             SpoolError::Storage(format!("cannot create spool_dir {}: {e}", dir.display()))
         })?;
         let path = dir.join(SPOOL_FILE);
         let existed = path.exists();
         let cache_size = usize::try_from(cache_size).unwrap_or(usize::MAX);
-        let db = open_db(&path, cache_size)?;
-        if !existed {
+        let db = open_db(&path, cache_size, backend.as_ref())?;
+        if !existed && backend.is_none() {
             // The new file's directory entry must survive a power cut too.
             sync_dir(dir);
         }
@@ -320,6 +375,7 @@ impl Spool {
             path,
             dir: dir.to_path_buf(),
             cache_size,
+            backend,
         });
         let (tx, rx) = bounded(SPOOL_QUEUE);
         let thread_shared = shared.clone();
@@ -639,11 +695,21 @@ fn read_lock<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn open_db(path: &Path, cache_size: usize) -> Result<Database, SpoolError> {
-    let db = Database::builder()
-        .set_cache_size(cache_size)
-        .create(path)
-        .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
+fn open_db(
+    path: &Path,
+    cache_size: usize,
+    backend: Option<&BackendFactory>,
+) -> Result<Database, SpoolError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_size);
+    let db = match backend {
+        None => builder.create(path),
+        Some(make) => {
+            let b = make().map_err(|e| SpoolError::Storage(format!("cannot open storage: {e}")))?;
+            builder.create_with_backend(BoxedBackend(b))
+        }
+    }
+    .map_err(|e| SpoolError::Storage(format!("cannot open {}: {e}", path.display())))?;
     let tx = db.begin_write().map_err(storage)?;
     {
         // Create every table so readers never meet a missing one.
@@ -837,11 +903,16 @@ fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
 }
 
 fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
-    let db = match read_lock(&shared.db).clone() {
+    // The read guard must be gone before `reopen` takes the write lock: a
+    // guard in the `match` scrutinee would live through the whole match and
+    // deadlock the spool thread after one failed reopen.
+    let current = read_lock(&shared.db).clone();
+    let db = match current {
         Some(db) => db,
         None => {
             reopen(shared);
-            match read_lock(&shared.db).clone() {
+            let reopened = read_lock(&shared.db).clone();
+            match reopened {
                 Some(db) => db,
                 None => {
                     fail_batch(st, batch, &SpoolError::Storage("spool unavailable".into()));
@@ -1068,7 +1139,7 @@ fn reopen(shared: &Shared) {
             }
         }
     }
-    match open_db(&shared.path, shared.cache_size) {
+    match open_db(&shared.path, shared.cache_size, shared.backend.as_ref()) {
         Ok(db) => {
             log::warn!("event=spool_reopened path={}", shared.path.display());
             *shared
