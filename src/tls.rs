@@ -180,6 +180,11 @@ fn base64(b: &[u8]) -> String {
     out
 }
 
+/// Input read and dropped after our last reply, at most.
+pub const LINGER_BYTES: usize = 64 * 1024;
+/// How long we wait for the peer to close after our last reply.
+pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A connection: plain TCP, or TLS over it after STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
@@ -218,6 +223,36 @@ impl Stream {
             .await?;
         *self = Stream::Client(Box::new(tls));
         Ok(())
+    }
+
+    /// Closes our side, then reads and drops what the peer still sends
+    /// (at most `LINGER_BYTES`, for `LINGER_TIME`): closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy our
+    /// last reply (a 421, a refusal) before the client read it.
+    pub async fn linger_close(&mut self) {
+        use futures_lite::{AsyncReadExt, AsyncWriteExt};
+        match self {
+            Stream::Plain(t) => {
+                let _ = t.shutdown(std::net::Shutdown::Write);
+            }
+            _ => {
+                let _ = self.close().await;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            while left > 0 {
+                match self.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        futures_lite::future::or(drain, async {
+            smol::Timer::after(LINGER_TIME).await;
+        })
+        .await;
     }
 
     /// The server's leaf certificate (client side, after the handshake).

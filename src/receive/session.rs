@@ -372,7 +372,9 @@ pub async fn serve(
             }
             Event::Close => {
                 let out = s.take_output();
-                let _ = write_timeout(&mut stream, &out, m.command_timeout).await;
+                if write_timeout(&mut stream, &out, m.command_timeout).await {
+                    stream.linger_close().await;
+                }
                 break;
             }
         }

@@ -28,6 +28,9 @@ use super::reply::Reply;
 pub const MAX_COMMAND_LINE: usize = 512;
 /// Largest text line in DATA, CRLF included (RFC 5321 4.5.3.1.6).
 pub const MAX_TEXT_LINE: usize = 1000;
+/// RCPTs over `max_recipients` a session may send before each further one
+/// counts as an error (Postfix's smtpd_recipient_overshoot_limit).
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 /// Body bytes gathered before a `Event::Body` chunk is handed out.
 pub const BODY_CHUNK: usize = 32 * 1024;
 
@@ -148,6 +151,8 @@ pub struct Session {
     /// Reading message text.
     data: Option<DataReader>,
     errors: usize,
+    /// RCPTs answered 452 for being over `max_recipients`.
+    overshoot: usize,
     /// Inside an over-long command line: dropping bytes up to its CRLF.
     discarding: bool,
     /// STARTTLS answered: no input until `tls_started`.
@@ -187,6 +192,7 @@ impl Session {
             owed: None,
             data: None,
             errors: 0,
+            overshoot: 0,
             discarding: false,
             awaiting_tls: false,
             shutdown_pending: false,
@@ -742,7 +748,17 @@ impl Session {
             return bad_rcpt(self);
         };
         if self.rcpts.len() >= self.params.max_recipients {
-            return self.send(reply(452, (4, 5, 3), "Too many recipients"));
+            // RFC 5321 4.5.3.1.10: a client may send more RCPTs than we
+            // take, and retries the rest later. Like Postfix's
+            // smtpd_recipient_overshoot_limit, these 452s are not errors
+            // (a pipelined batch must not cost the session) up to a bound.
+            self.overshoot = self.overshoot.saturating_add(1);
+            let r = reply(452, (4, 5, 3), "Too many recipients");
+            if self.overshoot <= RECIPIENT_OVERSHOOT {
+                r.write_to(&mut self.output);
+                return;
+            }
+            return self.send(r);
         }
         let rcpt = RcptTo {
             to: to.clone(),
@@ -1125,6 +1141,23 @@ mod tests {
         }
         s.receive(b"\r\n");
         assert_eq!(s.take_output(), b"500 5.5.2 Line too long\r\n");
+    }
+
+    #[test]
+    fn a_pipelined_burst_over_the_recipient_limit_is_not_an_error() {
+        // 250 RCPTs in one write with max_recipients 3 and max_errors 10:
+        // 247 get 452, the session stays open and DATA still works.
+        let mut p = params();
+        p.max_errors = 10;
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@b>\r\n".to_vec();
+        for i in 0..250 {
+            input.extend_from_slice(format!("RCPT TO:<{i}@d>\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"DATA\r\n");
+        let r = drive(p, &[&input]);
+        assert_eq!(r.lines.iter().filter(|l| l.starts_with("452 4.5.3")).count(), 247);
+        assert!(!r.lines.iter().any(|l| l.starts_with("421")));
+        assert!(r.has("354 End data with <CR><LF>.<CR><LF>"));
     }
 
     #[test]

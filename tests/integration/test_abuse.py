@@ -189,8 +189,6 @@ def answers(d):
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="FOUND: a drip client's connection is reset before "
-                   "command_timeout (2s) and without the 421; not yet investigated")
 def test_slow_drip_clients_are_timed_out(env):
     """Protects: slow clients cannot hold slots: command_timeout (2s) frees
     them and a normal client gets in afterwards."""
@@ -224,9 +222,6 @@ def test_slow_drip_clients_are_timed_out(env):
 
 
 
-@pytest.mark.xfail(strict=True, reason="FOUND: a pipelined burst of 250 RCPTs (~7 KB) makes the "
-                   "daemon reset the connection after the first reply, with no log line "
-                   "(src/receive/session.rs driver); remove this mark when fixed")
 def test_thousands_of_rcpts(env):
     """Protects: max_recipients (50): the 51st and later get 452, the
     session stays in sync and the message goes to the first 50."""
