@@ -1155,7 +1155,13 @@ mod tests {
         }
         input.extend_from_slice(b"DATA\r\n");
         let r = drive(p, &[&input]);
-        assert_eq!(r.lines.iter().filter(|l| l.starts_with("452 4.5.3")).count(), 247);
+        assert_eq!(
+            r.lines
+                .iter()
+                .filter(|l| l.starts_with("452 4.5.3"))
+                .count(),
+            247
+        );
         assert!(!r.lines.iter().any(|l| l.starts_with("421")));
         assert!(r.has("354 End data with <CR><LF>.<CR><LF>"));
     }
