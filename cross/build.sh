@@ -66,6 +66,16 @@ build)
 			*) STD=("-Zbuild-std=std,panic_abort") ;;     # release profiles: panic=abort
 		esac
 	fi
+	if [ "$PROFILE" = release-z ] && [ "$BUILD_STD" = 1 ]; then
+		# The router build: std itself optimised for size, and panics abort
+		# without formatting a message (procd respawns; the spool is crash
+		# safe). Measured on mips: 3,319,268 bytes (release) -> 2,577,596.
+		STD+=(-Zbuild-std-features=optimize_for_size)
+		var=CARGO_TARGET_$(echo "$T" | tr 'a-z-' 'A-Z_')_RUSTFLAGS
+		base=$(sed -n "/^\[target.$T\]/,/^\[/p" .cargo/config.toml | sed -n 's/^rustflags = \[\(.*\)\]/\1/p' | tr -d '",')
+		export "$var=$base -Zunstable-options -Cpanic=immediate-abort"
+		echo "+ $var=${!var}"
+	fi
 	echo "+ cargo +$TC zigbuild ${STD[*]} --target $T --profile $PROFILE --bin mxspool ${LOCK[*]} ${EXTRA[*]}"
 	cargo +"$TC" zigbuild "${STD[@]}" --target "$T" --profile "$PROFILE" --bin mxspool "${LOCK[@]}" "${EXTRA[@]}"
 	echo "time build $T $PROFILE $(elapsed)s"

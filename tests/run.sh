@@ -20,6 +20,7 @@
 #   MXSPOOL_BIN         binary under test (default target/debug/mxspool)
 #   MXSPOOL_RUNNER      command prefix for it, e.g. "qemu-mips -L /sysroot"
 #   MXSPOOL_SKIP_CARGO  1: skip steps 2-3 and 5-6 (e.g. testing a cross-built binary)
+#   MXSPOOL_FUZZ_SECONDS seconds per fuzz target after the tests (default 20; 0: skip)
 #   MXSPOOL_CROSS       targets to build and test under qemu after the native
 #                       run (default "mips-unknown-linux-musl": big-endian,
 #                       32-bit, no 64-bit atomics; "none" to skip)
@@ -124,10 +125,21 @@ if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
 		[ "$t" = none ] && continue
 		step "cross tools" cross/setup.sh || break
 		step "unit tests on $t under qemu" cross/build.sh "$t" test
-		step "release size on $t" cross/build.sh "$t" build release
+		step "router build size on $t (release-z)" cross/build.sh "$t" build release-z
 		step "integration tests on $t under qemu" env MXSPOOL_SKIP_CARGO=1 MXSPOOL_CROSS=none \
 			cross/test-integration.sh "$t" "$@"
 	done
+fi
+
+if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ] && [ "${MXSPOOL_FUZZ_SECONDS:-20}" != 0 ]; then
+	# A short run of every fuzz target on its seed corpus (nightly + cargo-fuzz
+	# come with cross/setup.sh); longer runs: fuzz/run.sh SECONDS.
+	fuzz_tools() {
+		rustup toolchain list | grep -q '^nightly-2026-05-20' ||
+			rustup toolchain install nightly-2026-05-20 --profile minimal || return 1
+		command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version 0.13.2
+	}
+	step "cargo-fuzz" fuzz_tools && step "fuzz (${MXSPOOL_FUZZ_SECONDS:-20}s per target)" fuzz/run.sh "${MXSPOOL_FUZZ_SECONDS:-20}"
 fi
 
 if [ ${#failed[@]} -ne 0 ]; then
