@@ -231,6 +231,7 @@ enum Request {
     CachePut {
         address: String,
         entry: CacheEntry,
+        reply: Sender<Result<(), SpoolError>>,
     },
     /// Point the pending recipients of `domain` at `dest` and retry now.
     Retag {
@@ -676,9 +677,20 @@ impl Spool {
             .map_err(|_| SpoolError::Closed)
     }
 
-    /// Stores a call-ahead answer; does not wait for the disk.
+    /// Stores a call-ahead answer. Returns once it is readable (the next
+    /// RCPT for the address must find it), without waiting for the disk.
     pub async fn cache_put(&self, address: String, entry: CacheEntry) {
-        let _ = self.tx.send(Request::CachePut { address, entry }).await;
+        let (reply, rx) = bounded(1);
+        let _ = self
+            .call(
+                Request::CachePut {
+                    address,
+                    entry,
+                    reply,
+                },
+                rx,
+            )
+            .await;
     }
 
     /// Signals the scheduler (new work).
@@ -1024,7 +1036,14 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     }
                     owed.push(Owed::Count(reply, Ok(n)));
                 }
-                Request::CachePut { address, entry } => cache_put(&tx, &address, &entry)?,
+                Request::CachePut {
+                    address,
+                    entry,
+                    reply,
+                } => {
+                    cache_put(&tx, &address, &entry)?;
+                    owed.push(Owed::Unit(reply, Ok(())));
+                }
                 Request::Barrier { reply, .. } => owed.push(Owed::Unit(reply, Ok(()))),
                 Request::ReplaceChunk { id, seq, data } => {
                     appended.push(id);
@@ -1108,7 +1127,10 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
             Request::Reschedule { reply, .. } | Request::Retag { reply, .. } => {
                 let _ = reply.try_send(Err(e.clone()));
             }
-            Request::Abort { .. } | Request::CachePut { .. } => {}
+            Request::CachePut { reply, .. } => {
+                let _ = reply.try_send(Err(e.clone()));
+            }
+            Request::Abort { .. } => {}
             Request::ReplaceChunk { id, .. } => {
                 st.broken.insert(id);
             }
