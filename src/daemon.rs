@@ -182,7 +182,7 @@ async fn start(
         tls_server: RefCell::new(prepared.tls_server),
         tls_client: crate::tls::client_config()?,
         resolver: RefCell::new(make_resolver(&config_for_resolver)),
-        probes: async_lock::Semaphore::new(crate::receive::callahead::MAX_PROBES),
+        probes: async_lock::Semaphore::new(config_for_resolver.main.callahead_max_probes),
         random_checks: RefCell::new(Default::default()),
     });
     crate::receive::start(&ctx);

@@ -313,6 +313,16 @@ pub struct Main {
     pub max_connections_per_ip: usize,
     pub max_spool_size: u64,
     pub callahead_timeout: Duration,
+    /// How long the primary's 2xx for an address is remembered
+    /// (`callahead_positive_ttl`, extra, default 31d; asked again after a
+    /// quarter of it).
+    pub callahead_positive_ttl: Duration,
+    /// How long its 5xx is remembered (`callahead_negative_ttl`, extra,
+    /// default 3d; asked again after a 24th of it, 3h by default).
+    pub callahead_negative_ttl: Duration,
+    /// Call-ahead probes in flight at once (`callahead_max_probes`, extra,
+    /// default 8).
+    pub callahead_max_probes: usize,
     pub retry: Vec<RetryStep>,
     pub host_check_interval: Duration,
     pub max_hops: usize,
@@ -516,6 +526,17 @@ impl fmt::Display for Config {
         opt(f, "max_connections_per_ip", &m.max_connections_per_ip)?;
         opt(f, "max_spool_size", &fmt_size(m.max_spool_size))?;
         opt(f, "callahead_timeout", &fmt_duration(m.callahead_timeout))?;
+        opt(
+            f,
+            "callahead_positive_ttl",
+            &fmt_duration(m.callahead_positive_ttl),
+        )?;
+        opt(
+            f,
+            "callahead_negative_ttl",
+            &fmt_duration(m.callahead_negative_ttl),
+        )?;
+        opt(f, "callahead_max_probes", &m.callahead_max_probes)?;
         for r in &m.retry {
             let step = format!("{} {}", fmt_duration(r.interval), fmt_duration(r.span));
             list(f, "retry", &step)?;
@@ -666,6 +687,9 @@ const MAIN_SINGLE: &[&str] = &[
     "max_connections_per_ip",
     "max_spool_size",
     "callahead_timeout",
+    "callahead_positive_ttl",
+    "callahead_negative_ttl",
+    "callahead_max_probes",
     "host_check_interval",
     "max_hops",
     "smarthost",
@@ -893,6 +917,17 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         max_connections_per_ip: o.one("max_connections_per_ip", 5, count)?,
         max_spool_size: o.one("max_spool_size", 64 << 20, positive_size)?,
         callahead_timeout: o.one("callahead_timeout", secs(10), positive_duration)?,
+        callahead_positive_ttl: o.one(
+            "callahead_positive_ttl",
+            secs(31 * 86400),
+            positive_duration,
+        )?,
+        callahead_negative_ttl: o.one(
+            "callahead_negative_ttl",
+            secs(3 * 86400),
+            positive_duration,
+        )?,
+        callahead_max_probes: o.one("callahead_max_probes", 8, count)?,
         retry,
         host_check_interval: o.one("host_check_interval", secs(60), positive_duration)?,
         max_hops: o.one("max_hops", 30, count)?,

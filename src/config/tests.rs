@@ -1069,3 +1069,19 @@ fn scores() {
         assert!(Score::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn callahead_cache_and_probe_cap_options() {
+    let d = main_with("");
+    assert_eq!(d.main.callahead_positive_ttl, secs(31 * 86400));
+    assert_eq!(d.main.callahead_negative_ttl, secs(3 * 86400));
+    assert_eq!(d.main.callahead_max_probes, 8);
+    let c = main_with(
+        "\toption callahead_positive_ttl '7d'\n\toption callahead_negative_ttl '2h'\n\toption callahead_max_probes '2'",
+    );
+    assert_eq!(c.main.callahead_positive_ttl, secs(7 * 86400));
+    assert_eq!(c.main.callahead_negative_ttl, secs(7200));
+    assert_eq!(c.main.callahead_max_probes, 2);
+    assert_eq!(main_error("\toption callahead_max_probes '0'").line, 4);
+    assert_eq!(main_error("\toption callahead_negative_ttl '0s'").line, 4);
+}

@@ -21,15 +21,12 @@ use crate::smtp::client::Event;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::CacheEntry;
 
-/// How long a positive answer is kept, and when it is asked again.
-pub const POSITIVE_EXPIRE: u64 = 31 * 86400;
-pub const POSITIVE_REFRESH: u64 = 7 * 86400;
-/// How long a negative answer is kept, and when it is asked again (a user
-/// created at the primary is accepted at most this late).
-pub const NEGATIVE_EXPIRE: u64 = 3 * 86400;
-pub const NEGATIVE_REFRESH: u64 = 3 * 3600;
-/// Probes in flight at once, over all sessions.
-pub const MAX_PROBES: usize = 8;
+/// A cached answer is asked again after this fraction of its lifetime
+/// (`callahead_positive_ttl`, `callahead_negative_ttl`): Postfix's
+/// refresh times (7d of 31d, 3h of 3d). A user created at the primary is
+/// accepted at most a negative refresh time late.
+pub const POSITIVE_REFRESH_DIVISOR: u64 = 4;
+pub const NEGATIVE_REFRESH_DIVISOR: u64 = 24;
 /// A greeting or reply slower than this is a tarpit worth a warning.
 pub const TARPIT_WARN: Duration = Duration::from_secs(4);
 /// The random-address check runs at most this often per domain.
@@ -166,11 +163,13 @@ fn refusal(addr: &str, reply_line: &str) -> Reply {
 }
 
 async fn store(ctx: &Ctx, addr: &str, positive: bool, r: &Reply, now: u64) {
-    let (refresh, expire) = if positive {
-        (POSITIVE_REFRESH, POSITIVE_EXPIRE)
+    let m = &ctx.config().main;
+    let (expire, divisor) = if positive {
+        (m.callahead_positive_ttl.as_secs(), POSITIVE_REFRESH_DIVISOR)
     } else {
-        (NEGATIVE_REFRESH, NEGATIVE_EXPIRE)
+        (m.callahead_negative_ttl.as_secs(), NEGATIVE_REFRESH_DIVISOR)
     };
+    let refresh = (expire / divisor).max(1);
     ctx.spool
         .cache_put(
             addr.to_string(),
