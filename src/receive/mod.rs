@@ -217,14 +217,18 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, stop: smol::channel::R
         };
         let local = stream.local_addr().ok();
         ctx.spawn(async move {
-            session::serve(
+            let rest = session::serve(
                 slot.ctx.clone(),
                 stream,
                 SocketAddr::new(ip, peer.port()),
                 local,
             )
             .await;
+            // A lingering close does not hold a connection slot.
             drop(slot);
+            if let Some(mut s) = rest {
+                s.linger_close().await;
+            }
         });
     }
 }

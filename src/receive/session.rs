@@ -77,12 +77,15 @@ async fn write_timeout(stream: &mut Stream, bytes: &[u8], t: Duration) -> bool {
     .await
 }
 
+/// Runs one session. Returns the stream when it should be closed with a
+/// linger (after a final reply), which the caller does once the session's
+/// connection slot is free again.
 pub async fn serve(
     ctx: Rc<Ctx>,
     tcp: async_net::TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-) {
+) -> Option<Stream> {
     let _ = local;
     let mut stream = Stream::Plain(tcp);
     let cfg = ctx.config();
@@ -110,7 +113,7 @@ pub async fn serve(
         // The DNSBL lookups run during the greeting pause and EHLO.
         dnsbl = super::dnsbl::Check::start(&ctx, ip);
         if !super::pregreet::wait(&ctx, &mut stream, ip).await {
-            return;
+            return None;
         }
         s.greeting();
     }
@@ -118,6 +121,7 @@ pub async fn serve(
     let mut dests: Vec<Destination> = vec![];
     let mut msg: Option<Incoming> = None;
     let mut shut = false;
+    let mut linger = false;
     let mut prober = super::callahead::Prober::default();
     loop {
         let out = s.take_output();
@@ -372,9 +376,7 @@ pub async fn serve(
             }
             Event::Close => {
                 let out = s.take_output();
-                if write_timeout(&mut stream, &out, m.command_timeout).await {
-                    stream.linger_close().await;
-                }
+                linger = write_timeout(&mut stream, &out, m.command_timeout).await;
                 break;
             }
         }
@@ -385,6 +387,7 @@ pub async fn serve(
         ctx.spool.abort(inc.id, inc.appended).await;
     }
     log::debug!("id=NOQUEUE event=disconnect client=[{ip}]");
+    linger.then_some(stream)
 }
 
 fn refusal(
