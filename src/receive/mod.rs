@@ -234,12 +234,34 @@ async fn accept_loop(ctx: Rc<Ctx>, listener: TcpListener, stop: smol::channel::R
 }
 
 /// Over a connection limit: RFC 5321 allows a 421 in place of the greeting.
+/// A refused client's unread bytes would turn our close into a reset that
+/// can destroy the 421; this long is spent draining them (short: refusals
+/// hold no slot, so a flood must not pile them up).
+pub const REFUSAL_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn refuse(mut stream: TcpStream, host: String) {
+    use futures_lite::AsyncReadExt;
     let line = format!("421 4.7.0 {host} Too many connections, try again later\r\n");
     let write = stream.write_all(line.as_bytes());
-    let _ = futures_lite::future::or(async { write.await.ok() }, async {
+    let written = futures_lite::future::or(async { write.await.ok() }, async {
         smol::Timer::after(std::time::Duration::from_secs(5)).await;
         None
+    })
+    .await;
+    if written.is_none() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut buf = [0u8; 1024];
+    let drain = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(drain, async {
+        smol::Timer::after(REFUSAL_DRAIN).await;
     })
     .await;
 }

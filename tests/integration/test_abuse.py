@@ -326,4 +326,8 @@ def test_soak_rss(env, tmp_path):
         f.write(f"{per * 4} {len(sink.messages)} {max(peak)}\n")
     assert not fails, f"{len(fails)} sends failed: {fails[:5]}"
     assert len(sink.messages) >= per * 4
+    if os.environ.get("MXSPOOL_RUNNER"):
+        # Under qemu-user the sampled process is the emulator, whose own
+        # translation caches dominate: no figure about mxspool.
+        return
     assert max(peak) < 64 * 1024

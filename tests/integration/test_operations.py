@@ -155,8 +155,9 @@ def test_flush_domain_then_retag_to_second_primary(mxspool, sink_factory, down_p
     back.close()
     r = q(mx, "retag", "example.com", f"127.0.0.1:{second.port}")
     assert re.search(r"\b1\b", r.stdout), r.stdout
-    (e,) = qjson(mx, "list")
-    assert str(second.port) in e["destination"], e
+    # retag also retries at once: the message may already be on its way.
+    for e in qjson(mx, "list"):
+        assert str(second.port) in e["destination"], e
     q(mx, "flush")
     (t2,) = second.wait_for_messages(1, timeout=15)
     assert mid_a.encode() in t2.content
@@ -398,6 +399,11 @@ def test_privilege_drop_to_nobody(mxspool, sink):
     queue commands still work."""
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
+    if os.environ.get("MXSPOOL_RUNNER"):
+        # qemu-user runs threads of its own that the guest cannot drop, and
+        # mxspool rightly refuses to drop with other threads alive; the
+        # drop itself is tested natively.
+        pytest.skip("privilege drop cannot be checked under an emulator (MXSPOOL_RUNNER)")
     nobody = pwd.getpwnam("nobody")
     mx = mxspool([domain("example.com", sink.port)], retry="1s 1h", user="nobody")
     pid = mx.proc.pid
