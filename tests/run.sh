@@ -31,11 +31,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 
 failed=()
+passed=0
 step() {
 	local name=$1
 	shift
 	echo "==> $name"
 	if "$@"; then
+		passed=$((passed + 1))
 		return 0
 	fi
 	echo "==> FAILED: $name" >&2
@@ -147,6 +149,8 @@ fi
 if [ ${#failed[@]} -ne 0 ]; then
 	printf '==> %d step(s) failed:\n' "${#failed[@]}" >&2
 	printf '    %s\n' "${failed[@]}" >&2
+	echo "steps: $passed passed, ${#failed[@]} failed"
 	exit 1
 fi
 echo "==> all steps passed"
+echo "steps: $passed passed, 0 failed"
