@@ -379,8 +379,9 @@ fn address(s: &str) -> String {
         .collect()
 }
 
-/// Atom characters only (host names, queue ids); `unknown` if none.
-fn token(s: &str, max: usize) -> String {
+/// Atom characters only (host names, queue ids); `unknown` if none. Also
+/// used for the Received header, whose tokens end up in a header line too.
+pub(crate) fn token(s: &str, max: usize) -> String {
     let t: String = s
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))

@@ -102,16 +102,9 @@ fn clean_helo(helo: &str) -> String {
         .collect()
 }
 
-/// Our own tokens (hostname, protocol, queue id) come from config and code,
-/// but they end up in a header line too: keep only atom characters.
-fn token(s: &str, max: usize) -> String {
-    let t: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .take(max)
-        .collect();
-    if t.is_empty() { "unknown".into() } else { t }
-}
+// Our own tokens (hostname, protocol, queue id) come from config and code,
+// but they end up in a header line too: keep only atom characters.
+use crate::deliver::dsn::token;
 
 /// The recipient between `<` and `>`: no control characters (CR/LF),
 /// no angle brackets or spaces, at most `MAX_RCPT` octets (UTF-8 kept whole).
