@@ -2,6 +2,10 @@
 
 use std::net::IpAddr;
 
+// Our own tokens (hostname, protocol, queue id) come from config and code,
+// but they end up in a header line too: keep only atom characters.
+use crate::deliver::dsn::token;
+
 pub struct ReceivedInfo<'a> {
     /// HELO/EHLO argument as the client gave it (None if it gave none).
     pub helo: Option<&'a str>,
@@ -101,10 +105,6 @@ fn clean_helo(helo: &str) -> String {
         })
         .collect()
 }
-
-// Our own tokens (hostname, protocol, queue id) come from config and code,
-// but they end up in a header line too: keep only atom characters.
-use crate::deliver::dsn::token;
 
 /// The recipient between `<` and `>`: no control characters (CR/LF),
 /// no angle brackets or spaces, at most `MAX_RCPT` octets (UTF-8 kept whole).
