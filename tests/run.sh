@@ -61,7 +61,7 @@ install_packages() {
 	# service); nsd: the authoritative DNS server of the DNS tests;
 	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
 	# the TLS tests' self-signed certificates.
-	local pkgs=(postfix swaks util-linux dnsmasq-base spamassassin spamd clamav-daemon nsd openssl) missing=() p
+	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done

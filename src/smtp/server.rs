@@ -642,15 +642,9 @@ impl Session {
         };
         let bad_sender =
             |s: &mut Session| s.send(reply(501, (5, 1, 7), "Bad sender address syntax"));
-        // Lenient like Postfix: `MAIL FROM: <a@b>`.
-        let rest = rest.trim_start_matches(' ');
-        let Some(len) = address::path_len(rest) else {
+        let Some((path, params)) = split_path(rest) else {
             return bad_sender(self);
         };
-        let (path, params) = rest.split_at(len);
-        if !params.is_empty() && !params.starts_with(' ') {
-            return bad_sender(self);
-        }
         let mut size = None;
         let mut body = None;
         let mut smtputf8 = false;
@@ -725,14 +719,9 @@ impl Session {
         };
         let bad_rcpt =
             |s: &mut Session| s.send(reply(501, (5, 1, 3), "Bad recipient address syntax"));
-        let rest = rest.trim_start_matches(' ');
-        let Some(len) = address::path_len(rest) else {
+        let Some((path, params)) = split_path(rest) else {
             return bad_rcpt(self);
         };
-        let (path, params) = rest.split_at(len);
-        if !params.is_empty() && !params.starts_with(' ') {
-            return bad_rcpt(self);
-        }
         if !params.trim_start_matches(' ').is_empty() {
             return self.send(reply(555, (5, 5, 4), "Unsupported parameter"));
         }
@@ -799,6 +788,15 @@ impl Session {
         self.awaiting_tls = true;
         self.events.push_back(Event::StartTls);
     }
+}
+
+/// Splits `<path> params` after `FROM:`/`TO:` (a space before the path is
+/// allowed, leniently like Postfix: `MAIL FROM: <a@b>`); None when the path
+/// does not end properly or runs into the parameters.
+fn split_path(rest: &str) -> Option<(&str, &str)> {
+    let rest = rest.trim_start_matches(' ');
+    let (path, params) = rest.split_at(address::path_len(rest)?);
+    (params.is_empty() || params.starts_with(' ')).then_some((path, params))
 }
 
 #[cfg(test)]

@@ -451,18 +451,14 @@ impl Spool {
         if let Some((_, c)) = &last {
             self.add_incoming(c.len() as i64);
         }
-        let (reply, rx) = bounded(1);
-        let r = self.call(
-            Request::Commit {
-                id,
-                envelope,
-                chunks,
-                size,
-                last,
-                reply,
-            },
-            rx,
-        );
+        let r = self.call(|reply| Request::Commit {
+            id,
+            envelope,
+            chunks,
+            size,
+            last,
+            reply,
+        });
         let result = r.await;
         self.add_incoming(-(size as i64));
         result
@@ -482,22 +478,17 @@ impl Spool {
         report: AttemptReport,
         policy: ReturnPolicy,
     ) -> Result<Finished, SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(
-            Request::Finish {
-                id,
-                report,
-                policy,
-                reply,
-            },
-            rx,
-        )
+        self.call(|reply| Request::Finish {
+            id,
+            report,
+            policy,
+            reply,
+        })
         .await
     }
 
     pub async fn reschedule(&self, filter: Filter, now: u64) -> Result<usize, SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(Request::Reschedule { filter, now, reply }, rx)
+        self.call(|reply| Request::Reschedule { filter, now, reply })
             .await
     }
 
@@ -507,30 +498,30 @@ impl Spool {
         dest: Destination,
         now: u64,
     ) -> Result<usize, SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(
-            Request::Retag {
-                domain,
-                dest,
-                now,
-                reply,
-            },
-            rx,
-        )
+        self.call(|reply| Request::Retag {
+            domain,
+            dest,
+            now,
+            reply,
+        })
         .await
     }
 
     pub async fn delete(&self, id: QueueId) -> Result<(), SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(Request::Delete { id, reply }, rx).await
+        self.call(|reply| Request::Delete { id, reply }).await
     }
 
+    /// Sends the request `make` builds around a reply channel and waits for
+    /// the spool thread's answer.
     async fn call<T>(
         &self,
-        req: Request,
-        rx: Receiver<Result<T, SpoolError>>,
+        make: impl FnOnce(Sender<Result<T, SpoolError>>) -> Request,
     ) -> Result<T, SpoolError> {
-        self.tx.send(req).await.map_err(|_| SpoolError::Closed)?;
+        let (reply, rx) = bounded(1);
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| SpoolError::Closed)?;
         rx.recv().await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -636,28 +627,20 @@ impl Spool {
     /// Waits until everything queued before (e.g. a message's chunks) is
     /// applied and readable with `chunk`.
     pub async fn barrier(&self) -> Result<(), SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(
-            Request::Barrier {
-                durable: false,
-                reply,
-            },
-            rx,
-        )
+        self.call(|reply| Request::Barrier {
+            durable: false,
+            reply,
+        })
         .await
     }
 
     /// Makes everything applied so far durable (delivery bookkeeping is
     /// otherwise synced within `BOOKKEEPING_SYNC`): for a clean stop.
     pub async fn sync(&self) -> Result<(), SpoolError> {
-        let (reply, rx) = bounded(1);
-        self.call(
-            Request::Barrier {
-                durable: true,
-                reply,
-            },
-            rx,
-        )
+        self.call(|reply| Request::Barrier {
+            durable: true,
+            reply,
+        })
         .await
     }
 
@@ -680,16 +663,12 @@ impl Spool {
     /// Stores a call-ahead answer. Returns once it is readable (the next
     /// RCPT for the address must find it), without waiting for the disk.
     pub async fn cache_put(&self, address: String, entry: CacheEntry) {
-        let (reply, rx) = bounded(1);
         let _ = self
-            .call(
-                Request::CachePut {
-                    address,
-                    entry,
-                    reply,
-                },
-                rx,
-            )
+            .call(|reply| Request::CachePut {
+                address,
+                entry,
+                reply,
+            })
             .await;
     }
 
