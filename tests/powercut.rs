@@ -285,6 +285,8 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, 
             flags: 0,
             client: "test [127.0.0.1]".into(),
             arrival: 1_700_000_000,
+            first_attempt: 1_700_000_000,
+            note: String::new(),
         };
         match spool.commit(id, env, chunks, len as u64, last).await {
             Ok(()) => {

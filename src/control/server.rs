@@ -149,6 +149,8 @@ async fn run(ctx: &Rc<Ctx>, req: &str) -> Result<String, String> {
 }
 
 async fn flush(ctx: &Ctx, filter: Filter, now: u64) -> Result<String, String> {
+    // A flush means "try now": new mail too, not only what is queued.
+    ctx.deliverer.down.borrow_mut().clear_all();
     let n = ctx
         .spool
         .reschedule(filter, now)

@@ -154,8 +154,15 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
         }
         let cfg = ctx.config();
         let mut conn = match connect(ctx, &cfg, dest).await {
-            Ok(c) => c,
+            Ok(c) => {
+                ctx.deliverer.down.borrow_mut().clear(dest);
+                c
+            }
             Err(ConnectError { reason, permanent }) => {
+                if !permanent {
+                    let now = crate::time::now_unix();
+                    ctx.deliverer.down.borrow_mut().mark(dest, &reason, now);
+                }
                 defer_all(ctx, dest, &reason, "", permanent).await;
                 return;
             }
@@ -369,32 +376,57 @@ async fn defer_all(ctx: &Ctx, dest: &Destination, reason: &str, relay: &str, per
     } else {
         Outcome::Deferred
     };
-    while let Some(job) = next_job(ctx, dest) {
-        let arrival = ctx
-            .spool
-            .message(job.id)
-            .ok()
-            .flatten()
-            .map_or(0, |m| m.arrival);
-        let report = AttemptReport {
-            time: crate::time::now_unix(),
-            destination: dest.clone(),
-            relay: relay.to_string(),
-            summary: reason.to_string(),
-            results: job
-                .rcpts
-                .iter()
-                .map(|(i, _)| RcptResult {
-                    index: *i,
-                    outcome,
-                    reply: reason.to_string(),
-                    remote: relay.to_string(),
-                })
-                .collect(),
-        };
-        record(ctx, &job, report, arrival).await;
-        job_done(ctx, job.id);
+    loop {
+        let jobs: Vec<Job> = std::iter::from_fn(|| next_job(ctx, dest))
+            .take(crate::spool::MAX_BATCH)
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        // Recorded side by side, the spool thread applies a whole batch in
+        // one transaction instead of one transaction per message.
+        let records = jobs.into_iter().map(|job| async move {
+            let arrival = ctx
+                .spool
+                .message(job.id)
+                .ok()
+                .flatten()
+                .map_or(0, |m| m.arrival);
+            let report = AttemptReport {
+                time: crate::time::now_unix(),
+                destination: dest.clone(),
+                relay: relay.to_string(),
+                summary: reason.to_string(),
+                results: job
+                    .rcpts
+                    .iter()
+                    .map(|(i, _)| RcptResult {
+                        index: *i,
+                        outcome,
+                        reply: reason.to_string(),
+                        remote: relay.to_string(),
+                    })
+                    .collect(),
+            };
+            record(ctx, &job, report, arrival).await;
+            job_done(ctx, job.id);
+        });
+        join_all(records.collect()).await;
     }
+}
+
+/// Runs `futs` side by side until all are done.
+async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    futures_lite::future::poll_fn(|cx| {
+        futs.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if futs.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 fn outcome_of(r: &Reply) -> Outcome {

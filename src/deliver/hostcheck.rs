@@ -102,6 +102,7 @@ async fn check(ctx: &Ctx) {
             show(&now)
         );
         let t = crate::time::now_unix();
+        ctx.deliverer.down.borrow_mut().clear(&d);
         match ctx
             .spool
             .reschedule(Filter::Destination(d.clone()), t)

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod destination;
+pub mod down;
 pub mod dsn;
 pub mod guard;
 pub mod hostcheck;
@@ -58,6 +59,8 @@ pub struct Deliverer {
     /// Destination → the addresses it last resolved to, for delivery,
     /// call-ahead or the host check (see `hostcheck`).
     pub resolved: RefCell<hostcheck::Known>,
+    /// Destinations a delivery could not reach just now (see `down`).
+    pub down: RefCell<down::Marks>,
 }
 
 impl Deliverer {

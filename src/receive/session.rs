@@ -13,12 +13,16 @@ use super::received::{ReceivedInfo, received_header};
 use crate::daemon::Ctx;
 use crate::deliver::destination::Destination;
 use crate::smtp::Reply;
-use crate::smtp::server::{BodyType, DataRefusal, Event, Params, Session};
+use crate::smtp::server::{BODY_CHUNK, BodyType, DataRefusal, Event, Params, Session};
 use crate::spool::{self, Envelope, QueueId};
 use crate::tls::Stream;
 
-/// Socket read size. Small: the session keeps at most one line besides.
+/// Socket read size for commands. Small: the session keeps at most one
+/// line besides.
 pub const READ_BUF: usize = 4096;
+/// Socket read size in DATA: a body chunk, so a large message takes a few
+/// reads per chunk, not one per 4 KiB. Back to `READ_BUF` after DATA.
+pub const DATA_READ_BUF: usize = BODY_CHUNK;
 
 /// The message being received.
 struct Incoming {
@@ -147,7 +151,13 @@ pub async fn serve(
                 // nothing; its 421 is out, close.
                 break;
             }
-            match read_timeout(&ctx, &mut stream, &mut buf, t).await {
+            let size = if s.in_data() { DATA_READ_BUF } else { READ_BUF };
+            if buf.len() != size {
+                buf.resize(size, 0);
+                buf.shrink_to_fit();
+            }
+            let room = s.input_room().clamp(1, size);
+            match read_timeout(&ctx, &mut stream, &mut buf[..room], t).await {
                 Io::Stop => continue,
                 Io::Data(n) => {
                     // Data that won the race against a stop is new (a
@@ -410,9 +420,15 @@ fn refusal(
 
 async fn append(ctx: &Ctx, inc: &mut Incoming, chunk: Vec<u8>) {
     let chunk = match inc.header.take() {
-        Some(mut h) => {
+        // A small message is one chunk, our Received header first.
+        Some(mut h) if h.len() + chunk.len() <= BODY_CHUNK => {
             h.extend_from_slice(&chunk);
             h
+        }
+        // A full chunk stays page-sized: the header goes alone before it.
+        Some(h) => {
+            push_chunk(ctx, inc, h).await;
+            chunk
         }
         None => chunk,
     };
@@ -480,12 +496,20 @@ async fn commit(
         .collect();
     let nrcpt = rcpts.len();
     let qid = spool::format_id(inc.id);
+    let arrival = crate::time::now_unix();
+    let (first_attempt, note) = ctx
+        .deliverer
+        .down
+        .borrow()
+        .first_attempt(rcpts.iter().map(|(_, d)| d), arrival);
     let env = Envelope {
         sender: sender.clone(),
         recipients: rcpts,
         flags,
         client: format!("{} [{ip}]", s.helo().unwrap_or("unknown")),
-        arrival: crate::time::now_unix(),
+        arrival,
+        first_attempt,
+        note,
     };
     let last = inc.held.map(|c| (inc.seq.saturating_sub(1), c));
     match ctx.spool.commit(inc.id, env, inc.seq, inc.size, last).await {

@@ -94,17 +94,21 @@ impl DataReader {
     pub(crate) fn feed(&mut self, input: &[u8]) -> (usize, Step) {
         let mut i = 0;
         while i < input.len() {
-            if self.state == State::Mid && !self.in_header {
-                // Fast path through the body: copy up to the next CR or LF.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+            if !self.in_header && self.fast_path_at(input[i]) {
+                // Fast path through the body: a whole line (or as much of it
+                // as the chunk takes) in one step, its CRLF included.
+                let rest = &input[i..];
+                let run = find_line_end(rest).unwrap_or(rest.len());
                 let room = BODY_CHUNK.saturating_sub(self.chunk.len()).max(1);
-                let n = run.min(room);
+                let whole_line = rest.get(run..run + 2) == Some(b"\r\n") && run + 2 <= room;
+                let n = if whole_line { run + 2 } else { run.min(room) };
                 if n > 0 {
-                    self.push_run(&input[i..i + n]);
+                    self.state = State::Mid;
+                    self.push_run(&rest[..n]);
                     i += n;
+                    if whole_line {
+                        self.end_line();
+                    }
                     if self.chunk.len() >= BODY_CHUNK {
                         return (i, Step::Chunk(self.take_chunk()));
                     }
@@ -125,6 +129,16 @@ impl DataReader {
             }
         }
         (i, Step::NeedMore)
+    }
+
+    /// Whether `next` may go through the fast path: inside a line, or at
+    /// the start of one that opens with neither a dot nor a line break.
+    fn fast_path_at(&self, next: u8) -> bool {
+        match self.state {
+            State::Mid => true,
+            State::Start => !matches!(next, b'.' | b'\r' | b'\n'),
+            _ => false,
+        }
     }
 
     fn take_chunk(&mut self) -> Vec<u8> {
@@ -223,6 +237,32 @@ impl DataReader {
     }
 }
 
+/// Index of the first CR or LF in `s`, eight bytes at a time (SWAR, as
+/// memchr's portable fallback does: MIPS routers have no SIMD). The
+/// zero-byte test has no false negatives, and the word that hits is
+/// scanned byte by byte, so the answer is exact.
+fn find_line_end(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const CR: u64 = LO * b'\r' as u64;
+    const LF: u64 = LO * b'\n' as u64;
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    let mut start = 0;
+    for word in s.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(word);
+        let w = u64::from_ne_bytes(b);
+        if has_zero(w ^ CR) | has_zero(w ^ LF) != 0 {
+            break;
+        }
+        start += 8;
+    }
+    s.get(start..)?
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .map(|p| start + p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +278,10 @@ mod tests {
             pos += n;
             match s {
                 Step::NeedMore => {}
-                Step::Chunk(c) => body.extend(c),
+                Step::Chunk(c) => {
+                    assert!(c.len() <= BODY_CHUNK, "chunk of {}", c.len());
+                    body.extend(c)
+                }
                 Step::End(Ok(c)) => {
                     body.extend(c);
                     return (body, Step::End(Ok(Vec::new())), pos);
@@ -378,7 +421,14 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded_and_lossless() {
-        let mut text = Vec::new();
+        // In the header section (byte by byte) and in the body (fast path).
+        for first in ["", "\r\n"] {
+            chunks_are_bounded_and_lossless_from(first);
+        }
+    }
+
+    fn chunks_are_bounded_and_lossless_from(first: &str) {
+        let mut text = first.as_bytes().to_vec();
         for i in 0..(3 * BODY_CHUNK / 50) {
             text.extend_from_slice(format!("line {i:043}\r\n").as_bytes());
         }
@@ -405,5 +455,109 @@ mod tests {
         }
         assert!(chunks >= 2);
         assert_eq!(body, expected);
+    }
+
+    /// The reader byte by byte, without the fast path: the reference the
+    /// fast path must agree with.
+    fn read_slow(text: &[u8], max_size: u64, max_hops: usize) -> (Vec<u8>, Step, usize) {
+        let mut r = DataReader::new(max_size, max_hops);
+        let mut body = Vec::new();
+        for (i, &b) in text.iter().enumerate() {
+            if r.byte(b) {
+                return match r.refusal() {
+                    Some(e) => (Vec::new(), Step::End(Err(e)), i + 1),
+                    None => {
+                        body.extend(r.take_chunk());
+                        (body, ok(), i + 1)
+                    }
+                };
+            }
+            if r.chunk.len() >= BODY_CHUNK {
+                body.extend(r.take_chunk());
+            }
+        }
+        (body, Step::NeedMore, text.len())
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_byte_by_byte_reader() {
+        // Random texts built from the pieces that matter (dots, bare and
+        // paired CR/LF, long runs, Received fields), fed in random splits.
+        let pieces: [&[u8]; 12] = [
+            b"\r\n",
+            b".",
+            b"..",
+            b"\r",
+            b"\n",
+            b"abc",
+            b"Received: x",
+            b"\r\n\r\n",
+            b"\r\n.\r\n",
+            b"0123456789012345678901234567890123456789",
+            b"\r\n.",
+            b"x\r\n",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let mut text = Vec::new();
+            let len = next() % 60;
+            for _ in 0..len {
+                text.extend_from_slice(pieces[(next() % 12) as usize]);
+                if next() % 50 == 0 {
+                    text.extend(vec![b'y'; (next() % 1500) as usize]);
+                }
+                if next() % 400 == 0 {
+                    // Past a chunk boundary, in lines of odd lengths.
+                    for k in 0..(BODY_CHUNK / 40) {
+                        text.extend(vec![b'z'; k % 77]);
+                        text.extend_from_slice(b"\r\n");
+                    }
+                }
+            }
+            text.extend_from_slice(b"\r\n.\r\n");
+            let max_size = if next() % 4 == 0 { next() % 300 } else { 0 };
+            let want = read_slow(&text, max_size, 2);
+            let step = 1 + (next() % 64) as usize;
+            let got = read(&text, step, max_size, 2);
+            let got_all = read(&text, text.len(), max_size, 2);
+            let shown = String::from_utf8_lossy(&text).into_owned();
+            assert_eq!(got.1, want.1, "{shown:?} step {step}");
+            assert_eq!(got.2, want.2, "{shown:?} step {step}");
+            if want.1 == ok() {
+                assert_eq!(got.0, want.0, "{shown:?} step {step}");
+                assert_eq!(got_all.0, want.0, "{shown:?}");
+            }
+            assert_eq!(got_all.1, want.1, "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn line_end_search_finds_the_first_cr_or_lf() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for end in [b'\r', b'\n'] {
+                    let mut s = vec![b'a'; len];
+                    if at < len {
+                        s[at] = end;
+                        // Bytes one off the targets must not count.
+                        if at > 0 {
+                            s[at - 1] = end + 1;
+                        }
+                    }
+                    let want = (at < len).then_some(at);
+                    assert_eq!(find_line_end(&s), want, "len {len} at {at}");
+                }
+            }
+        }
+        assert_eq!(
+            find_line_end(&[0x8d, 0x0c, 0x0e, 0x8a, 0, 0xff, 0x0b, 0x09, b'\n']),
+            Some(8)
+        );
     }
 }
