@@ -852,7 +852,11 @@ fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
             // Bookkeeping waits for a sync: wake up for it even when idle.
             Some(t) => {
                 let left = BOOKKEEPING_SYNC.saturating_sub(t.elapsed());
-                let got = smol::block_on(futures_lite::future::or(
+                // futures-lite's block_on only parks this thread; smol's
+                // would make it a second driver of the executor thread's
+                // reactor, and every socket event would then cost the
+                // sessions a thread hop.
+                let got = futures_lite::future::block_on(futures_lite::future::or(
                     async { Some(rx.recv().await) },
                     async {
                         smol::Timer::after(left).await;

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 
 from harness_mxspool import domain
-from harness_util import make_message, send_mail, wait_attempted
+from harness_util import free_port, make_message, queue_entries, send_mail, wait_attempted
 
 # A body with the lines that break naive relays: dots, dot-dot, a lone dot,
 # long-ish lines, trailing spaces, UTF-8 (8BITMIME).
@@ -154,3 +154,30 @@ def test_null_sender_is_relayed_with_null_sender(mxspool, sink):
     assert res.accepted, res
     (t,) = sink.wait_for_messages(1, timeout=10)
     assert t.mail_from == ""
+
+
+def test_new_mail_for_a_primary_just_found_down_shares_the_next_attempt(mxspool, sink_factory):
+    """Protects the down mark (src/deliver/down.rs): right after a delivery
+    could not connect, new mail for that destination makes no connection
+    attempt of its own — the queue shows it "delivery temporarily
+    suspended" — and it still goes out within seconds of the primary's
+    return, without a flush and long before its first retry step (1 h)."""
+    port = free_port()
+    mx = mxspool([domain("example.com", port)], retry="1h 1d")
+    first, _ = make_message()
+    a = send_mail(mx.port, "s@sender.test", ["alice@example.com"], first)
+    assert a.accepted, a
+    wait_attempted(mx, a.queue_id)
+    second, _ = make_message()
+    b = send_mail(mx.port, "s@sender.test", ["bob@example.com"], second)
+    assert b.accepted, b
+    (entry,) = [e for e in queue_entries(mx) if e["id"] == b.queue_id]
+    assert entry["attempts"] == 0, entry
+    assert "delivery temporarily suspended" in entry["last_error"], entry
+    assert "connect" in entry["last_error"].lower(), entry
+    sink = sink_factory(port=port)
+    (t,) = sink.wait_for_messages(1, timeout=15)
+    assert t.rcpts == ["bob@example.com"]
+    assert t.content.endswith(second)
+    deferred = [line for line in mx.log().splitlines() if "status=deferred" in line]
+    assert len(deferred) == 1 and a.queue_id in deferred[0], deferred
