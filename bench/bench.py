@@ -94,11 +94,18 @@ def _pss_kb(pid):
     return 0
 
 
+def rss_kb(pids):
+    return sum(_status_kb(p, "VmRSS") for p in pids)
+
+
+def pss_kb(pids):
+    return sum(_pss_kb(p) for p in pids)
+
+
 def memory(roots):
     """(rss_kib, pss_kib, nprocs) summed over ROOTS and their descendants."""
     pids = process_tree(roots)
-    return (sum(_status_kb(p, "VmRSS") for p in pids),
-            sum(_pss_kb(p) for p in pids), len(pids))
+    return rss_kb(pids), pss_kb(pids), len(pids)
 
 
 def cpu_ticks(roots):
@@ -148,9 +155,9 @@ class Sampler:
         while not self._stop.is_set():
             if n % self.TREE_EVERY == 0:
                 pids = process_tree(self.server.roots())
-            self.peak_rss = max(self.peak_rss, sum(_status_kb(p, "VmRSS") for p in pids))
+            self.peak_rss = max(self.peak_rss, rss_kb(pids))
             if n % self.PSS_EVERY == 0:
-                self.peak_pss = max(self.peak_pss, sum(_pss_kb(p) for p in pids))
+                self.peak_pss = max(self.peak_pss, pss_kb(pids))
             n += 1
             self._stop.wait(self.interval)
 
@@ -459,11 +466,13 @@ def build_servers(args, workdir, sink_port):
     return servers
 
 
-def settle():
-    """Writes back what earlier tests left dirty, so no test pays for the
-    previous one's disk writes (72 MiB after the 9 MiB test)."""
+def start_fresh(server):
+    """Starts SERVER on a new spool, after writing back what earlier tests
+    left dirty, so no test pays for the previous one's disk writes (72 MiB
+    after the 9 MiB test)."""
     os.sync()
     time.sleep(0.5)
+    server.start(fresh=True)
 
 
 def one_round(server, sink, args, res):
@@ -478,8 +487,7 @@ def one_round(server, sink, args, res):
 
     n = args.messages
     # 1. idle, then 4 KiB x 1 session
-    settle()
-    server.start(fresh=True)
+    start_fresh(server)
     rss, pss, nproc = idle_memory(server)
     rec("idle_rss", rss)
     rec("idle_pss", pss)
@@ -491,8 +499,7 @@ def one_round(server, sink, args, res):
     server.stop()
 
     # 2. 4 KiB x 8 sessions, then drain those to the primary once it is up
-    settle()
-    server.start(fresh=True)
+    start_fresh(server)
     with Sampler(server) as s:
         dt = smtp_source(server.port, n, 8, 4 * KIB)
     peak(s)
@@ -521,8 +528,7 @@ def one_round(server, sink, args, res):
     server.stop()
 
     # 3. 1 MiB messages
-    settle()
-    server.start(fresh=True)
+    start_fresh(server)
     with Sampler(server) as s:
         dt = smtp_source(server.port, args.big_messages, args.big_sessions, MIB)
     peak(s)
@@ -531,8 +537,7 @@ def one_round(server, sink, args, res):
 
     # 4. 8 sessions x 9 MiB (the memory bound)
     if args.huge:
-        settle()
-        server.start(fresh=True)
+        start_fresh(server)
         with Sampler(server) as s:
             smtp_source(server.port, 8, 8, 9 * MIB)
         rec("huge_rss", s.peak_rss)
