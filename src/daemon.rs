@@ -150,17 +150,21 @@ async fn start(
     let (wake_tx, wake_rx) = smol::channel::bounded(1);
     let (spool, spool_thread, recovered) = Spool::open(
         &config.main.spool_dir,
-        config.main.cache_size,
+        crate::spool::SpoolOptions {
+            cache_size: config.main.cache_size,
+            journal_size: config.main.journal_size,
+        },
         wake_tx.clone(),
     )
     .map_err(|e| e.to_string())?;
     log::info!(
-        "event=start version={} spool={} queued={} bytes={} leftovers_removed={}",
+        "event=start version={} spool={} queued={} bytes={} leftovers_removed={} journal_replayed={}",
         env!("CARGO_PKG_VERSION"),
         config.main.spool_dir.display(),
         recovered.messages,
         recovered.bytes,
-        recovered.leftovers
+        recovered.leftovers,
+        recovered.replayed
     );
     let config_for_resolver = config.clone();
     let (stop_tx, stop_rx) = smol::channel::bounded(1);
@@ -252,6 +256,10 @@ fn reload(ctx: &Rc<Ctx>, path: &Path) {
         ),
         ("user", new.main.user != old.main.user),
         ("cache_size", new.main.cache_size != old.main.cache_size),
+        (
+            "journal_size",
+            new.main.journal_size != old.main.journal_size,
+        ),
         ("syslog", new.main.syslog != old.main.syslog),
     ] {
         if changed {

@@ -1,11 +1,14 @@
 //! Power-cut simulation of the spool (issue 9).
 //!
-//! The spool's redb database runs on an in-memory disk that behaves like a
-//! real one under a power cut: writes land in a volatile view, `sync_data`
-//! makes the view durable, and at the cut every write not followed by a
-//! successful sync is lost (mode "drop": the last synced image survives) or,
-//! harsher, an arbitrary subset of those writes survives (mode "subset":
-//! a disk that reorders its write cache). The cut falls at a random I/O
+//! The spool's redb database and its commit journal run on an in-memory
+//! disk (two files) that behaves like a real one under a power cut: writes
+//! land in a volatile view, `sync_data` makes that file's view durable, and
+//! at the cut every write not followed by a successful sync of its file is
+//! lost (mode "drop": the last synced image survives) or, harsher, an
+//! arbitrary subset of those writes survives (mode "subset": a disk that
+//! reorders its write cache). Rounds alternate between a small journal
+//! (it fills up: durable redb commits in the middle of a round), a large
+//! one, and none. The cut falls at a random I/O
 //! operation while several sessions append bodies and commit messages
 //! concurrently (group commit), and while acknowledged ones are deleted.
 //!
@@ -24,7 +27,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use mxspool::deliver::destination::Destination;
-use mxspool::spool::{BackendFactory, Envelope, Spool};
+use mxspool::spool::{BackendFactory, Envelope, Spool, SpoolOptions, Store};
 
 // ---------------------------------------------------------------- PRNG
 
@@ -54,15 +57,31 @@ enum Mode {
     Subset,
 }
 
-#[derive(Debug, Default)]
-struct DiskState {
+/// The database and the journal.
+const FILES: usize = 2;
+type Images = [Vec<u8>; FILES];
+
+fn index(store: Store) -> usize {
+    match store {
+        Store::Database => 0,
+        Store::Journal => 1,
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct FileState {
     /// What reads see (the page cache).
     current: Vec<u8>,
     /// The image as of the last successful sync.
     synced: Vec<u8>,
     /// Writes and length changes since the last sync, in order.
     pending: Vec<Pending>,
-    /// Write, set_len and sync operations so far.
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    files: [FileState; FILES],
+    /// Write, set_len and sync operations so far, on either file.
     ops: u64,
     /// The operation at which the power goes.
     cut_at: u64,
@@ -83,10 +102,14 @@ fn power_is_out() -> io::Error {
 }
 
 impl Disk {
-    fn new(image: Vec<u8>, cut_at: u64) -> Arc<Disk> {
-        Arc::new(Disk(Mutex::new(DiskState {
+    fn new(images: Images, cut_at: u64) -> Arc<Disk> {
+        let files = images.map(|image| FileState {
             current: image.clone(),
             synced: image,
+            pending: vec![],
+        });
+        Arc::new(Disk(Mutex::new(DiskState {
+            files,
             cut_at,
             ..DiskState::default()
         })))
@@ -114,12 +137,20 @@ impl Disk {
     fn ops(&self) -> u64 {
         self.lock().ops
     }
-    /// The image a reboot finds.
-    fn after_cut(&self, mode: Mode, rng: &mut Rng) -> Vec<u8> {
+    /// The images a reboot finds.
+    fn after_cut(&self, mode: Mode, rng: &mut Rng) -> Images {
         let s = self.lock();
-        let mut img = s.synced.clone();
+        let mut out = Images::default();
+        for (f, img) in s.files.iter().zip(out.iter_mut()) {
+            *img = Disk::file_after_cut(f, mode, rng);
+        }
+        out
+    }
+
+    fn file_after_cut(f: &FileState, mode: Mode, rng: &mut Rng) -> Vec<u8> {
+        let mut img = f.synced.clone();
         if mode == Mode::Subset {
-            for p in &s.pending {
+            for p in &f.pending {
                 if rng.below(2) == 0 {
                     continue;
                 }
@@ -140,7 +171,7 @@ impl Disk {
 }
 
 #[derive(Debug)]
-struct Backend(Arc<Disk>);
+struct Backend(Arc<Disk>, usize);
 
 impl redb::StorageBackend for Backend {
     fn len(&self) -> io::Result<u64> {
@@ -148,7 +179,7 @@ impl redb::StorageBackend for Backend {
         if s.dead {
             return Err(power_is_out());
         }
-        Ok(s.current.len() as u64)
+        Ok(s.files[self.1].current.len() as u64)
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let s = self.0.lock();
@@ -156,7 +187,7 @@ impl redb::StorageBackend for Backend {
             return Err(power_is_out());
         }
         let start = offset as usize;
-        let src = s
+        let src = s.files[self.1]
             .current
             .get(start..start + out.len())
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past end"))?;
@@ -166,38 +197,52 @@ impl redb::StorageBackend for Backend {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.0.lock();
         Disk::tick(&mut s)?;
-        s.current.resize(len as usize, 0);
-        s.pending.push(Pending::SetLen(len));
+        let f = &mut s.files[self.1];
+        f.current.resize(len as usize, 0);
+        f.pending.push(Pending::SetLen(len));
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.0.lock();
         Disk::tick(&mut s)?;
-        s.synced = s.current.clone();
-        s.pending.clear();
+        let f = &mut s.files[self.1];
+        f.synced = f.current.clone();
+        f.pending.clear();
         Ok(())
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.0.lock();
         Disk::tick(&mut s)?;
+        let f = &mut s.files[self.1];
         let end = offset as usize + data.len();
-        if s.current.len() < end {
-            s.current.resize(end, 0);
+        if f.current.len() < end {
+            f.current.resize(end, 0);
         }
-        s.current[offset as usize..end].copy_from_slice(data);
-        s.pending.push(Pending::Write(offset, data.to_vec()));
+        f.current[offset as usize..end].copy_from_slice(data);
+        f.pending.push(Pending::Write(offset, data.to_vec()));
         Ok(())
     }
 }
 
 fn factory(disk: &Arc<Disk>) -> BackendFactory {
     let disk = disk.clone();
-    Arc::new(move || {
+    Arc::new(move |store| {
         if disk.lock().dead {
             return Err(power_is_out());
         }
-        Ok(Box::new(Backend(disk.clone())) as Box<dyn redb::StorageBackend>)
+        Ok(Box::new(Backend(disk.clone(), index(store))) as Box<dyn redb::StorageBackend>)
     })
+}
+
+/// The journal sizes rounds use: small (fills up within a round), the
+/// default, none.
+const JOURNALS: [u64; 3] = [64 * 1024, 1 << 20, 0];
+
+fn opts(journal_size: u64) -> SpoolOptions {
+    SpoolOptions {
+        cache_size: 1 << 20,
+        journal_size,
+    }
 }
 
 // ---------------------------------------------------------------- messages
@@ -298,11 +343,18 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, 
 }
 
 /// Reopens the image and checks the promises. Returns the messages found.
-fn check(dir: &std::path::Path, image: Vec<u8>, book: &mut Book, ctx: &str) -> usize {
-    let disk = Disk::new(image, u64::MAX);
+fn check(
+    dir: &std::path::Path,
+    images: Images,
+    journal_size: u64,
+    book: &mut Book,
+    ctx: &str,
+) -> usize {
+    let disk = Disk::new(images, u64::MAX);
     let (wake, _wake_rx) = smol::channel::bounded(1);
-    let (spool, thread, _) = Spool::open_with_backend(dir, 1 << 20, wake, factory(&disk))
-        .unwrap_or_else(|e| panic!("{ctx}: the spool does not open after the cut: {e}"));
+    let (spool, thread, _) =
+        Spool::open_with_backend(dir, opts(journal_size), wake, factory(&disk))
+            .unwrap_or_else(|e| panic!("{ctx}: the spool does not open after the cut: {e}"));
     let listed = spool.list().expect("list");
     let present: BTreeSet<u64> = listed.iter().map(|(id, _)| *id).collect();
     for (id, m) in &listed {
@@ -347,17 +399,18 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
         std::env::temp_dir().join(format!("mxspool-powercut-{}-{mode:?}", std::process::id()));
     let mut rng = Rng(seed);
     let mut book = Book::default();
-    let mut image: Vec<u8> = Vec::new();
+    let mut images = Images::default();
     // An estimate of the operations a whole round takes (learned).
     let mut max_ops = 200u64;
     let mut acked_total = 0usize;
     let mut cuts_mid_io = 0u64;
     for round in 0..rounds {
-        let ctx = format!("mode {mode:?} seed {seed} round {round}");
+        let journal_size = JOURNALS[round as usize % JOURNALS.len()];
+        let ctx = format!("mode {mode:?} seed {seed} round {round} journal {journal_size}");
         let cut_at = 1 + rng.below(max_ops);
-        let disk = Disk::new(image.clone(), cut_at);
+        let disk = Disk::new(images.clone(), cut_at);
         let (wake, _wake_rx) = smol::channel::bounded(1);
-        let opened = Spool::open_with_backend(&dir, 1 << 20, wake, factory(&disk));
+        let opened = Spool::open_with_backend(&dir, opts(journal_size), wake, factory(&disk));
         if let Ok((spool, thread, _)) = opened {
             let ex = smol::LocalExecutor::new();
             let book_rc = Rc::new(RefCell::new(std::mem::take(&mut book)));
@@ -397,13 +450,16 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
             max_ops = (max_ops * 3 + ops + ops / 8) / 4;
         }
         disk.cut();
-        image = disk.after_cut(mode, &mut rng);
-        let present = check(&dir, image.clone(), &mut book, &ctx);
+        images = disk.after_cut(mode, &mut rng);
+        // Checked with the next round's journal setting, as a restart with
+        // a changed configuration would open it.
+        let next = JOURNALS[(round as usize + 1) % JOURNALS.len()];
+        let present = check(&dir, images.clone(), next, &mut book, &ctx);
         // The check's open ran recovery on its own copy; carry on from the
         // cut image itself, so the next round's open recovers it again.
         // Keep the spool small: forget the oldest when it grows.
         if present > 200 {
-            image = Vec::new();
+            images = Images::default();
             book = Book::default();
         }
     }

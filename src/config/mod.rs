@@ -346,6 +346,8 @@ pub struct Main {
     // Extras beyond the contract (documented in the README).
     /// redb page cache (`cache_size`, default 4M).
     pub cache_size: u64,
+    /// The spool's commit journal (`journal_size`, default 1M; 0: none).
+    pub journal_size: u64,
     /// Server: wait for a command (`command_timeout`, default 5m, RFC 5321 4.5.3.2.7).
     pub command_timeout: Duration,
     /// Server: wait for the next block of message text (`data_timeout`, default 3m).
@@ -570,6 +572,7 @@ impl fmt::Display for Config {
             list(f, "sender_deny", s)?;
         }
         opt(f, "cache_size", &fmt_size(m.cache_size))?;
+        opt(f, "journal_size", &fmt_size(m.journal_size))?;
         opt(f, "command_timeout", &fmt_duration(m.command_timeout))?;
         opt(f, "data_timeout", &fmt_duration(m.data_timeout))?;
         opt(f, "max_errors", &m.max_errors)?;
@@ -700,6 +703,7 @@ const MAIN_SINGLE: &[&str] = &[
     "tls_cert",
     "tls_key",
     "cache_size",
+    "journal_size",
     "command_timeout",
     "data_timeout",
     "max_errors",
@@ -946,6 +950,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         sender_allow: o.list("sender_allow", sender_pattern)?,
         sender_deny: o.list("sender_deny", sender_pattern)?,
         cache_size: o.one("cache_size", 4 << 20, parse_size)?,
+        journal_size: o.one("journal_size", 1 << 20, journal_size)?,
         command_timeout: o.one("command_timeout", secs(300), positive_duration)?,
         data_timeout: o.one("data_timeout", secs(180), positive_duration)?,
         max_errors: o.one("max_errors", 10, count)?,

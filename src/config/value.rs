@@ -157,6 +157,18 @@ pub(super) fn positive_size(v: &str) -> Result<u64, String> {
     }
 }
 
+/// `journal_size`: 0 (no journal) or 64K to 1G.
+pub(super) fn journal_size(v: &str) -> Result<u64, String> {
+    match parse_size(v)? {
+        0 => Ok(0),
+        n if n < crate::spool::journal::MIN_JOURNAL => {
+            Err("must be 0 (no journal) or at least 64K".into())
+        }
+        n if n > 1 << 30 => Err("must be at most 1G".into()),
+        n => Ok(n),
+    }
+}
+
 pub(super) fn positive_duration(v: &str) -> Result<Duration, String> {
     let d = parse_duration(v)?;
     if d.is_zero() {

@@ -11,12 +11,16 @@
 //! Bodies arrive as chunks while the client sends them and are written in
 //! cheap non-durable transactions; the durable commit at the end of DATA
 //! makes them durable together with the envelope. A crash before that
-//! leaves the chunks listed in `incoming`, and start-up removes them.
+//! leaves the chunks listed in `incoming`, and start-up removes them. A
+//! message whose whole body rides with its commit (most mail) is made
+//! durable by the commit journal instead (see `journal`): one short
+//! sequential write, redb catching up durably within `BOOKKEEPING_SYNC`.
 //!
 //! Reads (the scheduler, the delivery client streaming a body) open their
 //! own read transactions from any thread; redb serves them from a snapshot
 //! without waiting for the writer.
 
+pub mod journal;
 pub mod schema;
 
 use std::collections::{BTreeMap, HashSet};
@@ -55,6 +59,12 @@ pub const CALLAHEAD_CACHE_MAX: u64 = 20_000;
 pub const BOOKKEEPING_SYNC: Duration = Duration::from_secs(2);
 /// The file name inside `spool_dir`.
 pub const SPOOL_FILE: &str = "spool.redb";
+/// The commit journal's file name inside `spool_dir`.
+pub const JOURNAL_FILE: &str = "journal";
+/// `meta` keys: this database's journal epoch, and the last journal
+/// generation its durable state includes.
+const JOURNAL_EPOCH: &str = "journal_epoch";
+const JOURNAL_GEN: &str = "journal_gen";
 
 /// One entry of `Spool::list`: a message, or why its record is unreadable.
 pub type Listed = (QueueId, Result<Message, String>);
@@ -269,10 +279,27 @@ struct Shared {
     backend: Option<BackendFactory>,
 }
 
-/// Makes a fresh storage backend for the spool database, each time it is
-/// opened or reopened (see `Spool::open_with_backend`).
+/// Which file a `BackendFactory` is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Database,
+    Journal,
+}
+
+/// Makes a fresh storage backend for the spool database or its journal,
+/// each time it is opened or reopened (see `Spool::open_with_backend`).
 pub type BackendFactory =
-    Arc<dyn Fn() -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+    Arc<dyn Fn(Store) -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+
+/// Spool settings from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolOptions {
+    /// redb's page cache (`cache_size`).
+    pub cache_size: u64,
+    /// The commit journal's size (`journal_size`); 0: no journal, every
+    /// message is a durable redb commit.
+    pub journal_size: u64,
+}
 
 /// Hands a boxed backend to redb, which takes `impl StorageBackend`.
 #[derive(Debug)]
@@ -324,6 +351,9 @@ pub struct Recovered {
     pub messages: u64,
     pub bytes: u64,
     pub leftovers: u64,
+    /// Messages restored from the commit journal (acknowledged, not yet
+    /// in the database's last durable commit when the daemon stopped).
+    pub replayed: u64,
 }
 
 impl Spool {
@@ -332,28 +362,29 @@ impl Spool {
     /// the schedule changes (a new message, a flush, a DSN).
     pub fn open(
         dir: &Path,
-        cache_size: u64,
+        opts: SpoolOptions,
         wake: Sender<()>,
     ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
-        Spool::open_inner(dir, cache_size, wake, None)
+        Spool::open_inner(dir, opts, wake, None)
     }
 
     /// As `open`, but the database lives in the storage `backend` makes
     /// (called again whenever the spool reopens it) instead of
-    /// `dir/spool.redb`; `dir` is still where free space is measured.
-    /// For tests that simulate power cuts and failing disks.
+    /// `dir/spool.redb` (and the journal instead of `dir/journal`); `dir`
+    /// is still where free space is measured. For tests that simulate
+    /// power cuts and failing disks.
     pub fn open_with_backend(
         dir: &Path,
-        cache_size: u64,
+        opts: SpoolOptions,
         wake: Sender<()>,
         backend: BackendFactory,
     ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
-        Spool::open_inner(dir, cache_size, wake, Some(backend))
+        Spool::open_inner(dir, opts, wake, Some(backend))
     }
 
     fn open_inner(
         dir: &Path,
-        cache_size: u64,
+        opts: SpoolOptions,
         wake: Sender<()>,
         backend: Option<BackendFactory>,
     ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
@@ -361,14 +392,32 @@ impl Spool {
             SpoolError::Storage(format!("cannot create spool_dir {}: {e}", dir.display()))
         })?;
         let path = dir.join(SPOOL_FILE);
-        let existed = path.exists();
-        let cache_size = usize::try_from(cache_size).unwrap_or(usize::MAX);
+        let journal_path = dir.join(JOURNAL_FILE);
+        let existed = path.exists() && journal_path.exists();
+        let cache_size = usize::try_from(opts.cache_size).unwrap_or(usize::MAX);
         let db = open_db(&path, cache_size, backend.as_ref())?;
+        let mut journal = open_journal(&journal_path, opts.journal_size, backend.as_ref())?;
         if !existed && backend.is_none() {
-            // The new file's directory entry must survive a power cut too.
+            // The new files' directory entries must survive a power cut too.
             sync_dir(dir);
         }
-        let (recovered, max_id) = recover(&db)?;
+        let replayed = match journal.as_mut() {
+            Some(j) => replay_journal(&db, j)?,
+            None => 0,
+        };
+        if opts.journal_size == 0
+            && let Some(j) = journal.take()
+        {
+            // Replayed and recorded: the retired journal can go.
+            if backend.is_none() {
+                let _ = std::fs::remove_file(&journal_path);
+            } else {
+                j.retire()
+                    .map_err(|e| SpoolError::Storage(format!("cannot retire the journal: {e}")))?;
+            }
+        }
+        let (mut recovered, max_id) = recover(&db)?;
+        recovered.replayed = replayed;
         let state = SpoolState {
             bytes: recovered.bytes,
             messages: recovered.messages,
@@ -388,7 +437,7 @@ impl Spool {
         let thread_wake = wake.clone();
         let handle = thread::Builder::new()
             .name("spool".into())
-            .spawn(move || spool_thread(thread_shared, rx, thread_wake))
+            .spawn(move || spool_thread(thread_shared, journal, rx, thread_wake))
             .map_err(|e| SpoolError::Storage(format!("cannot start the spool thread: {e}")))?;
         Ok((
             Spool { shared, tx, wake },
@@ -701,7 +750,8 @@ fn open_db(
     let db = match backend {
         None => builder.create(path),
         Some(make) => {
-            let b = make().map_err(|e| SpoolError::Storage(format!("cannot open storage: {e}")))?;
+            let b = make(Store::Database)
+                .map_err(|e| SpoolError::Storage(format!("cannot open storage: {e}")))?;
             builder.create_with_backend(BoxedBackend(b))
         }
     }
@@ -732,9 +782,123 @@ fn open_db(
                 )));
             }
         }
+        // Journal frames name the database they belong to: a journal left
+        // behind by a deleted spool.redb must never be replayed into a new one.
+        if meta.get(JOURNAL_EPOCH).map_err(storage)?.is_none() {
+            meta.insert(JOURNAL_EPOCH, random_u64()).map_err(storage)?;
+        }
     }
     tx.commit().map_err(storage)?;
     Ok(db)
+}
+
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // Unique enough for its purpose (telling databases apart).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 40);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Opens the commit journal (None when `journal_size` is 0; a journal
+/// left from before is then replayed once and removed).
+fn open_journal(
+    path: &Path,
+    size: u64,
+    backend: Option<&BackendFactory>,
+) -> Result<Option<journal::Journal>, SpoolError> {
+    let fail = |e: std::io::Error| {
+        SpoolError::Storage(format!("cannot open the journal {}: {e}", path.display()))
+    };
+    let store: Box<dyn redb::StorageBackend> = match backend {
+        Some(make) => {
+            let store = make(Store::Journal).map_err(fail)?;
+            if size == 0 && store.len().map_err(fail)? == 0 {
+                return Ok(None);
+            }
+            store
+        }
+        None => {
+            if size == 0 && !path.exists() {
+                return Ok(None);
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(fail)?;
+            Box::new(journal::FileStore(f))
+        }
+    };
+    let j = journal::Journal::open(store, (size > 0).then_some(size)).map_err(fail)?;
+    Ok(Some(j))
+}
+
+/// Puts back every acknowledged message the journal holds that the
+/// database lost (its last commits were not durable yet), and records
+/// that the journal is now all in the database. Returns the count.
+fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolError> {
+    let (epoch, after) = {
+        let rtx = db.begin_read().map_err(storage)?;
+        let meta = rtx.open_table(META).map_err(storage)?;
+        let get = |k: &str| -> Result<u64, SpoolError> {
+            Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value()))
+        };
+        (get(JOURNAL_EPOCH)?, get(JOURNAL_GEN)?)
+    };
+    let tx = db.begin_write().map_err(storage)?;
+    let mut n = 0u64;
+    let last = {
+        let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut chunks = tx.open_table(CHUNKS).map_err(storage)?;
+        let mut schedule = tx.open_table(SCHEDULE).map_err(storage)?;
+        let replayed = j.replay(epoch, after, |r| -> Result<(), SpoolError> {
+            if messages.get(r.id).map_err(storage)?.is_some() {
+                return Ok(());
+            }
+            let m = match schema::decode_message(r.message) {
+                Ok(m) => m,
+                Err(e) => {
+                    log::error!(
+                        "id={} event=damaged error=\"journal: {e}\"",
+                        format_id(r.id)
+                    );
+                    return Ok(());
+                }
+            };
+            messages.insert(r.id, r.message).map_err(storage)?;
+            chunks.insert((r.id, 0), r.chunk).map_err(storage)?;
+            if m.has_pending() {
+                schedule
+                    .insert((m.next_attempt, r.id), ())
+                    .map_err(storage)?;
+            }
+            n += 1;
+            Ok(())
+        });
+        replayed.map_err(|e| SpoolError::Storage(format!("cannot read the journal: {e}")))??
+    };
+    if last != after {
+        tx.open_table(META)
+            .map_err(storage)?
+            .insert(JOURNAL_GEN, last)
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+    } else {
+        tx.abort().map_err(storage)?;
+    }
+    j.restart(epoch, last);
+    if n > 0 {
+        log::warn!("event=journal_replayed messages={n}");
+    }
+    Ok(n)
 }
 
 fn sync_dir(dir: &Path) {
@@ -824,6 +988,7 @@ impl Owed {
 
 struct ThreadState {
     shared: Arc<Shared>,
+    journal: Option<journal::Journal>,
     /// Bookkeeping committed without fsync since then.
     unsynced_since: Option<std::time::Instant>,
     /// Messages whose chunks failed to be written: their commit must fail.
@@ -834,9 +999,15 @@ struct ThreadState {
     wake: bool,
 }
 
-fn spool_thread(shared: Arc<Shared>, rx: Receiver<Request>, wake: Sender<()>) {
+fn spool_thread(
+    shared: Arc<Shared>,
+    journal: Option<journal::Journal>,
+    rx: Receiver<Request>,
+    wake: Sender<()>,
+) {
     let mut st = ThreadState {
         shared: shared.clone(),
+        journal,
         unsynced_since: None,
         broken: HashSet::new(),
         bytes_delta: 0,
@@ -910,7 +1081,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     let db = match current {
         Some(db) => db,
         None => {
-            reopen(shared);
+            reopen(shared, st.journal.as_mut());
             let reopened = read_lock(&shared.db).clone();
             match reopened {
                 Some(db) => db,
@@ -928,11 +1099,10 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     let bookkeeping = batch
         .iter()
         .any(|r| matches!(r, Request::Finish { .. } | Request::CachePut { .. }));
-    let durable = batch.iter().any(|r| {
+    let must_sync = batch.iter().any(|r| {
         matches!(
             r,
-            Request::Commit { .. }
-                | Request::Delete { .. }
+            Request::Delete { .. }
                 | Request::Retag { .. }
                 | Request::Reschedule { .. }
                 | Request::Barrier { durable: true, .. }
@@ -940,6 +1110,18 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     }) || st
         .unsynced_since
         .is_some_and(|t| t.elapsed() >= BOOKKEEPING_SYNC);
+    let commits = batch.iter().any(|r| matches!(r, Request::Commit { .. }));
+    // New messages whose whole body rides with the commit are made durable
+    // by the journal; redb catches up with a durable commit within
+    // BOOKKEEPING_SYNC (or sooner: a large message, a full journal).
+    let mut journaled = commits
+        && !must_sync
+        && st.journal.is_some()
+        && batch.iter().all(|r| match r {
+            Request::Commit { chunks, last, .. } => *chunks == 1 && matches!(last, Some((0, _))),
+            _ => true,
+        });
+    let mut durable = must_sync || (commits && !journaled);
     let mut appended: Vec<QueueId> = vec![];
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
@@ -992,7 +1174,23 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                             "a part of the message could not be written".into(),
                         ))
                     } else {
-                        commit_message(&tx, id, envelope, chunks, size)?;
+                        let encoded = commit_message(&tx, id, envelope, chunks, size)?;
+                        if journaled && let Some(j) = st.journal.as_mut() {
+                            let chunk = last.as_ref().map_or(&[][..], |(_, d)| d.as_slice());
+                            let record = journal::Record {
+                                id,
+                                message: &encoded,
+                                chunk,
+                            };
+                            if !j.add(record) {
+                                // No room before the next durable commit:
+                                // this one is it.
+                                j.discard();
+                                journaled = false;
+                                durable = true;
+                                tx.set_durability(Durability::Immediate).map_err(storage)?;
+                            }
+                        }
                         st.bytes_delta += size as i64;
                         st.messages_delta += 1;
                         st.wake = true;
@@ -1064,14 +1262,41 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                 }
             }
         }
+        if durable && let Some(j) = st.journal.as_ref() {
+            // Everything journaled so far is in this transaction's state.
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let recorded = meta.get(JOURNAL_GEN).map_err(storage)?.map(|v| v.value());
+            if recorded != Some(j.last_gen()) {
+                meta.insert(JOURNAL_GEN, j.last_gen()).map_err(storage)?;
+            }
+        }
         tx.commit().map_err(storage)?;
+        if journaled
+            && let Some(j) = st.journal.as_mut()
+            && j.pending()
+            && let Err(e) = j.write()
+        {
+            // The messages are in redb already (not durably): one durable
+            // commit keeps the promise instead.
+            log::warn!("event=journal_error error=\"{e}\"");
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(META)
+                .map_err(storage)?
+                .insert(JOURNAL_GEN, j.last_gen())
+                .map_err(storage)?;
+            tx.commit().map_err(storage)?;
+            durable = true;
+        }
         Ok(())
     })();
     match result {
         Ok(()) => {
             if durable {
                 st.unsynced_since = None;
-            } else if bookkeeping {
+                if let Some(j) = st.journal.as_mut() {
+                    j.reset();
+                }
+            } else if bookkeeping || journaled {
                 st.unsynced_since
                     .get_or_insert_with(std::time::Instant::now);
             }
@@ -1086,6 +1311,9 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
         }
         Err(e) => {
             log::error!("event=spool_error error=\"{e}\"");
+            if let Some(j) = st.journal.as_mut() {
+                j.discard();
+            }
             // Every message with a chunk in this batch has a hole now.
             st.broken.extend(appended);
             st.wake = false;
@@ -1093,7 +1321,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                 o.fail(&e);
             }
             drop(db);
-            reopen(shared);
+            reopen(shared, st.journal.as_mut());
         }
     }
 }
@@ -1129,7 +1357,7 @@ fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
 /// After a failed write (a full disk), redb refuses every later operation
 /// until the database is reopened. Wait for readers to let go of the old
 /// handle, then open the file again; what was committed before is intact.
-fn reopen(shared: &Shared) {
+fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
     let old = shared
         .db
         .write()
@@ -1149,7 +1377,15 @@ fn reopen(shared: &Shared) {
             }
         }
     }
-    match open_db(&shared.path, shared.cache_size, shared.backend.as_ref()) {
+    // The reopened database is its last durable commit: the journal puts
+    // back the messages acknowledged since.
+    let opened = open_db(&shared.path, shared.cache_size, shared.backend.as_ref()).and_then(|db| {
+        match journal {
+            Some(j) => replay_journal(&db, j).map(|_| db),
+            None => Ok(db),
+        }
+    });
+    match opened {
         Ok(db) => {
             log::warn!("event=spool_reopened path={}", shared.path.display());
             *shared
@@ -1179,7 +1415,7 @@ fn commit_message(
     env: Envelope,
     chunks: u32,
     size: u64,
-) -> Result<(), SpoolError> {
+) -> Result<Vec<u8>, SpoolError> {
     let m = Message {
         sender: env.sender,
         arrival: env.arrival,
@@ -1206,9 +1442,10 @@ fn commit_message(
             })
             .collect(),
     };
+    let encoded = schema::encode_message(&m);
     tx.open_table(MESSAGES)
         .map_err(storage)?
-        .insert(id, schema::encode_message(&m).as_slice())
+        .insert(id, encoded.as_slice())
         .map_err(storage)?;
     tx.open_table(SCHEDULE)
         .map_err(storage)?
@@ -1218,7 +1455,7 @@ fn commit_message(
         .map_err(storage)?
         .remove(id)
         .map_err(storage)?;
-    Ok(())
+    Ok(encoded)
 }
 
 fn load(tx: &redb::WriteTransaction, id: QueueId) -> Result<Message, SpoolError> {
@@ -1637,6 +1874,11 @@ fn reschedule(tx: &redb::WriteTransaction, filter: &Filter, now: u64) -> Result<
 mod tests {
     use super::*;
 
+    const OPTS: SpoolOptions = SpoolOptions {
+        cache_size: 1 << 20,
+        journal_size: 1 << 20,
+    };
+
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("mxspool-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -1691,11 +1933,91 @@ mod tests {
     }
 
     #[test]
+    fn a_journaled_message_is_replayed_into_a_database_that_lost_it() {
+        let dir = tmpdir("journal-replay");
+        let db_path = dir.join(SPOOL_FILE);
+        let journal_path = dir.join(JOURNAL_FILE);
+        let (old_db, journal, id) = smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
+            // The database as a power cut right now would leave it.
+            let old_db = std::fs::read(&db_path).unwrap();
+            let id = spool.new_id(1000);
+            let body = b"Subject: j\r\n\r\nsmall\r\n".to_vec();
+            spool
+                .commit(id, envelope(), 1, body.len() as u64, Some((0, body)))
+                .await
+                .unwrap();
+            // Acknowledged: the journal holds it, redb not durably yet.
+            let journal = std::fs::read(&journal_path).unwrap();
+            drop(spool);
+            thread.join();
+            (old_db, journal, id)
+        });
+        std::fs::write(&db_path, old_db).unwrap();
+        std::fs::write(&journal_path, &journal).unwrap();
+        let reopen = || {
+            smol::block_on(async {
+                let (wake, _w) = bounded(1);
+                let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
+                let body = spool.chunk(id, 0).unwrap();
+                drop(spool);
+                thread.join();
+                (rec.messages, rec.replayed, body)
+            })
+        };
+        let body = Some(b"Subject: j\r\n\r\nsmall\r\n".to_vec());
+        assert_eq!(reopen(), (1, 1, body.clone()));
+        // Replayed once: the next start finds it in the database.
+        assert_eq!(reopen(), (1, 0, body));
+        // A journal left behind by a deleted database is not replayed.
+        std::fs::remove_file(&db_path).unwrap();
+        std::fs::write(&journal_path, &journal).unwrap();
+        assert_eq!(reopen(), (0, 0, None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn journal_size_0_retires_the_journal_after_replaying_it() {
+        let dir = tmpdir("journal-off");
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
+            let id = spool.new_id(1000);
+            spool
+                .commit(id, envelope(), 1, 4, Some((0, b"x\r\n\r\n".to_vec())))
+                .await
+                .unwrap();
+            drop(spool);
+            thread.join();
+        });
+        assert!(dir.join(JOURNAL_FILE).exists());
+        let off = SpoolOptions {
+            journal_size: 0,
+            ..OPTS
+        };
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, rec) = Spool::open(&dir, off, wake).unwrap();
+            assert_eq!(rec.messages, 1);
+            let id = spool.new_id(1000);
+            spool
+                .commit(id, envelope(), 1, 4, Some((0, b"y\r\n\r\n".to_vec())))
+                .await
+                .unwrap();
+            drop(spool);
+            thread.join();
+        });
+        assert!(!dir.join(JOURNAL_FILE).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn committed_messages_survive_a_reopen_and_half_received_bodies_do_not() {
         let dir = tmpdir("reopen");
         smol::block_on(async {
             let (wake, _w) = bounded(1);
-            let (spool, thread, rec) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
             assert_eq!(rec.messages, 0);
             let a = spool.new_id(1000);
             spool
@@ -1714,7 +2036,7 @@ mod tests {
         });
         smol::block_on(async {
             let (wake, _w) = bounded(1);
-            let (spool, thread, rec) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
             assert_eq!((rec.messages, rec.leftovers, rec.bytes), (1, 1, 20));
             let list = spool.list().unwrap();
             let (id, m) = &list[0];
@@ -1734,7 +2056,7 @@ mod tests {
         let dir = tmpdir("finish");
         smol::block_on(async {
             let (wake, _w) = bounded(1);
-            let (spool, thread, _) = Spool::open(&dir, 1 << 20, wake).unwrap();
+            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
             let id = spool.new_id(1000);
             spool
                 .append(id, 0, b"Subject: x\r\n\r\nbody\r\n".to_vec())
