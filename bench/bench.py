@@ -218,13 +218,15 @@ class Sink:
 class Mxspool:
     name = "mxspool"
 
-    def __init__(self, workdir, sink_port, binary, runner=()):
+    def __init__(self, workdir, sink_port, binary, runner=(), extra_options=()):
         self.dir = Path(workdir) / "mx"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.binary, self.runner = str(binary), list(runner)
         self.conf = self.dir / "mxspool.conf"
         self.sink_port, self.n = sink_port, 0
+        self.extra = "".join(f"\toption {o.partition('=')[0]} '{o.partition('=')[2]}'\n"
+                             for o in extra_options)
         self._write_conf()
         self.proc = None
 
@@ -241,7 +243,7 @@ class Mxspool:
 \toption max_connections_per_ip '64'
 \toption max_spool_size '2G'
 \toption smarthost '{LOCALHOST}:{self.sink_port}'
-
+{self.extra}
 config domain 'd0'
 \toption name '{DOMAIN}'
 \toption deliver_to '{LOCALHOST}:{self.sink_port}'
@@ -435,6 +437,23 @@ def smtp_source(port, msgs, sessions, length, timeout=600):
     return dt
 
 
+def sectors_written(path):
+    """512-byte sectors written so far to the block device holding PATH
+    (field 7 of /sys/dev/block/M:m/stat), or None when it cannot be read."""
+    st = os.stat(path)
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat") \
+            .read_text().split()
+        return int(fields[6])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def disk_dir(server):
+    """Where SERVER's queue lives (whose device the write counter reads)."""
+    return getattr(server, "SPOOL", None) or getattr(server, "dir", None) or server.workdir
+
+
 def wait_sink(sink, n, timeout, kick=None):
     deadline = time.monotonic() + timeout
     next_kick = time.monotonic() + 1
@@ -455,7 +474,8 @@ def build_servers(args, workdir, sink_port):
     servers = []
     for name in args.servers.split(","):
         if name == "mxspool":
-            servers.append(Mxspool(workdir, sink_port, args.binary))
+            servers.append(Mxspool(workdir, sink_port, args.binary,
+                                   extra_options=args.mxspool_option))
         elif name == "postfix":
             servers.append(Postfix(workdir, sink_port))
         elif name == "opensmtpd":
@@ -492,11 +512,18 @@ def one_round(server, sink, args, res):
     rec("idle_rss", rss)
     rec("idle_pss", pss)
     rec("nproc_idle", nproc)
+    before = sectors_written(disk_dir(server))
     with Sampler(server) as s:
         dt = smtp_source(server.port, n, 1, 4 * KIB)
     peak(s)
     rec("accept1", n / dt)
+    # Flash wear: everything the device was given for these messages,
+    # including what the file system writes back after the test.
     server.stop()
+    os.sync()
+    after = sectors_written(disk_dir(server))
+    if before is not None and after is not None:
+        rec("write1", (after - before) * 512 / KIB / n)
 
     # 2. 4 KiB x 8 sessions, then drain those to the primary once it is up
     start_fresh(server)
@@ -550,6 +577,7 @@ ROWS = [
     ("accept1", "accept 4 KiB, 1 session", "msg/s", True, "{:.0f}"),
     ("accept8", "accept 4 KiB, 8 sessions", "msg/s", True, "{:.0f}"),
     ("accept_1m", "accept 1 MiB", "msg/s", True, "{:.1f}"),
+    ("write1", "disk writes per 4 KiB message (1 session)", "KiB", False, "{:.1f}"),
     ("drain_s", "drain queued 4 KiB messages", "s", False, "{:.2f}"),
     ("drain_rate", "drain rate", "msg/s", True, "{:.0f}"),
     ("idle_rss", "idle RSS (all processes)", "MiB", False, "{:.1f}"),
@@ -766,6 +794,8 @@ def main():
                    help="skip the 8 x 9 MiB test")
     c.add_argument("--drain-timeout", type=float, default=300)
     c.add_argument("--servers", default="mxspool,postfix,opensmtpd")
+    c.add_argument("--mxspool-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra option for mxspool's main section (e.g. journal_size=0)")
     c.add_argument("--opensmtpd-root", default=os.environ.get(
         "OPENSMTPD_ROOT", "/var/tmp/mxspool-bench/opensmtpd"))
     c.add_argument("--output", default=str(REPO / "bench/results.md"))
