@@ -346,7 +346,7 @@ pub struct Main {
     // Extras beyond the contract (documented in the README).
     /// redb page cache (`cache_size`, default 4M).
     pub cache_size: u64,
-    /// The spool's commit journal (`journal_size`, default 1M; 0: none).
+    /// The spool's commit journal (`journal_size`, default 4M; 0: none).
     pub journal_size: u64,
     /// Server: wait for a command (`command_timeout`, default 5m, RFC 5321 4.5.3.2.7).
     pub command_timeout: Duration,
@@ -950,7 +950,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         sender_allow: o.list("sender_allow", sender_pattern)?,
         sender_deny: o.list("sender_deny", sender_pattern)?,
         cache_size: o.one("cache_size", 4 << 20, parse_size)?,
-        journal_size: o.one("journal_size", 1 << 20, journal_size)?,
+        journal_size: o.one("journal_size", 4 << 20, journal_size)?,
         command_timeout: o.one("command_timeout", secs(300), positive_duration)?,
         data_timeout: o.one("data_timeout", secs(180), positive_duration)?,
         max_errors: o.one("max_errors", 10, count)?,

@@ -101,6 +101,7 @@ fn main_defaults() {
     assert!(m.sender_allow.is_empty());
     assert!(m.sender_deny.is_empty());
     assert_eq!(m.cache_size, 4 * 1024 * 1024);
+    assert_eq!(m.journal_size, 4 * 1024 * 1024);
     assert_eq!(m.command_timeout, secs(300));
     assert_eq!(m.data_timeout, secs(180));
     assert_eq!(m.max_errors, 10);
@@ -165,6 +166,7 @@ config mxspool 'main'
 	list   sender_allow 'Bob@Friend.example'
 	list   sender_deny '.spam.example'
 	option cache_size '1536K'
+	option journal_size '0'
 	option command_timeout '10m'
 	option data_timeout '1h'
 	option max_errors '3'
@@ -246,10 +248,11 @@ fn full_example_values() {
     );
     assert_eq!(m.sender_deny, vec![".spam.example"]);
     assert_eq!(m.cache_size, 1536 * 1024);
+    assert_eq!(m.journal_size, 0);
     assert_eq!(m.greeting_timeout, secs(2 * 86400));
 
     let d = &c.domains[0];
-    assert_eq!(d.line, 41);
+    assert_eq!(d.line, 42);
     assert_eq!(d.port, 2525);
     assert_eq!(d.verify, Verify::Users);
     assert_eq!(d.users, vec!["alice", "bob@example.com"]);
@@ -270,7 +273,7 @@ fn full_example_values() {
             port: 2525
         })
     );
-    assert_eq!(c.domain("other.example").map(|d| d.line), Some(53));
+    assert_eq!(c.domain("other.example").map(|d| d.line), Some(54));
     assert!(c.domain("example.org").is_none());
 }
 
@@ -563,6 +566,8 @@ fn main_value_errors() {
         ("log_level", "verbose"),
         ("tls_cert", "cert.pem"),
         ("cache_size", "4MB"),
+        ("journal_size", "63K"),
+        ("journal_size", "2G"),
         ("command_timeout", "5"),
         ("data_timeout", "0m"),
         ("max_errors", "0"),

@@ -77,28 +77,9 @@ fn align_up(n: u64) -> u64 {
 }
 
 impl Journal {
-    /// Takes the journal's storage and makes it exactly `size` bytes,
-    /// writing zeros over any new space (not a sparse extension: the first
-    /// frame written there must not have to allocate blocks before its
-    /// fsync can return).
-    /// `size` None: keep the length found (a journal being retired after
-    /// `journal_size` was set to 0 is opened only to be replayed).
-    pub fn open(store: Box<dyn StorageBackend>, size: Option<u64>) -> io::Result<Journal> {
-        let len = store.len()?;
-        let size = size.unwrap_or(len) / FRAME_ALIGN * FRAME_ALIGN;
-        if len != size {
-            store.set_len(size)?;
-            if len < size {
-                let zeros = vec![0u8; 64 * 1024];
-                let mut at = len;
-                while at < size {
-                    let n = (size - at).min(zeros.len() as u64) as usize;
-                    store.write(at, &zeros[..n])?;
-                    at += n as u64;
-                }
-            }
-            store.sync_data()?;
-        }
+    /// Takes the journal's storage as it is (to be replayed first).
+    pub fn open(store: Box<dyn StorageBackend>) -> io::Result<Journal> {
+        let size = store.len()? / FRAME_ALIGN * FRAME_ALIGN;
         Ok(Journal {
             store,
             size,
@@ -107,6 +88,29 @@ impl Journal {
             next_gen: 1,
             frame: Vec::new(),
         })
+    }
+
+    /// Makes the storage exactly `size` bytes for use, writing zeros over
+    /// any new space (not a sparse extension: the first frame written
+    /// there must not have to allocate blocks before its fsync returns).
+    pub fn prepare(&mut self, size: u64) -> io::Result<()> {
+        let size = size / FRAME_ALIGN * FRAME_ALIGN;
+        let len = self.store.len()?;
+        if len != size {
+            self.store.set_len(size)?;
+            if len < size {
+                let zeros = vec![0u8; 64 * 1024];
+                let mut at = len;
+                while at < size {
+                    let n = (size - at).min(zeros.len() as u64) as usize;
+                    self.store.write(at, &zeros[..n])?;
+                    at += n as u64;
+                }
+            }
+            self.store.sync_data()?;
+            self.size = size;
+        }
+        Ok(())
     }
 
     /// Calls `f` for every record of every frame written for `epoch` after
@@ -405,7 +409,8 @@ mod tests {
     #[test]
     fn frames_replay_in_order_and_only_after_the_recorded_generation() {
         let mem = Mem::default();
-        let mut j = Journal::open(Box::new(mem.clone()), Some(MIN_JOURNAL)).unwrap();
+        let mut j = Journal::open(Box::new(mem.clone())).unwrap();
+        j.prepare(MIN_JOURNAL).unwrap();
         assert_eq!(mem.len().unwrap(), MIN_JOURNAL);
         j.restart(7, 10);
         assert!(add(&mut j, 1) && add(&mut j, 2));
@@ -425,7 +430,8 @@ mod tests {
     #[test]
     fn a_torn_or_stale_frame_ends_the_replay() {
         let mem = Mem::default();
-        let mut j = Journal::open(Box::new(mem.clone()), Some(MIN_JOURNAL)).unwrap();
+        let mut j = Journal::open(Box::new(mem.clone())).unwrap();
+        j.prepare(MIN_JOURNAL).unwrap();
         j.restart(1, 0);
         for id in 1..=3 {
             assert!(add(&mut j, id));
@@ -447,7 +453,8 @@ mod tests {
 
     #[test]
     fn a_full_journal_refuses_the_record_and_keeps_the_frame() {
-        let mut j = Journal::open(Box::new(Mem::default()), Some(MIN_JOURNAL)).unwrap();
+        let mut j = Journal::open(Box::new(Mem::default())).unwrap();
+        j.prepare(MIN_JOURNAL).unwrap();
         j.restart(1, 0);
         let big = vec![0u8; MIN_JOURNAL as usize];
         assert!(!j.add(Record {

@@ -405,11 +405,28 @@ impl Spool {
             Some(j) => replay_journal(&db, j)?,
             None => 0,
         };
-        if opts.journal_size == 0
-            && let Some(j) = journal.take()
-        {
-            // Replayed and recorded: the retired journal can go.
-            if backend.is_none() {
+        // Replayed and recorded: from here on the journal's content is
+        // history, and it can be resized, or retired.
+        if let Some(mut j) = journal.take() {
+            let prepared = match opts.journal_size {
+                0 => None,
+                size => match j.prepare(size) {
+                    Ok(()) => Some(()),
+                    Err(e) => {
+                        // A nearly full disk: run without it rather than
+                        // not at all (every message a durable commit).
+                        log::warn!(
+                            "event=journal_unavailable path={} size={size} error=\"{e}\"",
+                            journal_path.display()
+                        );
+                        None
+                    }
+                },
+            };
+            if prepared.is_some() {
+                journal = Some(j);
+            } else if backend.is_none() {
+                drop(j);
                 let _ = std::fs::remove_file(&journal_path);
             } else {
                 j.retire()
@@ -805,8 +822,8 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Opens the commit journal (None when `journal_size` is 0; a journal
-/// left from before is then replayed once and removed).
+/// Opens the commit journal as found, for replay (None when there is none
+/// and `journal_size` is 0).
 fn open_journal(
     path: &Path,
     size: u64,
@@ -837,7 +854,7 @@ fn open_journal(
             Box::new(journal::FileStore(f))
         }
     };
-    let j = journal::Journal::open(store, (size > 0).then_some(size)).map_err(fail)?;
+    let j = journal::Journal::open(store).map_err(fail)?;
     Ok(Some(j))
 }
 

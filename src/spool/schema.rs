@@ -9,7 +9,9 @@
 //! - `attempts`:   (id, n) → [`Attempt`] : the last `MAX_ATTEMPT_RECORDS` attempts
 //! - `incoming`:   id → start time : bodies being received, not yet committed;
 //!   whatever is still here at start-up is a crash leftover and is removed
-//! - `meta`:       name → u64 : schema version
+//! - `meta`:       name → u64 : `schema` version; `journal_epoch` (random,
+//!   names this database in its commit journal's frames) and `journal_gen`
+//!   (the last journal frame this database's durable state includes)
 //! - `callahead`:  address → [`CacheEntry`] : call-ahead answers
 //! - `callahead_expiry`: (expire, address) → () : evicts the oldest first
 

@@ -53,6 +53,8 @@ def test_full_disk_gives_452_loses_nothing_and_recovers(mxspool, sink_factory, s
             if len(refused) >= 3:
                 break
     assert refused, "the small filesystem never filled up"
+    print("\n[storage-full] journal:", "unavailable (no room), running without"
+          if "event=journal_unavailable" in mx.log() else "in use")
     for res in refused:
         # Refused at MAIL (the room check), or after DATA (the commit).
         steps = [res.mail, *res.rcpt.values(), res.data]
