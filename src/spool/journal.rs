@@ -62,16 +62,6 @@ pub struct Journal {
     frame: Vec<u8>,
 }
 
-impl std::fmt::Debug for Journal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal")
-            .field("size", &self.size)
-            .field("pos", &self.pos)
-            .field("next_gen", &self.next_gen)
-            .finish()
-    }
-}
-
 fn align_up(n: u64) -> u64 {
     n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
 }
@@ -319,31 +309,6 @@ fn crc32c_update(mut c: u32, data: &[u8]) -> u32 {
         c = CRC_TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
     }
     c
-}
-
-/// A journal in a plain file.
-#[derive(Debug)]
-pub struct FileStore(pub std::fs::File);
-
-impl StorageBackend for FileStore {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        std::os::unix::fs::FileExt::read_exact_at(&self.0, out, offset)
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
-    }
-    fn close(&self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

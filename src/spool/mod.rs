@@ -822,6 +822,16 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Records in `meta` that the database's state includes every journal
+/// frame up to `gen_` (a no-op write is skipped: it would cost a page).
+fn record_journal_gen(tx: &redb::WriteTransaction, gen_: u64) -> Result<(), SpoolError> {
+    let mut meta = tx.open_table(META).map_err(storage)?;
+    if meta.get(JOURNAL_GEN).map_err(storage)?.map(|v| v.value()) != Some(gen_) {
+        meta.insert(JOURNAL_GEN, gen_).map_err(storage)?;
+    }
+    Ok(())
+}
+
 /// Opens the commit journal as found, for replay (None when there is none
 /// and `journal_size` is 0).
 fn open_journal(
@@ -851,7 +861,9 @@ fn open_journal(
                 .truncate(false)
                 .open(path)
                 .map_err(fail)?;
-            Box::new(journal::FileStore(f))
+            Box::new(redb::backends::FileBackend::new(f).map_err(|e| {
+                SpoolError::Storage(format!("cannot open the journal {}: {e}", path.display()))
+            })?)
         }
     };
     let j = journal::Journal::open(store).map_err(fail)?;
@@ -862,15 +874,14 @@ fn open_journal(
 /// database lost (its last commits were not durable yet), and records
 /// that the journal is now all in the database. Returns the count.
 fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolError> {
+    let tx = db.begin_write().map_err(storage)?;
     let (epoch, after) = {
-        let rtx = db.begin_read().map_err(storage)?;
-        let meta = rtx.open_table(META).map_err(storage)?;
+        let meta = tx.open_table(META).map_err(storage)?;
         let get = |k: &str| -> Result<u64, SpoolError> {
             Ok(meta.get(k).map_err(storage)?.map_or(0, |v| v.value()))
         };
         (get(JOURNAL_EPOCH)?, get(JOURNAL_GEN)?)
     };
-    let tx = db.begin_write().map_err(storage)?;
     let mut n = 0u64;
     let last = {
         let mut messages = tx.open_table(MESSAGES).map_err(storage)?;
@@ -903,10 +914,7 @@ fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolE
         replayed.map_err(|e| SpoolError::Storage(format!("cannot read the journal: {e}")))??
     };
     if last != after {
-        tx.open_table(META)
-            .map_err(storage)?
-            .insert(JOURNAL_GEN, last)
-            .map_err(storage)?;
+        record_journal_gen(&tx, last)?;
         tx.commit().map_err(storage)?;
     } else {
         tx.abort().map_err(storage)?;
@@ -1281,11 +1289,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
         }
         if durable && let Some(j) = st.journal.as_ref() {
             // Everything journaled so far is in this transaction's state.
-            let mut meta = tx.open_table(META).map_err(storage)?;
-            let recorded = meta.get(JOURNAL_GEN).map_err(storage)?.map(|v| v.value());
-            if recorded != Some(j.last_gen()) {
-                meta.insert(JOURNAL_GEN, j.last_gen()).map_err(storage)?;
-            }
+            record_journal_gen(&tx, j.last_gen())?;
         }
         tx.commit().map_err(storage)?;
         if journaled
@@ -1297,10 +1301,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             // commit keeps the promise instead.
             log::warn!("event=journal_error error=\"{e}\"");
             let tx = db.begin_write().map_err(storage)?;
-            tx.open_table(META)
-                .map_err(storage)?
-                .insert(JOURNAL_GEN, j.last_gen())
-                .map_err(storage)?;
+            record_journal_gen(&tx, j.last_gen())?;
             tx.commit().map_err(storage)?;
             durable = true;
         }
@@ -1896,6 +1897,22 @@ mod tests {
         journal_size: 1 << 20,
     };
 
+    /// Opens the spool in `dir`, runs `f` on it, and shuts it down.
+    fn with_spool<T>(
+        dir: &Path,
+        opts: SpoolOptions,
+        f: impl AsyncFnOnce(&Spool, Recovered) -> T,
+    ) -> T {
+        smol::block_on(async {
+            let (wake, _w) = bounded(1);
+            let (spool, thread, rec) = Spool::open(dir, opts, wake).unwrap();
+            let out = f(&spool, rec).await;
+            drop(spool);
+            thread.join();
+            out
+        })
+    }
+
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("mxspool-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -1954,9 +1971,7 @@ mod tests {
         let dir = tmpdir("journal-replay");
         let db_path = dir.join(SPOOL_FILE);
         let journal_path = dir.join(JOURNAL_FILE);
-        let (old_db, journal, id) = smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
+        let (old_db, journal, id) = with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
             // The database as a power cut right now would leave it.
             let old_db = std::fs::read(&db_path).unwrap();
             let id = spool.new_id(1000);
@@ -1967,19 +1982,13 @@ mod tests {
                 .unwrap();
             // Acknowledged: the journal holds it, redb not durably yet.
             let journal = std::fs::read(&journal_path).unwrap();
-            drop(spool);
-            thread.join();
             (old_db, journal, id)
         });
         std::fs::write(&db_path, old_db).unwrap();
         std::fs::write(&journal_path, &journal).unwrap();
         let reopen = || {
-            smol::block_on(async {
-                let (wake, _w) = bounded(1);
-                let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
+            with_spool(&dir, OPTS, async |spool: &Spool, rec: Recovered| {
                 let body = spool.chunk(id, 0).unwrap();
-                drop(spool);
-                thread.join();
                 (rec.messages, rec.replayed, body)
             })
         };
@@ -1997,33 +2006,25 @@ mod tests {
     #[test]
     fn journal_size_0_retires_the_journal_after_replaying_it() {
         let dir = tmpdir("journal-off");
-        smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
             let id = spool.new_id(1000);
             spool
                 .commit(id, envelope(), 1, 4, Some((0, b"x\r\n\r\n".to_vec())))
                 .await
                 .unwrap();
-            drop(spool);
-            thread.join();
         });
         assert!(dir.join(JOURNAL_FILE).exists());
         let off = SpoolOptions {
             journal_size: 0,
             ..OPTS
         };
-        smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, rec) = Spool::open(&dir, off, wake).unwrap();
+        with_spool(&dir, off, async |spool: &Spool, rec: Recovered| {
             assert_eq!(rec.messages, 1);
             let id = spool.new_id(1000);
             spool
                 .commit(id, envelope(), 1, 4, Some((0, b"y\r\n\r\n".to_vec())))
                 .await
                 .unwrap();
-            drop(spool);
-            thread.join();
         });
         assert!(!dir.join(JOURNAL_FILE).exists());
         let _ = std::fs::remove_dir_all(&dir);
@@ -2032,9 +2033,7 @@ mod tests {
     #[test]
     fn committed_messages_survive_a_reopen_and_half_received_bodies_do_not() {
         let dir = tmpdir("reopen");
-        smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
+        with_spool(&dir, OPTS, async |spool: &Spool, rec: Recovered| {
             assert_eq!(rec.messages, 0);
             let a = spool.new_id(1000);
             spool
@@ -2048,12 +2047,8 @@ mod tests {
             spool.append(b, 0, b"partial".to_vec()).await.unwrap();
             spool.barrier().await.unwrap();
             assert_eq!(spool.state().messages, 1);
-            drop(spool);
-            thread.join();
         });
-        smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, rec) = Spool::open(&dir, OPTS, wake).unwrap();
+        with_spool(&dir, OPTS, async |spool: &Spool, rec: Recovered| {
             assert_eq!((rec.messages, rec.leftovers, rec.bytes), (1, 1, 20));
             let list = spool.list().unwrap();
             let (id, m) = &list[0];
@@ -2062,8 +2057,6 @@ mod tests {
             assert_eq!(spool.chunk(*id, 1).unwrap().unwrap(), b"body\r\n");
             // The new ids never repeat the old ones, whatever the clock says.
             assert!(spool.new_id(0) > *id);
-            drop(spool);
-            thread.join();
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -2071,9 +2064,7 @@ mod tests {
     #[test]
     fn a_permanent_failure_returns_the_mail_and_a_temporary_one_reschedules() {
         let dir = tmpdir("finish");
-        smol::block_on(async {
-            let (wake, _w) = bounded(1);
-            let (spool, thread, _) = Spool::open(&dir, OPTS, wake).unwrap();
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
             let id = spool.new_id(1000);
             spool
                 .append(id, 0, b"Subject: x\r\n\r\nbody\r\n".to_vec())
@@ -2133,8 +2124,6 @@ mod tests {
             let (due, next) = spool.due(1059, 10, &HashSet::new()).unwrap();
             assert_eq!(due, vec![dsn]);
             assert_eq!(next, Some(1060));
-            drop(spool);
-            thread.join();
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
