@@ -408,22 +408,19 @@ impl Spool {
         // Replayed and recorded: from here on the journal's content is
         // history, and it can be resized, or retired.
         if let Some(mut j) = journal.take() {
-            let prepared = match opts.journal_size {
-                0 => None,
-                size => match j.prepare(size) {
-                    Ok(()) => Some(()),
-                    Err(e) => {
+            let size = opts.journal_size;
+            let usable = size > 0
+                && j.prepare(size)
+                    .inspect_err(|e| {
                         // A nearly full disk: run without it rather than
                         // not at all (every message a durable commit).
                         log::warn!(
                             "event=journal_unavailable path={} size={size} error=\"{e}\"",
                             journal_path.display()
                         );
-                        None
-                    }
-                },
-            };
-            if prepared.is_some() {
+                    })
+                    .is_ok();
+            if usable {
                 journal = Some(j);
             } else if backend.is_none() {
                 drop(j);
@@ -839,13 +836,13 @@ fn open_journal(
     size: u64,
     backend: Option<&BackendFactory>,
 ) -> Result<Option<journal::Journal>, SpoolError> {
-    let fail = |e: std::io::Error| {
+    let fail = |e: &dyn fmt::Display| {
         SpoolError::Storage(format!("cannot open the journal {}: {e}", path.display()))
     };
     let store: Box<dyn redb::StorageBackend> = match backend {
         Some(make) => {
-            let store = make(Store::Journal).map_err(fail)?;
-            if size == 0 && store.len().map_err(fail)? == 0 {
+            let store = make(Store::Journal).map_err(|e| fail(&e))?;
+            if size == 0 && store.len().map_err(|e| fail(&e))? == 0 {
                 return Ok(None);
             }
             store
@@ -860,13 +857,11 @@ fn open_journal(
                 .create(true)
                 .truncate(false)
                 .open(path)
-                .map_err(fail)?;
-            Box::new(redb::backends::FileBackend::new(f).map_err(|e| {
-                SpoolError::Storage(format!("cannot open the journal {}: {e}", path.display()))
-            })?)
+                .map_err(|e| fail(&e))?;
+            Box::new(redb::backends::FileBackend::new(f).map_err(|e| fail(&e))?)
         }
     };
-    let j = journal::Journal::open(store).map_err(fail)?;
+    let j = journal::Journal::open(store).map_err(|e| fail(&e))?;
     Ok(Some(j))
 }
 
