@@ -13,5 +13,13 @@ if [ "${1:-}" = "--quick" ]; then
     shift
     QUICK="--rounds 1 --messages 200 --big-messages 5 --no-huge --output bench/results-quick.md"
 fi
+# The size target is on the router build (stripped mipsel, release-z): built
+# here when the cross tools are installed (cross/setup.sh), else not measured.
+ROUTER_BIN=target/mipsel-unknown-linux-musl/release-z/mxspool
+ROUTER=""
+if [ "${MXSPOOL_BENCH_SKIP_BUILD:-0}" != 1 ] && command -v cargo-zigbuild >/dev/null 2>&1; then
+    cross/build.sh mipsel-unknown-linux-musl build release-z >/dev/null 2>&1 || rm -f "$ROUTER_BIN"
+fi
+[ -f "$ROUTER_BIN" ] && ROUTER="--router-binary $ROUTER_BIN"
 # shellcheck disable=SC2086
-exec python3 bench/bench.py --binary "$MXSPOOL_BENCH_BINARY" compare $QUICK "$@"
+exec python3 bench/bench.py --binary "$MXSPOOL_BENCH_BINARY" compare $QUICK $ROUTER "$@"

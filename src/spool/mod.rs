@@ -8,9 +8,10 @@
 //! moment share one fsync (group commit), and each client gets its 250 only
 //! after the commit that holds its message returned.
 //!
-//! Bodies arrive as chunks while the client sends them and are written in
-//! cheap non-durable transactions; the durable commit at the end of DATA
-//! makes them durable together with the envelope. A crash before that
+//! Bodies arrive as chunks while the client sends them and go into a write
+//! transaction that stays open between batches of chunks (no commit of
+//! their own); the durable commit at the end of DATA makes them durable
+//! together with the envelope. A crash before that
 //! leaves the chunks listed in `incoming`, and start-up removes them. A
 //! message whose whole body rides with its commit (most mail) is made
 //! durable by the commit journal instead (see `journal`): one short
@@ -1017,6 +1018,12 @@ struct ThreadState {
     bytes_delta: i64,
     messages_delta: i64,
     wake: bool,
+    /// The write transaction left open by batches of body chunks alone,
+    /// and the messages with chunks in it. Chunks need no commit of their
+    /// own (they count only once their message commits), and a commit per
+    /// batch of chunks cost more than the chunks' inserts.
+    open: Option<redb::WriteTransaction>,
+    open_ids: Vec<QueueId>,
 }
 
 fn spool_thread(
@@ -1033,6 +1040,8 @@ fn spool_thread(
         bytes_delta: 0,
         messages_delta: 0,
         wake: false,
+        open: None,
+        open_ids: vec![],
     };
     loop {
         let first = match st.unsynced_since {
@@ -1101,6 +1110,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     let db = match current {
         Some(db) => db,
         None => {
+            st.open = None;
             reopen(shared, st.journal.as_mut());
             let reopened = read_lock(&shared.db).clone();
             match reopened {
@@ -1142,12 +1152,18 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             _ => true,
         });
     let mut durable = must_sync || (commits && !journaled);
-    let mut appended: Vec<QueueId> = vec![];
+    // Chunks alone stay in the open transaction, unless a sync is due.
+    let keep_open = !durable && batch.iter().all(|r| matches!(r, Request::Append { .. }));
+    let mut appended = std::mem::take(&mut st.open_ids);
+    let open = st.open.take();
     let mut owed: Vec<Owed> = vec![];
     st.bytes_delta = 0;
     st.messages_delta = 0;
-    let result = (|| -> Result<(), SpoolError> {
-        let mut tx = db.begin_write().map_err(storage)?;
+    let result = (|| -> Result<Option<redb::WriteTransaction>, SpoolError> {
+        let mut tx = match open {
+            Some(tx) => tx,
+            None => db.begin_write().map_err(storage)?,
+        };
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -1157,7 +1173,9 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
         for req in batch {
             match req {
                 Request::Append { id, seq, data } => {
-                    appended.push(id);
+                    if !appended.contains(&id) {
+                        appended.push(id);
+                    }
                     if st.broken.contains(&id) {
                         continue;
                     }
@@ -1282,6 +1300,9 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                 }
             }
         }
+        if keep_open {
+            return Ok(Some(tx));
+        }
         if durable && let Some(j) = st.journal.as_ref() {
             // Everything journaled so far is in this transaction's state.
             record_journal_gen(&tx, j.last_gen())?;
@@ -1300,10 +1321,14 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             tx.commit().map_err(storage)?;
             durable = true;
         }
-        Ok(())
+        Ok(None)
     })();
     match result {
-        Ok(()) => {
+        Ok(Some(open)) => {
+            st.open = Some(open);
+            st.open_ids = appended;
+        }
+        Ok(None) => {
             if durable {
                 st.unsynced_since = None;
                 if let Some(j) = st.journal.as_mut() {
