@@ -632,7 +632,7 @@ def shared_libraries(files):
             m = re.search(r"=>\s+(/\S+)", line)
             if m and m.group(1).rsplit("/", 1)[-1].split(".so")[0] not in LIBC_PARTS:
                 libs.add(os.path.realpath(m.group(1)))
-    return sorted(libs)
+    return sorted(libs - {os.path.realpath(f) for f in files})
 
 
 def binary_sizes(args, names):

@@ -161,6 +161,10 @@ class SmtpSink:
                 conn, peer = self._sock.accept()
             except OSError:
                 return
+            # Replies go out one write each: with Nagle, the second reply to
+            # a pipelined group waits for the client's delayed ACK (40 ms).
+            # Real servers flush a group's replies at once.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True)
             t.start()
             self._threads.append(t)
