@@ -636,22 +636,28 @@ def shared_libraries(files):
 
 
 def binary_sizes(args, names):
-    """installed: what a server needs on disk beyond libc; mxspool is one
-    static executable (TLS, database and musl libc inside), the others link
-    OpenSSL, Berkeley DB, ICU, libevent... dynamically. The executables
-    alone are printed under the table too."""
-    out, alone = {}, {}
+    """The size rows, and the note printed under the table. installed: what
+    a server needs on disk beyond libc; the static musl mxspool carries its
+    TLS stack, database and C library inside, the others load OpenSSL,
+    Berkeley DB, ICU, libevent... The executables alone go in the note."""
+    out, alone, static = {}, [], False
     for name in names:
         files = server_files(args, name)
         own = sum(f.stat().st_size for f in files)
         libs = shared_libraries(files)
-        alone[name] = own / MIB
+        alone.append(f"{name} {own / MIB:.2f} MiB")
+        static |= name == "mxspool" and not libs
         out[name] = {"installed": [(own + sum(os.path.getsize(x) for x in libs)) / MIB]}
         log(f"{name}: executables {own / MIB:.2f} MiB; libraries:",
             " ".join(Path(x).name for x in libs) or "none")
+    note = "Executables alone (stripped, x86_64): " + ", ".join(alone) + "."
+    if static:
+        note += " mxspool is static: its TLS stack, database and C library are inside."
     if args.router_binary and "mxspool" in out:
         out["mxspool"]["router"] = [os.path.getsize(args.router_binary) / MIB]
-    return out, alone
+    else:
+        note += " Router binary not measured: no mipsel build (cross/setup.sh installs the tools)."
+    return out, note
 
 
 def load_note():
@@ -734,16 +740,10 @@ def cmd_compare(args):
                 srv.stop()
                 sink.stop()
             log("  so far:", {k: [round(x, 1) for x in v] for k, v in res.get(srv.name, {}).items()})
-    sizes, alone = binary_sizes(args, names)
+    sizes, note = binary_sizes(args, names)
     for name, v in sizes.items():
         res.setdefault(name, {}).update(v)
-    out = table(res, names, args, started, load_note())
-    out += ("\nExecutables alone (stripped, x86_64): " +
-            ", ".join(f"{n} {alone[n]:.2f} MiB" for n in names if n in alone) +
-            (" (mxspool static: its TLS stack, database and C library are inside)."
-             if "mxspool" in alone else ".") +
-            ("" if args.router_binary else
-             " Router binary not measured: cross tools missing (cross/setup.sh).") + "\n")
+    out = table(res, names, args, started, load_note()) + "\n" + note + "\n"
     print(out)
     if args.output:
         Path(args.output).write_text(out)
