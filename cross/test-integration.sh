@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # cross/test-integration.sh TARGET [ARGS...]
-# Build the debug mxspool binary for TARGET and run the Python integration suite
-# against it under qemu-user: ./tests/run.sh with
+# Build the mxspool binary for TARGET with MXSPOOL_CROSS_PROFILE (default release-z: the
+# build that ships on routers) and run the Python integration suite against it
+# under qemu-user: ./tests/run.sh with
 #   MXSPOOL_BIN=<the cross binary>  MXSPOOL_RUNNER=qemu-<arch> (empty for x86_64)
-# ARGS are passed to tests/run.sh.
+# MXSPOOL_CROSS_PROFILE=dev tests the debug build instead. ARGS are passed to tests/run.sh.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: cross/test-integration.sh TARGET [ARGS...]" >&2; exit 2; }
@@ -30,12 +31,14 @@ if [ -n "$RUNNER" ] && ! command -v "$RUNNER" >/dev/null 2>&1; then
 	exit 2
 fi
 
-"$ROOT/cross/build.sh" "$T" build dev
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$T/debug/mxspool
+PROFILE=${MXSPOOL_CROSS_PROFILE:-release-z}
+"$ROOT/cross/build.sh" "$T" build "$PROFILE"
+case "$PROFILE" in dev|test) DIR=debug ;; bench) DIR=release ;; *) DIR=$PROFILE ;; esac
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$T/$DIR/mxspool
 
 echo "+ MXSPOOL_BIN=$BIN MXSPOOL_RUNNER=$RUNNER ./tests/run.sh $*"
 start=$(date +%s)
 rc=0
 MXSPOOL_BIN=$BIN MXSPOOL_RUNNER=$RUNNER ./tests/run.sh "$@" || rc=$?
-echo "time integration $T $(( $(date +%s) - start ))s (exit $rc)"
+echo "time integration $T $PROFILE $(( $(date +%s) - start ))s (exit $rc)"
 exit "$rc"

@@ -3,6 +3,7 @@ SMTP client for byte-exact conversations, and message builders."""
 
 import email.utils
 import os
+import re
 import select
 import socket
 import time
@@ -253,6 +254,23 @@ def queue_entries(mx):
         return json.loads(r.stdout)
     except ValueError:
         return None
+
+
+def deferrals_logged(mx, queue_id):
+    """How many `status=deferred` delivery lines the daemon has logged for
+    QUEUE_ID (one per attempt for a one-recipient message)."""
+    return len(re.findall(rf"id={re.escape(queue_id)} event=delivery .*status=deferred", mx.log()))
+
+
+def wait_deferred_in_log(mx, queue_id, attempts=1, timeout=15):
+    """Wait until the daemon has logged ATTEMPTS deferred attempts for
+    QUEUE_ID. Reads the daemon's log file only: unlike a `queue` command or
+    a connection, that never wakes the daemon, so a retry timer that does
+    not fire cannot be hidden by the wait itself (issue 20: on MIPS the
+    reactor slept with no timeout and every CLI poll woke it)."""
+    wait_until(lambda: deferrals_logged(mx, queue_id) >= attempts, timeout, interval=0.2,
+               what=f"{attempts} deferred attempt(s) of {queue_id} in the log "
+                    f"(have {deferrals_logged(mx, queue_id)})")
 
 
 def wait_attempted(mx, queue_id, attempts=1, timeout=15):

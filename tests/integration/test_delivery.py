@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timezone
 
 from harness_mxspool import domain
-from harness_util import free_port, make_message, queue_entries, send_mail, wait_attempted
+from harness_util import free_port, make_message, queue_entries, send_mail, wait_deferred_in_log
 
 # A body with the lines that break naive relays: dots, dot-dot, a lone dot,
 # long-ish lines, trailing spaces, UTF-8 (8BITMIME).
@@ -107,7 +107,7 @@ def test_primary_down_then_up_on_same_port(mxspool, postfix_primary):
     res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
     assert res.accepted, res
     # let the daemon make its immediate attempt against the closed port
-    wait_attempted(mx, res.queue_id)
+    wait_deferred_in_log(mx, res.queue_id)
     assert pf.messages("alice") == []
     pf.start()
     (got,) = pf.wait_for_messages("alice", 1, timeout=15)
@@ -167,7 +167,7 @@ def test_new_mail_for_a_primary_just_found_down_shares_the_next_attempt(mxspool,
     first, _ = make_message()
     a = send_mail(mx.port, "s@sender.test", ["alice@example.com"], first)
     assert a.accepted, a
-    wait_attempted(mx, a.queue_id)
+    wait_deferred_in_log(mx, a.queue_id)
     second, _ = make_message()
     b = send_mail(mx.port, "s@sender.test", ["bob@example.com"], second)
     assert b.accepted, b

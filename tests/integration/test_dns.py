@@ -12,7 +12,8 @@ import time
 import pytest
 
 from harness_mxspool import domain
-from harness_util import RawSmtp, make_message, queue_entries, send_mail, wait_attempted, wait_until
+from harness_util import (RawSmtp, make_message, queue_entries, send_mail, wait_attempted,
+                          wait_deferred_in_log, wait_until)
 
 SENDER = "sender@sender.test"
 OUR = "mx2.test"
@@ -86,7 +87,7 @@ def test_mail_goes_to_the_mx_above_us_never_to_those_at_or_below(nsd, mxspool, p
     msg, mid = make_message(sender=SENDER)
     res = send_mail(mx.port, SENDER, ["alice@example.com"], msg)
     assert res.accepted, res
-    wait_attempted(mx, res.queue_id, attempts=2, timeout=20)
+    wait_deferred_in_log(mx, res.queue_id, attempts=2, timeout=30)
     assert peer.sessions == [] and low.sessions == [], \
         "an MX at or below our preference was contacted"
     pf.start()
