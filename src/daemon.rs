@@ -174,7 +174,7 @@ async fn start(
         config: RefCell::new(Arc::new(config)),
         spool,
         stats: RefCell::new(Stats {
-            started: crate::time::now_unix(),
+            started: crate::clock::now(),
             ..Stats::default()
         }),
         ex: ex.clone(),

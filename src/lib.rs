@@ -4,9 +4,11 @@
 //! `smtp` (protocol, sans-IO state machines), `receive` (listener, session
 //! driver, policy), `spool` (redb schema, spool thread), `deliver`
 //! (scheduler, destinations, client driver, DSNs), `dns` (resolver),
-//! `control` (control socket, `queue` commands), `log`, `cli`.
+//! `control` (control socket, `queue` commands), `log`, `cli`, `clock`
+//! (spool time: ages and retries that survive a router's clock steps).
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

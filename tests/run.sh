@@ -65,8 +65,9 @@ install_packages() {
 	# dnsmasq-base: the DNS server of the DNSBL tests (binary only, no
 	# service); nsd: the authoritative DNS server of the DNS tests;
 	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
-	# the TLS tests' self-signed certificates.
-	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl) missing=() p
+	# the TLS tests' self-signed certificates; faketime: the clock tests
+	# move the daemon's wall clock (libfaketime).
+	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done

@@ -110,7 +110,8 @@ fn parse_id(s: &str) -> Result<u64, String> {
 
 async fn run(ctx: &Rc<Ctx>, req: &str) -> Result<String, String> {
     let words: Vec<&str> = req.split(' ').filter(|w| !w.is_empty()).collect();
-    let now = crate::time::now_unix();
+    // Spool time: ages and "next in" are time that really passed.
+    let now = crate::clock::now();
     match words.as_slice() {
         ["list"] => list(ctx, now, false),
         ["list", "--json"] => list(ctx, now, true),
@@ -190,14 +191,14 @@ fn list(ctx: &Ctx, now: u64, json: bool) -> Result<String, String> {
                 out,
                 "{{\"id\":{},\"arrival\":{},\"age\":{},\"sender\":{},\"recipients\":[{}],\"size\":{},\"destination\":{},\"attempts\":{},\"next_attempt\":{},\"last_error\":{}}}",
                 json_str(&qid),
-                m.arrival,
+                crate::clock::to_unix(m.arrival),
                 now.saturating_sub(m.arrival),
                 json_str(&m.sender),
                 rc.join(","),
                 m.size,
                 json_str(&dests),
                 m.attempts,
-                m.next_attempt,
+                crate::clock::to_unix(m.next_attempt),
                 json_str(&m.last_error)
             );
         } else {
@@ -247,7 +248,7 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
     let _ = writeln!(
         out,
         "arrival: {} ({} ago)",
-        crate::time::rfc5322(m.arrival),
+        crate::time::rfc5322(crate::clock::to_unix(m.arrival)),
         age(now, m.arrival)
     );
     let _ = writeln!(out, "size: {}", m.size);
@@ -255,7 +256,7 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
     let _ = writeln!(
         out,
         "next attempt: {}",
-        crate::time::rfc5322(m.next_attempt)
+        crate::time::rfc5322(crate::clock::to_unix(m.next_attempt))
     );
     for r in &m.recipients {
         let state = match r.state {
@@ -279,7 +280,7 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
         let _ = writeln!(
             out,
             "attempt: {} {} {} {}",
-            crate::time::rfc5322(a.time),
+            crate::time::rfc5322(crate::clock::to_unix(a.time)),
             a.destination,
             if a.relay.is_empty() { "-" } else { &a.relay },
             a.result

@@ -160,7 +160,7 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
             }
             Err(ConnectError { reason, permanent }) => {
                 if !permanent {
-                    let now = crate::time::now_unix();
+                    let now = crate::clock::now();
                     ctx.deliverer.down.borrow_mut().mark(dest, &reason, now);
                 }
                 defer_all(ctx, dest, &reason, "", permanent).await;
@@ -393,7 +393,7 @@ async fn defer_all(ctx: &Ctx, dest: &Destination, reason: &str, relay: &str, per
                 .flatten()
                 .map_or(0, |m| m.arrival);
             let report = AttemptReport {
-                time: crate::time::now_unix(),
+                time: crate::clock::now(),
                 destination: dest.clone(),
                 relay: relay.to_string(),
                 summary: reason.to_string(),
@@ -562,7 +562,7 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
         }
     }
     let report = AttemptReport {
-        time: crate::time::now_unix(),
+        time: crate::clock::now(),
         destination: dest.clone(),
         relay: relay.clone(),
         summary: summary.clone(),

@@ -101,7 +101,7 @@ async fn check(ctx: &Ctx) {
             show(&old),
             show(&now)
         );
-        let t = crate::time::now_unix();
+        let t = crate::clock::now();
         ctx.deliverer.down.borrow_mut().clear(&d);
         match ctx
             .spool

@@ -75,7 +75,7 @@ pub async fn scheduler(ctx: Rc<Ctx>, wake: Receiver<()>) {
         if ctx.stopping.get() {
             return;
         }
-        let now = crate::time::now_unix();
+        let now = crate::clock::now();
         let room = MAX_JOBS.saturating_sub(ctx.deliverer.jobs());
         let busy: HashSet<QueueId> = ctx.deliverer.in_flight.borrow().keys().copied().collect();
         let sleep = match ctx.spool.due(now, room, &busy) {
@@ -255,7 +255,10 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
             if f.removed {
                 log::info!("id={qid} event=removed");
             } else if let Some(t) = f.next_attempt {
-                log::debug!("id={qid} event=scheduled next_attempt={t}");
+                log::debug!(
+                    "id={qid} event=scheduled next_attempt={}",
+                    crate::clock::to_unix(t)
+                );
             }
         }
         Err(e) => log::error!("id={qid} event=spool_error error=\"{e}\""),

@@ -29,7 +29,11 @@ pub fn next_attempt(steps: &[RetryStep], arrival: u64, base: u64, now: u64) -> N
     if now >= expiry || steps.is_empty() {
         return Next::Expired;
     }
-    let base = base.clamp(arrival, now);
+    // No clock value may panic (spool time never runs behind an arrival,
+    // but a damaged record could say so): a `now` before the arrival is
+    // taken as the arrival, and `base` is held between the two.
+    let now = now.max(arrival);
+    let base = base.max(arrival).min(now);
     let elapsed = now - base;
     let mut start = 0u64;
     for step in steps {
@@ -130,6 +134,22 @@ mod tests {
             next_attempt(&s, 0, 9 * D + 23 * H, 9 * D + 23 * H + 50 * M),
             Next::At(10 * D)
         );
+    }
+
+    /// The field's panic (`min > max` in `clamp`): an arrival after `now`,
+    /// as a clock stepped back used to produce. Never a panic, never an
+    /// expiry, and the next attempt is on the grid from the arrival.
+    #[test]
+    fn an_arrival_after_now_does_not_panic_or_expire() {
+        let steps = defaults();
+        let arrival = 1_800_000_000;
+        for base in [0, arrival - 1, arrival, arrival + 5, u64::MAX] {
+            assert_eq!(
+                next_attempt(&steps, arrival, base, arrival - 40 * 86_400),
+                Next::At(arrival + 15 * M),
+                "base {base}"
+            );
+        }
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn verify(
     dest: &Destination,
     addr: &str,
 ) -> Result<(), (&'static str, Reply)> {
-    let now = crate::time::now_unix();
+    let now = crate::clock::now();
     let cached = ctx
         .spool
         .cache_get(addr)

@@ -242,7 +242,7 @@ pub async fn serve(
                     .unwrap_or_default();
                 match policy::data(&cfg, &ctx.spool) {
                     Ok(()) => {
-                        let now = crate::time::now_unix();
+                        let now = crate::clock::now();
                         let id = ctx.spool.new_id(now);
                         let qid = spool::format_id(id);
                         let rcpts = s.recipients();
@@ -264,7 +264,7 @@ pub async fn serve(
                             with,
                             queue_id: &qid,
                             for_rcpt: one.as_deref(),
-                            date: now,
+                            date: crate::time::now_unix(),
                         });
                         msg = Some(Incoming {
                             id,
@@ -496,7 +496,7 @@ async fn commit(
         .collect();
     let nrcpt = rcpts.len();
     let qid = spool::format_id(inc.id);
-    let arrival = crate::time::now_unix();
+    let arrival = crate::clock::now();
     let (first_attempt, note) = ctx
         .deliverer
         .down

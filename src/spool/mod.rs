@@ -66,6 +66,14 @@ pub const JOURNAL_FILE: &str = "journal";
 /// generation its durable state includes.
 const JOURNAL_EPOCH: &str = "journal_epoch";
 const JOURNAL_GEN: &str = "journal_gen";
+/// `meta`: the newest spool time the spool has seen running (see `clock`).
+const CLOCK_HWM: &str = "clock_hwm";
+/// `meta`: wall minus spool time then (an i64 stored as its bits).
+const CLOCK_OFFSET: &str = "clock_offset";
+/// The clock is recorded with a durable commit at most this often (a
+/// high-water mark a minute stale costs at most a minute of a message's
+/// age after a restart with the clock behind; arrivals count too).
+const CLOCK_RECORD_EVERY: u64 = 60;
 
 /// One entry of `Spool::list`: a message, or why its record is unreadable.
 pub type Listed = (QueueId, Result<Message, String>);
@@ -355,6 +363,10 @@ pub struct Recovered {
     /// Messages restored from the commit journal (acknowledged, not yet
     /// in the database's last durable commit when the daemon stopped).
     pub replayed: u64,
+    /// The newest spool time found (recorded high-water mark, arrivals,
+    /// attempts) and the wall-minus-spool offset recorded last.
+    pub clock_recorded: u64,
+    pub clock_offset: i64,
 }
 
 impl Spool {
@@ -433,6 +445,8 @@ impl Spool {
         }
         let (mut recovered, max_id) = recover(&db)?;
         recovered.replayed = replayed;
+        // Spool time continues from what this spool saw (see `clock`).
+        crate::clock::start(recovered.clock_recorded, recovered.clock_offset);
         let state = SpoolState {
             bytes: recovered.bytes,
             messages: recovered.messages,
@@ -820,6 +834,31 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Records spool time and its offset from the wall clock in `meta` when
+/// either moved enough since the last record (a step of the wall clock,
+/// or CLOCK_RECORD_EVERY seconds), riding on a durable commit made anyway.
+/// If the commit then fails, `saved` names a record that is not there; the
+/// next one follows within CLOCK_RECORD_EVERY, and the arrivals and
+/// attempts scanned at start bound the loss meanwhile.
+fn record_clock(
+    tx: &redb::WriteTransaction,
+    saved: &mut Option<(u64, i64)>,
+) -> Result<(), SpoolError> {
+    let now = crate::clock::now();
+    let offset = crate::clock::offset();
+    let due = match *saved {
+        None => true,
+        Some((t, o)) => now >= t.saturating_add(CLOCK_RECORD_EVERY) || offset.abs_diff(o) > 2,
+    };
+    if due {
+        let mut meta = tx.open_table(META).map_err(storage)?;
+        meta.insert(CLOCK_HWM, now).map_err(storage)?;
+        meta.insert(CLOCK_OFFSET, offset as u64).map_err(storage)?;
+        *saved = Some((now, offset));
+    }
+    Ok(())
+}
+
 /// Records in `meta` that the database's state includes every journal
 /// frame up to `gen_` (a no-op write is skipped: it would cost a page).
 fn record_journal_gen(tx: &redb::WriteTransaction, gen_: u64) -> Result<(), SpoolError> {
@@ -955,6 +994,13 @@ fn recover(db: &Database) -> Result<(Recovered, u64), SpoolError> {
             incoming.remove(id).map_err(storage)?;
             rec.leftovers += 1;
         }
+        {
+            let meta = tx.open_table(META).map_err(storage)?;
+            let get = |k| meta.get(k).map(|v| v.map(|v| v.value()));
+            rec.clock_recorded = get(CLOCK_HWM).map_err(storage)?.unwrap_or(0);
+            // Stored as the i64's bits.
+            rec.clock_offset = get(CLOCK_OFFSET).map_err(storage)?.unwrap_or(0) as i64;
+        }
         let messages = tx.open_table(MESSAGES).map_err(storage)?;
         let mut schedule = tx.open_table(SCHEDULE).map_err(storage)?;
         schedule.retain(|_, _| false).map_err(storage)?;
@@ -966,6 +1012,11 @@ fn recover(db: &Database) -> Result<(Recovered, u64), SpoolError> {
                 Ok(m) => {
                     rec.messages += 1;
                     rec.bytes += m.size;
+                    let attempted = m.recipients.iter().map(|r| r.last_attempt).max();
+                    rec.clock_recorded = rec
+                        .clock_recorded
+                        .max(m.arrival)
+                        .max(attempted.unwrap_or(0));
                     if m.has_pending() {
                         schedule.insert((m.next_attempt, id), ()).map_err(storage)?;
                     }
@@ -1024,6 +1075,8 @@ struct ThreadState {
     /// batch of chunks cost more than the chunks' inserts.
     open: Option<redb::WriteTransaction>,
     open_ids: Vec<QueueId>,
+    /// The spool time and offset last written to `meta` (see `record_clock`).
+    clock_saved: Option<(u64, i64)>,
 }
 
 fn spool_thread(
@@ -1042,6 +1095,7 @@ fn spool_thread(
         wake: false,
         open: None,
         open_ids: vec![],
+        clock_saved: None,
     };
     loop {
         let first = match st.unsynced_since {
@@ -1182,7 +1236,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     if seq == 0 {
                         tx.open_table(INCOMING)
                             .map_err(storage)?
-                            .insert(id, crate::time::now_unix())
+                            .insert(id, crate::clock::now())
                             .map_err(storage)?;
                     }
                     tx.open_table(CHUNKS)
@@ -1306,6 +1360,9 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
         if durable && let Some(j) = st.journal.as_ref() {
             // Everything journaled so far is in this transaction's state.
             record_journal_gen(&tx, j.last_gen())?;
+        }
+        if durable {
+            record_clock(&tx, &mut st.clock_saved)?;
         }
         tx.commit().map_err(storage)?;
         if journaled
@@ -1688,7 +1745,7 @@ fn make_dsn(
             status: status_of(&r.last_reply).unwrap_or_else(|| "5.0.0".into()),
             diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
             remote_mta: remote_host(&r.remote),
-            last_attempt: (r.last_attempt > 0).then_some(r.last_attempt),
+            last_attempt: (r.last_attempt > 0).then(|| crate::clock::to_unix(r.last_attempt)),
         });
     }
     for &i in expired {
@@ -1702,7 +1759,7 @@ fn make_dsn(
             status: "5.4.7".into(),
             diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
             remote_mta: remote_host(&r.remote),
-            last_attempt: (r.last_attempt > 0).then_some(r.last_attempt),
+            last_attempt: (r.last_attempt > 0).then(|| crate::clock::to_unix(r.last_attempt)),
         });
     }
     let headers = original_headers(tx, id, m.chunks)?;
@@ -1717,8 +1774,10 @@ fn make_dsn(
         reporting_mta: &policy.reporting_mta,
         sender: &m.sender,
         queue_id: &qid,
-        arrival: m.arrival,
-        now,
+        // The DSN's dates are wall time: now, less the time that really
+        // passed (spool time, see `clock`).
+        arrival: crate::clock::to_unix(m.arrival),
+        now: crate::clock::to_unix(now),
         recipients: &reports,
         original_headers: &headers,
         message_id: &message_id,

@@ -110,6 +110,8 @@ class Mxspool:
         self.main = main
         self.domains = [d if isinstance(d, dict) else domain(*d) for d in domains]
         self.proc = None
+        # Extra environment for the daemon (e.g. libfaketime's variables).
+        self.env = {}
         self._logf = None
         self.start_timeout = float(os.environ.get("MXSPOOL_START_TIMEOUT", "20"))
         self.write_config()
@@ -133,6 +135,7 @@ class Mxspool:
             command("run", "-c", self.config_path),
             stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.workdir, start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         deadline = time.monotonic() + self.start_timeout
         while not port_accepts(self.port, timeout=0.3):
