@@ -116,12 +116,27 @@ fn prepare(config: &Config) -> Result<Prepared, String> {
     let m = &config.main;
     // Key files are often readable by root only: load them before the drop.
     let tls_server = load_tls(config)?;
+    // Queued mail is private: everything the daemon creates (spool files,
+    // the control socket at bind) is for its own user only, with no window
+    // in which another local user could open it.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     std::fs::create_dir_all(&m.spool_dir)
         .map_err(|e| format!("cannot create spool_dir {}: {e}", m.spool_dir.display()))?;
+    // spool_dir itself may be a link the owner made (to a USB disk): it is
+    // followed once, here; nothing inside it ever is.
+    let spool_dir = std::fs::canonicalize(&m.spool_dir)
+        .map_err(|e| format!("cannot resolve spool_dir {}: {e}", m.spool_dir.display()))?;
+    crate::spool::make_private(&spool_dir, 0o700)?;
     let listeners = Listeners::bind(&m.listen)?;
     let control = crate::control::server::bind(&m.control_socket)?;
     if let Some(user) = &m.user {
-        crate::privilege::drop_to(user, &[&m.spool_dir, &m.control_socket])?;
+        // Only what mxspool made: the directory, its two files, the socket.
+        let spool_file = spool_dir.join(crate::spool::SPOOL_FILE);
+        let journal = spool_dir.join(crate::spool::JOURNAL_FILE);
+        crate::privilege::drop_to(
+            user,
+            &[&spool_dir, &spool_file, &journal, &m.control_socket],
+        )?;
     }
     Ok(Prepared {
         listeners,

@@ -24,8 +24,8 @@ fn thread_count(status: &str) -> Option<usize> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-/// Gives `paths` to `user`, then becomes that user (and its group) for
-/// good. Must run before any other thread exists: the id changes below
+/// Gives `paths` to `user` (each path itself, never what a symbolic link
+/// names), then becomes that user (and its group) for good. Must run before any other thread exists: the id changes below
 /// apply to the calling thread only, so a thread started earlier would
 /// stay root. Refuses (rather than half-drop) when one exists.
 pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), String> {
@@ -46,7 +46,7 @@ pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), String> {
     // SAFETY-free: these ids come from the system's own passwd file.
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     for p in paths {
-        chown_tree(p, uid, gid)?;
+        give(p, uid, gid)?;
     }
     rustix::thread::set_thread_groups(&[gid])
         .map_err(|e| format!("cannot set groups for '{user}': {e}"))?;
@@ -57,17 +57,19 @@ pub fn drop_to(user: &str, paths: &[&Path]) -> Result<(), String> {
     Ok(())
 }
 
-fn chown_tree(p: &Path, uid: Uid, gid: Gid) -> Result<(), String> {
-    rustix::fs::chown(p, Some(uid), Some(gid))
-        .map_err(|e| format!("cannot give {} to the mxspool user: {e}", p.display()))?;
-    if p.is_dir()
-        && let Ok(rd) = std::fs::read_dir(p)
-    {
-        for e in rd.flatten() {
-            chown_tree(&e.path(), uid, gid)?;
-        }
+/// Changes the owner of `p` itself: a symbolic link is not followed (the
+/// daemon's user could otherwise plant `spool_dir/x -> /etc` and have root
+/// hand it /etc at the next start), and a missing path is no error.
+fn give(p: &Path, uid: Uid, gid: Gid) -> Result<(), String> {
+    use rustix::fs::{AtFlags, CWD, chownat};
+    match chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot give {} to the mxspool user: {e}",
+            p.display()
+        )),
     }
-    Ok(())
 }
 
 #[cfg(test)]

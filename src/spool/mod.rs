@@ -407,6 +407,21 @@ impl Spool {
         let path = dir.join(SPOOL_FILE);
         let journal_path = dir.join(JOURNAL_FILE);
         let existed = path.exists() && journal_path.exists();
+        if backend.is_none() {
+            // Spools made by older versions (or another umask) were 0755/0644.
+            // The directory may be a link to the real one (followed); its
+            // files are never followed (make_private skips links).
+            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            for (p, mode) in [
+                (real.as_path(), 0o700),
+                (path.as_path(), 0o600),
+                (journal_path.as_path(), 0o600),
+            ] {
+                if p.exists() {
+                    make_private(p, mode).map_err(SpoolError::Storage)?;
+                }
+            }
+        }
         let cache_size = usize::try_from(opts.cache_size).unwrap_or(usize::MAX);
         let db = open_db(&path, cache_size, backend.as_ref())?;
         let mut journal = open_journal(&journal_path, opts.journal_size, backend.as_ref())?;
@@ -819,6 +834,24 @@ fn open_db(
     }
     tx.commit().map_err(storage)?;
     Ok(db)
+}
+
+/// Sets `path`'s mode to `mode` (0700 for the spool directory, 0600 for
+/// its files) unless it has it: queued mail is readable by the daemon's
+/// user only. Does not follow a symbolic link.
+pub fn make_private(path: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::symlink_metadata(path)
+        .map_err(|e| format!("cannot read the mode of {}: {e}", path.display()))?;
+    if md.file_type().is_symlink() || md.permissions().mode() & 0o777 == mode {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        format!(
+            "cannot make {} private (mode {mode:o}): {e}",
+            path.display()
+        )
+    })
 }
 
 fn random_u64() -> u64 {

@@ -1,0 +1,55 @@
+"""Files and privileges (issue 17, part 4): queued mail is readable by the
+daemon's user only, and root never follows a symbolic link inside
+spool_dir (the daemon's user could plant one to be handed any file)."""
+
+import os
+import pwd
+import stat
+
+import pytest
+
+from harness_mxspool import domain
+from harness_util import free_port, make_message, send_mail
+
+
+def mode(path):
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_spool_and_control_socket_are_private(mxspool):
+    """The spool directory is 0700 and its files 0600, also for a directory
+    that existed with 0755 before (older versions, another umask); the
+    control socket has no permissions for group or others."""
+    mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d")
+    os.chmod(mx.spool_dir, 0o755)
+    mx.start()
+    msg, _ = make_message()
+    assert send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg).accepted
+    assert mode(mx.spool_dir) == 0o700, oct(mode(mx.spool_dir))
+    files = sorted(os.listdir(mx.spool_dir))
+    assert "spool.redb" in files, files
+    for name in files:
+        assert mode(mx.spool_dir / name) == 0o600, (name, oct(mode(mx.spool_dir / name)))
+    assert mode(mx.control_socket) & 0o077 == 0, oct(mode(mx.control_socket))
+
+
+def test_root_never_follows_a_link_inside_spool_dir(mxspool, workdir):
+    """`option user`: at start root gives the spool to the user. A link the
+    user planted in spool_dir (`x -> a directory of root's`) is not
+    followed: the directory and its files stay root's."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    if os.environ.get("MXSPOOL_RUNNER"):
+        pytest.skip("privilege drop cannot be checked under an emulator (MXSPOOL_RUNNER)")
+    nobody = pwd.getpwnam("nobody")
+    victim = workdir / "victim"
+    victim.mkdir()
+    (victim / "secret").write_text("root's\n")
+    mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d", user="nobody")
+    os.symlink(victim, mx.spool_dir / "x")
+    os.symlink(victim / "secret", mx.spool_dir / "journal.lnk")
+    mx.start()
+    assert os.stat(mx.spool_dir).st_uid == nobody.pw_uid
+    for p in (victim, victim / "secret"):
+        assert os.stat(p).st_uid == 0, f"{p} was given to nobody through a link"
+    assert mx.stop() == 0
