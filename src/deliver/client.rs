@@ -16,7 +16,7 @@ use super::{Job, guard, job_done, next_job, record};
 use crate::config::{Config, DeliverTo, Domain};
 use crate::daemon::Ctx;
 use crate::smtp::Reply;
-use crate::smtp::client::{Client, Envelope, Event, Extensions};
+use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
 use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 
@@ -429,13 +429,11 @@ async fn join_all<F: std::future::Future<Output = ()>>(futs: Vec<F>) {
     .await
 }
 
-fn outcome_of(r: &Reply) -> Outcome {
-    if r.is_positive() {
-        Outcome::Delivered
-    } else if r.is_permanent() {
-        Outcome::Failed
-    } else {
-        Outcome::Deferred
+fn outcome_of(v: Verdict) -> Outcome {
+    match v {
+        Verdict::Delivered => Outcome::Delivered,
+        Verdict::Deferred => Outcome::Deferred,
+        Verdict::Failed => Outcome::Failed,
     }
 }
 
@@ -465,10 +463,8 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
         return true;
     }
     let relay = conn.relay();
-    let mut results: Vec<Option<(Outcome, String)>> = vec![None; rcpts.len()];
-    let mut accepted = vec![false; rcpts.len()];
+    let mut tally = Tally::new(rcpts.len());
     let mut alive = true;
-    let mut summary = String::new();
 
     let needs_utf8 = m.flags & FLAG_SMTPUTF8 != 0
         && (!m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()));
@@ -479,104 +475,59 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
         eightbit: m.flags & FLAG_8BITMIME != 0,
         smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
     };
-    let refuse_utf8 = needs_utf8 && !conn.ext.smtputf8;
-    if refuse_utf8 {
+    if needs_utf8 && !conn.ext.smtputf8 {
         // RFC 6531 3.4: no silent downgrade of UTF-8 addresses.
-        let r = Reply::enh(
+        let reply = Reply::enh(
             550,
             (5, 6, 7),
             format!("{relay} does not support SMTPUTF8, needed for these addresses"),
         );
-        summary = r.one_line();
-        for slot in results.iter_mut() {
-            *slot = Some((Outcome::Failed, r.one_line()));
-        }
+        tally.event(&Event::TransactionFailed { reply });
     } else {
         conn.client.send_mail(env);
-    }
-    // Until the transaction's last event: leaving one unread would hand it
-    // to the next message on this connection.
-    let mut timeout = REPLY_TIMEOUT;
-    if !refuse_utf8 {
+        // Until the transaction's last event: leaving one unread would hand
+        // it to the next message on this connection.
+        let mut timeout = REPLY_TIMEOUT;
         loop {
             let ev = match conn.event(timeout).await {
                 Ok(ev) => ev,
                 Err(e) => {
-                    summary = format!("lost connection with {relay}: {e}");
+                    tally.lost(&format!("lost connection with {relay}: {e}"));
                     alive = false;
                     break;
                 }
             };
-            match ev {
-                // A refused MAIL ends in TransactionFailed with its reply.
-                Event::MailReply(_) => {}
-                Event::RcptReply { index, reply } => {
-                    if let Some(slot) = results.get_mut(index) {
-                        if reply.is_positive() {
-                            if let Some(a) = accepted.get_mut(index) {
-                                *a = true;
-                            }
-                        } else {
-                            *slot = Some((outcome_of(&reply), reply.one_line()));
-                        }
-                    }
-                }
+            match &ev {
                 Event::SendBody => {
                     if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
-                        summary = e;
+                        tally.lost(&e);
                         alive = false;
                         break;
                     }
                     timeout = DATA_END_TIMEOUT;
                 }
-                Event::DataReply(r) => {
-                    summary = r.one_line();
-                    for (i, slot) in results.iter_mut().enumerate() {
-                        if slot.is_none() && accepted.get(i).copied().unwrap_or(false) {
-                            *slot = Some((outcome_of(&r), r.one_line()));
-                        }
-                    }
-                    break;
-                }
-                Event::TransactionFailed { reply } => {
-                    summary = reply.one_line();
-                    for slot in results.iter_mut() {
-                        if slot.is_none() {
-                            *slot = Some((outcome_of(&reply), reply.one_line()));
-                        }
-                    }
-                    break;
-                }
-                Event::Failed { reply, reason } => {
-                    summary = reply.map(|r| r.one_line()).unwrap_or(reason);
-                    alive = false;
-                    break;
-                }
-                Event::Closed => {
-                    summary = "connection closed".into();
-                    alive = false;
-                    break;
-                }
-                Event::Ready { .. } | Event::StartTls | Event::ProbeDone => {}
+                Event::Failed { .. } | Event::Closed => alive = false,
+                _ => {}
+            }
+            if tally.event(&ev) {
+                break;
             }
         }
     }
+    let summary = tally.summary().to_owned();
     let report = AttemptReport {
         time: crate::clock::now(),
         destination: dest.clone(),
         relay: relay.clone(),
-        summary: summary.clone(),
+        summary,
         results: rcpts
             .iter()
-            .zip(results)
-            .map(|((i, _), r)| {
-                let (outcome, reply) = r.unwrap_or((Outcome::Deferred, summary.clone()));
-                RcptResult {
-                    index: *i,
-                    outcome,
-                    reply,
-                    remote: relay.clone(),
-                }
+            .zip(tally.verdicts())
+            .map(|((i, _), (verdict, reply))| RcptResult {
+                index: *i,
+                outcome: outcome_of(verdict),
+                reply,
+                remote: relay.clone(),
             })
             .collect(),
     };

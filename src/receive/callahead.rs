@@ -227,8 +227,11 @@ async fn probe(
         );
     }
     match r {
-        Ok(Ok(reply)) => Probe::Answer(reply),
-        Ok(Err(mail_refused)) => {
+        Ok(Heard::Rcpt(reply)) => Probe::Answer(reply),
+        // Storage, greylisting, load: says nothing about the address (nor
+        // does a 503 to the RCPT behind it); a tempfail, never a refusal.
+        Ok(Heard::MailDeferred(reply)) => Probe::Answer(reply),
+        Ok(Heard::MailRefused(mail_refused)) => {
             warn(
                 ctx,
                 &domain.name,
@@ -245,10 +248,31 @@ async fn probe(
     }
 }
 
-/// One `MAIL FROM:<>` / `RCPT TO` / RSET round on an open connection:
-/// Ok(Ok(rcpt reply)), Ok(Err(mail reply)) when MAIL was refused, Err on a
-/// broken connection.
-async fn ask(conn: &mut Conn, addr: &str) -> Result<Result<Reply, Reply>, String> {
+/// What one probe round heard.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// MAIL accepted: the answer to RCPT.
+    Rcpt(Reply),
+    /// MAIL got 4xx: try again later, whatever the address.
+    MailDeferred(Reply),
+    /// MAIL got 5xx: the primary refuses `MAIL FROM:<>`.
+    MailRefused(Reply),
+}
+
+/// The probe's answer from its MAIL and RCPT replies: RCPT counts only
+/// behind an accepted MAIL.
+fn heard(mail: Option<Reply>, rcpt: Option<Reply>) -> Result<Heard, String> {
+    match (mail, rcpt) {
+        (Some(m), _) if m.is_transient() => Ok(Heard::MailDeferred(m)),
+        (Some(m), _) if !m.is_positive() => Ok(Heard::MailRefused(m)),
+        (Some(_), Some(r)) => Ok(Heard::Rcpt(r)),
+        _ => Err("no answer to RCPT".into()),
+    }
+}
+
+/// One `MAIL FROM:<>` / `RCPT TO` / RSET round on an open connection; Err
+/// on a broken connection.
+async fn ask(conn: &mut Conn, addr: &str) -> Result<Heard, String> {
     conn.client.send_probe("", &[addr.to_string()]);
     let mut mail: Option<Reply> = None;
     let mut rcpt: Option<Reply> = None;
@@ -264,11 +288,7 @@ async fn ask(conn: &mut Conn, addr: &str) -> Result<Result<Reply, Reply>, String
             _ => {}
         }
     }
-    match (mail, rcpt) {
-        (Some(m), _) if !m.is_positive() => Ok(Err(m)),
-        (_, Some(r)) => Ok(Ok(r)),
-        _ => Err("no answer to RCPT".into()),
-    }
+    heard(mail, rcpt)
 }
 
 /// Asks once per interval about an address that cannot exist: a 2xx means
@@ -303,13 +323,13 @@ async fn random_check(
     let local = format!("mxspool-check-{:x}", crate::time::now_unix() ^ 0x5bd1_e995);
     let addr = format!("{local}@{}", domain.name);
     match ask(conn, &addr).await {
-        Ok(Ok(r)) if r.is_positive() => warn(
+        Ok(Heard::Rcpt(r)) if r.is_positive() => warn(
             ctx,
             &domain.name,
             "accept_all",
             "the primary accepts mail for any address at RCPT, so call-ahead cannot keep spam for unknown users out of the backup's queue; make it reject unknown users at RCPT",
         ),
-        Ok(Ok(r)) if r.is_transient() => warn(
+        Ok(Heard::Rcpt(r)) if r.is_transient() => warn(
             ctx,
             &domain.name,
             "soft_reject",
@@ -337,6 +357,49 @@ pub fn note_deferral(ctx: &Ctx, domain: &str, reply: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::client::Client;
+
+    /// A pipelined probe against `replies` (after the greeting and EHLO),
+    /// read the way `ask` reads it.
+    fn probe_replies(replies: &[u8]) -> Result<Heard, String> {
+        let mut c = Client::new("mx2.example.net");
+        c.receive(b"220 mx ESMTP\r\n250-mx\r\n250 PIPELINING\r\n");
+        c.send_probe("", &["u@example.com".to_string()]);
+        c.receive(replies);
+        let (mut mail, mut rcpt) = (None, None);
+        while let Some(e) = c.poll_event() {
+            match e {
+                Event::MailReply(r) => mail = Some(r),
+                Event::RcptReply { reply, .. } => rcpt = Some(reply),
+                _ => {}
+            }
+        }
+        heard(mail, rcpt)
+    }
+
+    /// A 4xx at MAIL (storage, greylisting) is a tempfail for the address,
+    /// never the 503 the primary gives the RCPT behind it; a 5xx at MAIL is
+    /// the primary refusing `<>`; behind an accepted MAIL, RCPT decides.
+    #[test]
+    fn mail_4xx_is_a_tempfail_not_the_rcpt_503() {
+        let need_mail = b"503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n";
+        let heard =
+            probe_replies(&[b"452 4.3.1 Insufficient system storage\r\n", &need_mail[..]].concat());
+        assert!(
+            matches!(&heard, Ok(Heard::MailDeferred(r)) if r.code == 452),
+            "{heard:?}"
+        );
+        let heard = probe_replies(&[b"550 5.7.1 No null sender\r\n", &need_mail[..]].concat());
+        assert!(
+            matches!(&heard, Ok(Heard::MailRefused(r)) if r.code == 550),
+            "{heard:?}"
+        );
+        let heard = probe_replies(b"250 ok\r\n550 5.1.1 User unknown\r\n250 ok\r\n");
+        assert!(
+            matches!(&heard, Ok(Heard::Rcpt(r)) if r.code == 550),
+            "{heard:?}"
+        );
+    }
 
     #[test]
     fn refusal_carries_the_primarys_code_and_text() {

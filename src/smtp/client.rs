@@ -8,7 +8,8 @@
 //!    client `wants_input()`, read and `receive(bytes)`.
 //! 3. After `Event::Ready`, start a transaction with `send_mail`; stream the
 //!    body with `body()`/`end_body()` after `Event::SendBody`; after the
-//!    transaction's outcome, start another or `quit()`.
+//!    transaction's outcome, start another or `quit()`. A `Tally` fed the
+//!    transaction's events gives each recipient's verdict.
 //!
 //! The client never emits a bare CR or LF: body bytes are dot-stuffed and
 //! any lone CR or LF is written as CRLF.
@@ -67,15 +68,20 @@ pub enum Event {
     /// Do the handshake, then call `tls_established()`; a new `Ready`
     /// follows after the second EHLO.
     StartTls,
-    /// MAIL FROM was answered.
+    /// MAIL FROM was answered. A refusal (4xx or 5xx) is the answer for
+    /// every recipient: no `RcptReply` follows it.
     MailReply(Reply),
-    /// RCPT number `index` (into `Envelope::to`) was answered.
+    /// RCPT number `index` (into `Envelope::to`) was answered; only after
+    /// MAIL was accepted (RFC 2920 3.1: the replies to pipelined RCPTs
+    /// behind a refused MAIL, typically 503, answer no recipient).
     RcptReply { index: usize, reply: Reply },
     /// The server answered DATA with 354: stream the body now.
     SendBody,
-    /// The transaction ended before the body could be sent: MAIL refused,
-    /// every RCPT refused, or DATA refused (`reply`). The client has sent
-    /// RSET (or will) and is ready for another `send_mail`.
+    /// The transaction ended before the body could be sent: MAIL refused
+    /// (its reply), every RCPT refused (the last one), or DATA refused
+    /// (`reply`): the outcome for every recipient not refused by its own
+    /// `RcptReply`. The client has sent RSET (or will) and is ready for
+    /// another `send_mail`.
     TransactionFailed { reply: Reply },
     /// The reply to the end of data: the outcome for every recipient that
     /// got 2xx to RCPT.
@@ -324,8 +330,8 @@ impl Client {
     /// Call-ahead: MAIL FROM:<from>, RCPT TO for each of `to` (pipelined
     /// when offered), no DATA; `MailReply`, one `RcptReply` each, then
     /// `ProbeDone` (RSET is sent so another probe or QUIT may follow).
-    /// Without pipelining, a refused MAIL stops the probe (no RCPT is sent);
-    /// an address with a control character gets a synthesized
+    /// A refused MAIL gives no `RcptReply` (without pipelining no RCPT is
+    /// sent); an address with a control character gets a synthesized
     /// `501 5.1.3` `MailReply` and nothing is sent.
     pub fn send_probe(&mut self, from: &str, to: &[String]) {
         if !self.idle() {
@@ -532,11 +538,17 @@ impl Client {
                 if !matches!(class, 2 | 4 | 5) {
                     return self.fail(Some(reply), "unexpected reply to RCPT TO");
                 }
-                if class == 2 {
-                    txn.rcpts_ok += 1;
+                // Behind a refused MAIL (only pipelined: otherwise no RCPT
+                // is sent) the reply is "503 need MAIL first", an answer
+                // for no recipient: reported, it would turn a 4xx MAIL
+                // into a permanent failure of every recipient.
+                if txn.mail_ok {
+                    if class == 2 {
+                        txn.rcpts_ok += 1;
+                    }
+                    txn.last_rcpt = Some(reply.clone());
+                    self.events.push_back(Event::RcptReply { index, reply });
                 }
-                txn.last_rcpt = Some(reply.clone());
-                self.events.push_back(Event::RcptReply { index, reply });
                 if !txn.pipelined {
                     self.next_rcpt(&txn, index + 1);
                 }
@@ -606,6 +618,128 @@ impl Client {
             Some(to) => self.command(&["RCPT TO:<", to, ">"], Expect::Rcpt(index)),
             None if !txn.probe && txn.rcpts_ok > 0 => self.command(&["DATA"], Expect::Data),
             None => self.command(&["RSET"], Expect::Rset),
+        }
+    }
+}
+
+/// What became of one recipient of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The end of data got 2xx.
+    Delivered,
+    /// 4xx, or no answer (connection lost): try again later.
+    Deferred,
+    /// 5xx: return to the sender.
+    Failed,
+}
+
+impl Verdict {
+    fn of(reply: &Reply) -> Verdict {
+        match class(reply) {
+            2 => Verdict::Delivered,
+            5 => Verdict::Failed,
+            _ => Verdict::Deferred,
+        }
+    }
+}
+
+/// Turns a transaction's events into one verdict per recipient, with the
+/// reply (or the reason the connection was lost) that decided it:
+///
+/// - MAIL refused: its reply, for every recipient (RFC 5321 3.3: a 4xx
+///   there is about the whole transaction, to be tried again);
+/// - MAIL accepted, RCPT refused: that RCPT's reply;
+/// - otherwise the transaction's end: the reply to the final dot, or the
+///   one that ended it early (DATA refused), or, when the connection broke
+///   first, deferred with why.
+///
+/// The driver feeds every event from `send_mail` on until `event` returns
+/// true, and calls `lost` if the connection broke before.
+#[derive(Debug)]
+pub struct Tally {
+    verdicts: Vec<Option<(Verdict, String)>>,
+    summary: String,
+}
+
+impl Tally {
+    /// For a transaction to `recipients` addresses.
+    pub fn new(recipients: usize) -> Tally {
+        Tally {
+            verdicts: vec![None; recipients],
+            summary: String::new(),
+        }
+    }
+
+    /// Takes one event; true once the transaction is over (no more of its
+    /// events follow).
+    pub fn event(&mut self, event: &Event) -> bool {
+        match event {
+            Event::MailReply(reply) => {
+                if !reply.is_positive() {
+                    self.end_with(reply);
+                }
+                false
+            }
+            Event::RcptReply { index, reply } => {
+                if !reply.is_positive()
+                    && let Some(slot @ None) = self.verdicts.get_mut(*index)
+                {
+                    *slot = Some((Verdict::of(reply), reply.one_line()));
+                }
+                false
+            }
+            Event::DataReply(reply) | Event::TransactionFailed { reply } => {
+                self.end_with(reply);
+                true
+            }
+            Event::Failed { reply, reason } => {
+                match reply {
+                    Some(r) => self.lost(&r.one_line()),
+                    None => self.lost(reason),
+                }
+                true
+            }
+            Event::Closed => {
+                self.lost("connection closed");
+                true
+            }
+            Event::Ready { .. } | Event::StartTls | Event::SendBody | Event::ProbeDone => false,
+        }
+    }
+
+    /// The transaction ended without its outcome (connection lost, timeout,
+    /// spool error): every recipient not yet decided is deferred.
+    pub fn lost(&mut self, reason: &str) {
+        if self.summary.is_empty() {
+            self.summary = reason.to_owned();
+        }
+        self.decide_rest(Verdict::Deferred, reason);
+    }
+
+    /// The line that sums up the attempt: the reply that ended the
+    /// transaction, or why it was lost.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// One verdict per recipient, in `Envelope::to` order.
+    pub fn verdicts(self) -> Vec<(Verdict, String)> {
+        let summary = self.summary;
+        self.verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| (Verdict::Deferred, summary.clone())))
+            .collect()
+    }
+
+    fn end_with(&mut self, reply: &Reply) {
+        let line = reply.one_line();
+        self.decide_rest(Verdict::of(reply), &line);
+        self.summary = line;
+    }
+
+    fn decide_rest(&mut self, verdict: Verdict, text: &str) {
+        for slot in self.verdicts.iter_mut().filter(|s| s.is_none()) {
+            *slot = Some((verdict, text.to_owned()));
         }
     }
 }
@@ -1132,7 +1266,8 @@ mod tests {
     }
 
     /// MAIL refused: pipelined, the RCPT and DATA replies (503) are still
-    /// consumed and the MAIL reply is the outcome; unpipelined, no RCPT.
+    /// consumed but not reported (they answer no recipient) and the MAIL
+    /// reply is the outcome; unpipelined, no RCPT.
     #[test]
     fn mail_refused() {
         let (mut c, _) = open(EHLO_PIPE);
@@ -1141,13 +1276,13 @@ mod tests {
         c.receive(b"550 5.7.1 sender refused\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no valid rcpt\r\n");
         assert_eq!(out(&mut c), "RSET\r\n");
         c.receive(b"250 ok\r\n");
-        let ev = events(&mut c);
-        assert_eq!(ev.len(), 3, "{ev:?}");
+        let refused = r(550, Some((5, 7, 1)), &["sender refused"]);
         assert_eq!(
-            ev[2],
-            Event::TransactionFailed {
-                reply: r(550, Some((5, 7, 1)), &["sender refused"])
-            }
+            events(&mut c),
+            vec![
+                Event::MailReply(refused.clone()),
+                Event::TransactionFailed { reply: refused }
+            ]
         );
 
         let (mut c, _) = open(EHLO_PLAIN);
@@ -1446,19 +1581,32 @@ mod tests {
         assert_eq!(events(&mut c), vec![Event::Closed]);
     }
 
-    /// Pipelined probe with MAIL refused: every RCPT reply (503) is still
-    /// consumed and reported.
+    /// Pipelined probe with MAIL refused (5xx or 4xx): every RCPT reply
+    /// (503) is consumed but none is reported, so a 4xx at MAIL can never
+    /// pass for "no such user"; the connection serves the next probe.
     #[test]
     fn probe_mail_refused_consumes_rcpt_replies() {
-        let (mut c, _) = open(EHLO_PIPE);
-        c.send_probe("", &["b@y.org".to_string(), "c@y.org".to_string()]);
-        c.take_output();
-        c.receive(b"550 no\r\n503 bad sequence\r\n503 bad sequence\r\n250 ok\r\n");
-        let ev = events(&mut c);
-        assert_eq!(ev.len(), 4, "{ev:?}");
-        assert!(matches!(&ev[2], Event::RcptReply { index: 1, reply } if reply.code == 503));
-        assert_eq!(ev[3], Event::ProbeDone);
-        assert!(!c.wants_input());
+        for mail in ["550 no", "452 4.3.1 Insufficient system storage"] {
+            let (mut c, _) = open(EHLO_PIPE);
+            c.send_probe("", &["b@y.org".to_string(), "c@y.org".to_string()]);
+            c.take_output();
+            c.receive(format!("{mail}\r\n503 5.5.1 Error: need MAIL command\r\n").as_bytes());
+            c.receive(b"503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n");
+            let ev = events(&mut c);
+            assert!(
+                matches!(&ev[..], [Event::MailReply(m), Event::ProbeDone] if m.one_line() == mail),
+                "{ev:?}"
+            );
+            assert!(!c.wants_input());
+            c.send_probe("", &["b@y.org".to_string()]);
+            assert_eq!(out(&mut c), "MAIL FROM:<>\r\nRCPT TO:<b@y.org>\r\nRSET\r\n");
+            c.receive(b"250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n");
+            let ev = events(&mut c);
+            assert!(
+                matches!(&ev[1], Event::RcptReply { index: 0, reply } if reply.code == 550),
+                "{ev:?}"
+            );
+        }
     }
 
     /// Unpipelined probe: MAIL, each RCPT, RSET, one per reply; a refused
@@ -1587,5 +1735,249 @@ mod tests {
         let n = ev.len();
         assert!(matches!(&ev[n - 2], Event::TransactionFailed { reply } if reply.code == 550));
         assert!(failed_reason(&ev).contains("RSET"));
+    }
+
+    /// Every event until the transaction is over, through a `Tally`.
+    fn tally(c: &mut Client, t: &mut Tally) -> bool {
+        events(c).iter().any(|e| t.event(e))
+    }
+
+    fn all(n: usize, v: Verdict, text: &str) -> Vec<(Verdict, String)> {
+        vec![(v, text.to_string()); n]
+    }
+
+    const STORAGE: &str = "452 4.3.1 Insufficient system storage";
+
+    /// The field bug: Postfix answers MAIL 452 and then every pipelined
+    /// RCPT (and DATA) with 503. Every recipient is deferred with the 452,
+    /// none bounced with a 503; after RSET the same connection delivers
+    /// the next transaction.
+    #[test]
+    fn pipelined_mail_4xx_defers_every_recipient_not_the_503s() {
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org", "d@y.org"]));
+        c.take_output();
+        let mut t = Tally::new(3);
+        c.receive(format!("{STORAGE}\r\n").as_bytes());
+        c.receive(
+            b"503 5.5.1 Error: need MAIL command\r\n"
+                .repeat(3)
+                .as_slice(),
+        );
+        c.receive(b"503 5.5.1 Error: need RCPT command\r\n");
+        assert_eq!(out(&mut c), "RSET\r\n");
+        assert!(!tally(&mut c, &mut t));
+        c.receive(b"250 2.0.0 Ok\r\n");
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(t.summary(), STORAGE);
+        assert_eq!(t.verdicts(), all(3, Verdict::Deferred, STORAGE));
+
+        // The next message on this connection goes through.
+        c.send_mail(env(&["e@y.org", "f@y.org"]));
+        assert_eq!(
+            out(&mut c),
+            "MAIL FROM:<a@x.org> SIZE=100\r\nRCPT TO:<e@y.org>\r\nRCPT TO:<f@y.org>\r\nDATA\r\n"
+        );
+        let mut t = Tally::new(2);
+        c.receive(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n");
+        assert!(!tally(&mut c, &mut t));
+        c.body(b"x\r\n");
+        c.end_body();
+        assert_eq!(out(&mut c), "x\r\n.\r\n");
+        c.receive(b"250 2.0.0 Ok: queued\r\n");
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(
+            t.verdicts(),
+            all(2, Verdict::Delivered, "250 2.0.0 Ok: queued")
+        );
+    }
+
+    /// Greylisting at MAIL (450), and a server that closes right after its
+    /// 4xx: still deferred with the MAIL reply, never the 503s.
+    #[test]
+    fn pipelined_mail_4xx_then_close_defers_with_mail_reply() {
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        c.receive(b"450 4.7.1 Greylisted, try again later\r\n503 5.5.1 need MAIL\r\n");
+        c.eof();
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(t.summary(), "450 4.7.1 Greylisted, try again later");
+        assert_eq!(
+            t.verdicts(),
+            all(
+                2,
+                Verdict::Deferred,
+                "450 4.7.1 Greylisted, try again later"
+            )
+        );
+    }
+
+    /// MAIL 5xx: every recipient failed with MAIL's reply, not the 503s
+    /// (and not a later connection loss).
+    #[test]
+    fn pipelined_mail_5xx_fails_every_recipient_with_mail_reply() {
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        c.receive(b"550 5.7.1 Sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n");
+        c.receive(b"503 5.5.1 need RCPT\r\n250 2.0.0 Ok\r\n");
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(
+            t.verdicts(),
+            all(2, Verdict::Failed, "550 5.7.1 Sender refused")
+        );
+
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        c.receive(b"550 5.7.1 Sender refused\r\n");
+        c.eof();
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(
+            t.verdicts(),
+            all(2, Verdict::Failed, "550 5.7.1 Sender refused")
+        );
+    }
+
+    /// Without PIPELINING, MAIL 4xx or 5xx: no RCPT is sent, RSET instead;
+    /// the same per-recipient outcome; the connection stays usable.
+    #[test]
+    fn unpipelined_mail_refused_sends_no_rcpt() {
+        for (mail, verdict) in [
+            ("450 4.7.1 Greylisted", Verdict::Deferred),
+            ("553 5.7.1 Sender refused", Verdict::Failed),
+        ] {
+            let (mut c, _) = open(EHLO_PLAIN);
+            c.send_mail(env(&["b@y.org", "c@y.org"]));
+            assert_eq!(out(&mut c), "MAIL FROM:<a@x.org> SIZE=100\r\n");
+            let mut t = Tally::new(2);
+            c.receive(format!("{mail}\r\n").as_bytes());
+            assert_eq!(out(&mut c), "RSET\r\n");
+            c.receive(b"250 ok\r\n");
+            assert_eq!(out(&mut c), "");
+            assert!(tally(&mut c, &mut t));
+            assert_eq!(t.verdicts(), all(2, verdict, mail));
+            c.send_mail(env(&["b@y.org"]));
+            assert_eq!(out(&mut c), "MAIL FROM:<a@x.org> SIZE=100\r\n");
+            c.receive(b"250 ok\r\n");
+            assert_eq!(out(&mut c), "RCPT TO:<b@y.org>\r\n");
+        }
+    }
+
+    /// RCPT accepted, DATA refused (at 354 time or after the dot): those
+    /// recipients get DATA's reply; a recipient refused at RCPT keeps its
+    /// own (MAIL was accepted, so that answer counts).
+    #[test]
+    fn data_refused_decides_for_accepted_recipients() {
+        let cases: [(&[u8], &[u8], Verdict, &str); 4] = [
+            (
+                b"451 4.3.0 Try later\r\n",
+                b"",
+                Verdict::Deferred,
+                "451 4.3.0 Try later",
+            ),
+            (b"554 5.7.0 No\r\n", b"", Verdict::Failed, "554 5.7.0 No"),
+            (
+                b"354 go\r\n",
+                b"451 4.3.0 Queue full\r\n",
+                Verdict::Deferred,
+                "451 4.3.0 Queue full",
+            ),
+            (
+                b"354 go\r\n",
+                b"554 5.6.0 Bad body\r\n",
+                Verdict::Failed,
+                "554 5.6.0 Bad body",
+            ),
+        ];
+        for (data, dot, verdict, text) in cases {
+            let (mut c, _) = open(EHLO_PIPE);
+            c.send_mail(env(&["b@y.org", "c@y.org", "d@y.org"]));
+            let mut t = Tally::new(3);
+            c.receive(b"250 ok\r\n250 ok\r\n550 5.1.1 No such user\r\n250 ok\r\n");
+            c.receive(data);
+            if dot.is_empty() {
+                c.receive(b"250 ok\r\n"); // RSET
+            } else {
+                assert!(!tally(&mut c, &mut t));
+                c.end_body();
+                c.receive(dot);
+            }
+            assert!(tally(&mut c, &mut t));
+            assert_eq!(
+                t.verdicts(),
+                vec![
+                    (verdict, text.to_string()),
+                    (Verdict::Failed, "550 5.1.1 No such user".to_string()),
+                    (verdict, text.to_string()),
+                ]
+            );
+        }
+    }
+
+    /// The connection lost (EOF, 421, or the driver's timeout) after MAIL,
+    /// or before the reply to the dot: every recipient not refused at RCPT
+    /// is deferred with why.
+    #[test]
+    fn connection_lost_defers() {
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        c.receive(b"250 2.1.0 ok\r\n");
+        c.eof();
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(
+            t.verdicts(),
+            all(2, Verdict::Deferred, "connection closed by server")
+        );
+
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        c.receive(b"250 ok\r\n550 5.1.1 No such user\r\n421 4.3.2 Shutting down\r\n");
+        assert!(tally(&mut c, &mut t));
+        assert_eq!(
+            t.verdicts(),
+            vec![
+                (Verdict::Failed, "550 5.1.1 No such user".to_string()),
+                (Verdict::Deferred, "421 4.3.2 Shutting down".to_string()),
+            ]
+        );
+
+        let (mut c, _) = open(EHLO_PIPE);
+        c.send_mail(env(&["b@y.org"]));
+        let mut t = Tally::new(1);
+        c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        assert!(!tally(&mut c, &mut t));
+        c.end_body();
+        t.lost("lost connection with mx: timed out waiting for the server");
+        assert_eq!(
+            t.summary(),
+            "lost connection with mx: timed out waiting for the server"
+        );
+        assert_eq!(
+            t.verdicts(),
+            all(
+                1,
+                Verdict::Deferred,
+                "lost connection with mx: timed out waiting for the server"
+            )
+        );
+    }
+
+    /// Refused before anything is sent (SIZE): that reply for everyone.
+    #[test]
+    fn synthesized_refusal_decides_for_everyone() {
+        let (mut c, _) = open(b"250-mx\r\n250 SIZE 10\r\n");
+        c.send_mail(env(&["b@y.org", "c@y.org"]));
+        let mut t = Tally::new(2);
+        assert!(tally(&mut c, &mut t));
+        let v = t.verdicts();
+        assert!(
+            v.iter()
+                .all(|(v, text)| *v == Verdict::Failed && text.starts_with("552 5.3.4")),
+            "{v:?}"
+        );
     }
 }

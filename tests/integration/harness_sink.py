@@ -5,6 +5,8 @@ pipelined, and each mail transaction (envelope, DATA as sent on the wire
 with its dot-stuffing, and the un-stuffed content). Replies are scriptable:
 per recipient (a string, or a callable taking the address and returning a
 string), to MAIL, and to the end of data. EHLO keywords are configurable.
+MAIL_REPLY answers the first MAIL_REPLY_TIMES MAIL commands (None: all) with
+a refusal; after a refused MAIL, RCPT and DATA get Postfix's 503s.
 
 It binds to HOST (any 127.0.0.x, for impostors on another loopback address)
 and, given TLS (a server ssl.SSLContext), offers STARTTLS; TLS_BROKEN makes
@@ -62,7 +64,7 @@ class SmtpSink:
     def __init__(self, hostname="sink.test", pipelining=True, size=None,
                  eightbitmime=True, smtputf8=True, enhancedstatuscodes=True,
                  greeting=None, port=0, host=LOCALHOST, greeting_delay=0.0, tls=None,
-                 tls_broken=False, starttls_extra=b""):
+                 tls_broken=False, starttls_extra=b"", mail_reply=None, mail_reply_times=1):
         self.hostname = hostname
         self.host = host                    # any 127.0.0.x works on Linux
         self.greeting_delay = greeting_delay  # seconds before the 220 (a tarpit)
@@ -78,7 +80,14 @@ class SmtpSink:
         # bytes sent in plaintext right behind our "220 Ready" (an injection
         # the client must discard before its handshake)
         self.starttls_extra = starttls_extra
-        self.mail_reply = "250 2.1.0 Ok"
+        self.mail_reply = "250 2.1.0 Ok"  # the reply to MAIL once no refusal is left
+        # e.g. "452 4.3.1 Insufficient system storage" (str or bytes): the
+        # reply to the first MAIL_REPLY_TIMES MAILs (None: to every one)
+        if isinstance(mail_reply, bytes):
+            mail_reply = mail_reply.decode()
+        self.mail_refusal = mail_reply
+        self.mail_refusals_left = mail_reply_times
+        self.mail_refused = 0               # MAIL commands answered with mail_refusal
         self.rcpt_replies = {}              # lower-case address -> reply or callable
         self.default_rcpt_reply = "250 2.1.5 Ok"
         self.data_reply = "250 2.0.0 Ok: queued"  # or callable(Transaction) -> str
@@ -244,17 +253,26 @@ class SmtpSink:
                     if not m:
                         reply("501 5.5.4 Syntax error in MAIL")
                         continue
-                    r = self.mail_reply
+                    with self.cond:
+                        r = self.mail_reply
+                        if self.mail_refusal is not None and self.mail_refusals_left != 0:
+                            r = self.mail_refusal
+                            self.mail_refused += 1
+                            if self.mail_refusals_left is not None:
+                                self.mail_refusals_left -= 1
                     if r.startswith("2"):
                         txn = Transaction(m.group(1), m.group(2))
                         txn.session = session
                         with self.cond:
                             session.transactions.append(txn)
+                    else:
+                        txn = None          # RCPT and DATA now get 503
                     reply(r)
                 elif line.upper().startswith("RCPT TO:"):
                     m = _ADDR.match(line[8:])
                     if txn is None:
-                        reply("503 5.5.1 MAIL first")
+                        # Postfix's words (smtpd.c) after a refused or no MAIL
+                        reply("503 5.5.1 Error: need MAIL command")
                         continue
                     if not m:
                         reply("501 5.5.4 Syntax error in RCPT")
@@ -276,7 +294,10 @@ class SmtpSink:
                             txn.rejected.append((addr, r))
                     reply(r)
                 elif verb == "DATA":
-                    if txn is None or not txn.rcpts:
+                    if txn is None:
+                        reply("503 5.5.1 Error: need RCPT command")
+                        continue
+                    if not txn.rcpts:
                         reply("554 5.5.1 No valid recipients")
                         continue
                     reply("354 End data with <CR><LF>.<CR><LF>")

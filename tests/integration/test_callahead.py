@@ -169,6 +169,28 @@ def test_on_tempfail(mxspool, sink, on_tempfail, code):
     assert sink.rcpt_attempts("alice@example.com") == 1
 
 
+@pytest.mark.parametrize("on_tempfail,code", [("defer", 450), ("accept", 250)])
+def test_mail_4xx_at_the_probe_is_a_tempfail(mxspool, sink_factory, on_tempfail, code):
+    """Protects call-ahead from reading a MAIL 4xx as an answer about the
+    address: the primary answers the probe's MAIL with 452 (full disk) and
+    its pipelined RCPT, as Postfix does, with 503. That is a tempfail
+    (on_tempfail decides), never a refusal, nothing is cached (the next
+    session asks again), and it is not taken for a primary that refuses
+    MAIL FROM:<>."""
+    sink = sink_factory(mail_reply="452 4.3.1 Insufficient system storage",
+                        mail_reply_times=None)
+    mx = mxspool([callahead(sink.port, on_tempfail=on_tempfail)])
+    for attempt in (1, 2):
+        r = rcpt_once(mx, "alice@example.com")
+        assert r.code == code, r
+        assert sink.mail_refused == attempt, sink.describe()
+    if code == 450:
+        assert "Insufficient system storage" in r.text, r
+    assert sink.rcpt_attempts("alice@example.com") == 2, "pipelined: the RCPT got its 503"
+    mx.stop()
+    assert "null_sender_refused" not in mx.log(), mx.log()
+
+
 def test_probe_time_budget(mxspool, sink):
     """Protects the sender from a hung primary: the primary never answers
     RCPT; our RCPT is still answered within callahead_timeout (3s) plus

@@ -7,8 +7,11 @@ import re
 import time
 from datetime import datetime, timezone
 
+import pytest
+
 from harness_mxspool import domain
-from harness_util import free_port, make_message, queue_entries, send_mail, wait_deferred_in_log
+from harness_util import (free_port, make_message, queue_entries, send_mail, wait_deferred_in_log,
+                          wait_until)
 
 # A body with the lines that break naive relays: dots, dot-dot, a lone dot,
 # long-ish lines, trailing spaces, UTF-8 (8BITMIME).
@@ -181,3 +184,54 @@ def test_new_mail_for_a_primary_just_found_down_shares_the_next_attempt(mxspool,
     assert t.content.endswith(second)
     deferred = [line for line in mx.log().splitlines() if "status=deferred" in line]
     assert len(deferred) == 1 and a.queue_id in deferred[0], deferred
+
+
+STORAGE = "452 4.3.1 Insufficient system storage"
+
+
+def delivery_lines(mx, queue_id):
+    return re.findall(rf"^.*id={re.escape(queue_id)} event=delivery .*$", mx.log(), re.M)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "unpipelined"])
+@pytest.mark.parametrize("sender", ["s@sender.test", ""], ids=["sender", "null-sender"])
+def test_mail_4xx_defers_every_recipient_then_delivers_once(mxspool, sink_factory, sender,
+                                                            pipelining):
+    """Protects against the field bug: the destination answers MAIL with
+    452 (full disk, greylisting) and, like Postfix, each pipelined RCPT
+    with "503 5.5.1 Error: need MAIL command". Those 503s answer nothing:
+    every recipient is deferred with the 452 (RFC 5321 3.3, RFC 2920 3.1),
+    no DSN is made (mail from <> is not dropped), and the retry (1 s)
+    delivers one copy to each recipient. Without PIPELINING no RCPT
+    follows the refused MAIL."""
+    sink = sink_factory(pipelining=pipelining, mail_reply=STORAGE.encode(), mail_reply_times=1)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    rcpts = ["alice@example.com", "bob@example.com"]
+    msg, _ = make_message()
+    res = send_mail(mx.port, sender, rcpts, msg)
+    assert res.accepted, res
+    qid = res.queue_id
+
+    # The first attempt: one line per recipient, both deferred with the 452.
+    wait_until(lambda: len(delivery_lines(mx, qid)) >= 2, 15, interval=0.2,
+               what=f"the first attempt of {qid} in the log")
+    first = delivery_lines(mx, qid)[:2]
+    for line in first:
+        assert "status=deferred" in line and f'reply="{STORAGE}"' in line, first
+    assert {re.search(r"to=<([^>]*)>", line).group(1) for line in first} == set(rcpts)
+    refused = sink.sessions[0]
+    assert sink.mail_refused == 1
+    rcpt_cmds = [c for c in refused.commands if c.upper().startswith("RCPT")]
+    assert len(rcpt_cmds) == (2 if pipelining else 0), refused.commands
+
+    # The retry delivers, once per recipient, and the message is done.
+    mx.wait_log(rf"id={re.escape(qid)} event=removed", timeout=15)
+    got = sink.messages
+    assert len(got) == 1, sink.describe()
+    assert sorted(got[0].rcpts) == sorted(rcpts) and got[0].mail_from == sender
+    assert got[0].content.endswith(msg)
+    sent = [line for line in delivery_lines(mx, qid) if "status=sent" in line]
+    assert len(sent) == 2, delivery_lines(mx, qid)
+    log = mx.log()
+    assert "status=bounced" not in log and "event=bounce" not in log, log
+    assert "event=drop" not in log, log

@@ -98,6 +98,23 @@ def test_sink_records_bytes_commands_and_scripted_replies(sink_factory):
     assert b"\r\n.\r\n" in sink.all_raw()
 
 
+def test_sink_refuses_mail_as_scripted_then_accepts(sink_factory):
+    """Protects the sink's MAIL refusal: MAIL_REPLY answers the first
+    MAIL_REPLY_TIMES MAILs; behind it RCPT and DATA get Postfix's 503s;
+    then MAIL is accepted again."""
+    sink = sink_factory(mail_reply=b"452 4.3.1 Insufficient system storage", mail_reply_times=1)
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as s:
+        s.ehlo("me.test")
+        assert s.mail("a@x.test") == (452, b"4.3.1 Insufficient system storage")
+        assert s.rcpt("b@example.com") == (503, b"5.5.1 Error: need MAIL command")
+        assert s.docmd("DATA") == (503, b"5.5.1 Error: need RCPT command")
+        assert s.rset()[0] == 250
+        assert s.mail("a@x.test")[0] == 250
+        assert s.rcpt("b@example.com")[0] == 250
+    assert sink.mail_refused == 1
+    assert sink.transactions[0].rcpts == ["b@example.com"]
+
+
 def test_sink_detects_pipelining_and_bare_newlines(sink):
     """Protects: the sink notices a pipelined batch and bare LF bytes (the
     wire-correctness checks of the daemon's client side depend on it)."""
