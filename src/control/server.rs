@@ -338,6 +338,9 @@ async fn bounce(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
         results,
     };
     crate::deliver::record(ctx, &job, report, m.arrival).await;
+    // The owner was told "returned": that (and the DSN) must survive a
+    // power cut, not wait for the next bookkeeping sync.
+    ctx.spool.sync().await.map_err(|e| e.to_string())?;
     Ok(format!(
         "{}: returned to <{}>\n",
         spool::format_id(id),

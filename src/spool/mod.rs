@@ -1705,12 +1705,19 @@ fn finish(
         match retry::next_attempt(&policy.steps, m.arrival, m.backoff_base, now) {
             Next::At(t) => m.next_attempt = t,
             Next::Expired => {
+                // Only this attempt's recipients: another destination's job
+                // may be delivering the others right now (they expire when
+                // their own attempt reports, at once: see below).
+                let ours: HashSet<usize> = report.results.iter().map(|r| r.index).collect();
                 for (i, r) in m.recipients.iter_mut().enumerate() {
-                    if r.state == RcptState::Pending {
+                    if r.state == RcptState::Pending && ours.contains(&i) {
                         r.state = RcptState::Failed;
                         expired.push(i);
                     }
                 }
+                // What is left belongs to other destinations: their last
+                // attempt is due now.
+                m.next_attempt = now;
             }
         }
     }
@@ -2047,6 +2054,74 @@ mod tests {
             first_attempt: 1000,
             note: String::new(),
         }
+    }
+
+    /// Field case: when one destination's attempt finds the message
+    /// expired, only its own recipients are returned. The other
+    /// destination's recipient (its job may be delivering it right now)
+    /// stays pending, due at once, and is delivered when its job reports.
+    #[test]
+    fn expiry_returns_only_the_attempts_own_recipients() {
+        let dir = tmpdir("expiry-per-job");
+        let relay = |port| Destination::Relay {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let policy = ReturnPolicy {
+            steps: vec![RetryStep {
+                interval: Duration::from_secs(60),
+                span: Duration::from_secs(600),
+            }],
+            reporting_mta: "mx2.test".into(),
+            smarthost: Some(relay(26)),
+        };
+        let result = |index, outcome| RcptResult {
+            index,
+            outcome,
+            reply: "451 4.3.0 later".into(),
+            remote: String::new(),
+        };
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
+            let mut env = envelope();
+            env.recipients.push(("v@example.org".into(), relay(2525)));
+            let id = spool.new_id(1000);
+            let body = b"Subject: e\r\n\r\nx\r\n".to_vec();
+            spool
+                .commit(id, env, 1, body.len() as u64, Some((0, body)))
+                .await
+                .unwrap();
+            let expired = 1000 + 601;
+            let report = |dest, index, outcome| AttemptReport {
+                time: expired,
+                destination: dest,
+                relay: String::new(),
+                summary: String::new(),
+                results: vec![result(index, outcome)],
+            };
+            let f = spool
+                .finish(id, report(relay(25), 0, Outcome::Deferred), policy.clone())
+                .await
+                .unwrap();
+            assert_eq!(f.failed, vec!["u@example.com".to_string()]);
+            assert!(!f.removed);
+            assert_eq!(f.next_attempt, Some(expired), "the other job is due now");
+            let m = spool.message(id).unwrap().unwrap();
+            assert_eq!(m.recipients[1].state, RcptState::Pending);
+            let f = spool
+                .finish(
+                    id,
+                    report(relay(2525), 1, Outcome::Delivered),
+                    policy.clone(),
+                )
+                .await
+                .unwrap();
+            assert!(
+                f.failed.is_empty(),
+                "a delivered recipient is never returned"
+            );
+            assert!(f.removed);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
