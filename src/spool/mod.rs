@@ -1098,6 +1098,11 @@ struct ThreadState {
     unsynced_since: Option<std::time::Instant>,
     /// Messages whose chunks failed to be written: their commit must fail.
     broken: HashSet<QueueId>,
+    /// Messages being received: from their first chunk to their commit or
+    /// abort. A reopen returns the database to its last durable state, which
+    /// may lack chunks that earlier batches committed without a sync: every
+    /// one of these is broken then, not only those of the failing batch.
+    receiving: HashSet<QueueId>,
     /// Size deltas applied to the shared counters once the commit is done.
     bytes_delta: i64,
     messages_delta: i64,
@@ -1123,6 +1128,7 @@ fn spool_thread(
         journal,
         unsynced_since: None,
         broken: HashSet::new(),
+        receiving: HashSet::new(),
         bytes_delta: 0,
         messages_delta: 0,
         wake: false,
@@ -1263,6 +1269,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                     if !appended.contains(&id) {
                         appended.push(id);
                     }
+                    st.receiving.insert(id);
                     if st.broken.contains(&id) {
                         continue;
                     }
@@ -1293,7 +1300,8 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                             .insert((id, *seq), data.as_slice())
                             .map_err(storage)?;
                     }
-                    let r = if st.broken.remove(&id) {
+                    st.receiving.remove(&id);
+                    let r = if st.broken.remove(&id) || !body_complete(&tx, id, chunks)? {
                         remove_body(&tx, id)?;
                         Err(SpoolError::Storage(
                             "a part of the message could not be written".into(),
@@ -1325,6 +1333,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                 }
                 Request::Abort { id } => {
                     st.broken.remove(&id);
+                    st.receiving.remove(&id);
                     remove_body(&tx, id)?;
                 }
                 Request::Finish {
@@ -1358,6 +1367,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
                 Request::Barrier { reply, .. } => owed.push(Owed::Unit(reply, Ok(()))),
                 Request::ReplaceChunk { id, seq, data } => {
                     appended.push(id);
+                    st.receiving.insert(id);
                     if !st.broken.contains(&id) {
                         tx.open_table(CHUNKS)
                             .map_err(storage)?
@@ -1442,8 +1452,10 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
             if let Some(j) = st.journal.as_mut() {
                 j.discard();
             }
-            // Every message with a chunk in this batch has a hole now.
+            // Every message with a chunk in this batch has a hole now, and
+            // so may every message being received (see `receiving`).
             st.broken.extend(appended);
+            st.broken.extend(st.receiving.iter().copied());
             st.wake = false;
             for o in owed {
                 o.fail(&e);
@@ -1455,6 +1467,7 @@ fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
 }
 
 fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
+    st.broken.extend(st.receiving.iter().copied());
     for req in batch {
         match req {
             Request::Append { id, .. } => {
@@ -1516,6 +1529,15 @@ fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
     match opened {
         Ok(db) => {
             log::warn!("event=spool_reopened path={}", shared.path.display());
+            // The counters followed commits that the reopen may have undone.
+            match count_queued(&db) {
+                Ok((messages, bytes)) => {
+                    let mut s = lock(&shared.state);
+                    s.messages = messages;
+                    s.bytes = bytes;
+                }
+                Err(e) => log::error!("event=spool_count_failed error=\"{e}\""),
+            }
             *shared
                 .db
                 .write()
@@ -1523,6 +1545,38 @@ fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
         }
         Err(e) => log::error!("event=spool_reopen_failed error=\"{e}\""),
     }
+}
+
+/// Whether every chunk `0..chunks` of a message is there: the last check
+/// before a 250, so that no storage failure, however it came about, turns
+/// into an accepted message with a hole ("chunk N missing" at delivery,
+/// then a wrong return).
+fn body_complete(
+    tx: &redb::WriteTransaction,
+    id: QueueId,
+    chunks: u32,
+) -> Result<bool, SpoolError> {
+    if chunks == 0 {
+        return Ok(true);
+    }
+    let t = tx.open_table(CHUNKS).map_err(storage)?;
+    let n = t.range((id, 0)..(id, chunks)).map_err(storage)?.count();
+    Ok(n == chunks as usize)
+}
+
+/// The number and total size of the messages in `db`.
+fn count_queued(db: &Database) -> Result<(u64, u64), SpoolError> {
+    let tx = db.begin_read().map_err(storage)?;
+    let t = tx.open_table(MESSAGES).map_err(storage)?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for e in t.iter().map_err(storage)? {
+        let (_, v) = e.map_err(storage)?;
+        if let Ok(m) = schema::decode_message(v.value()) {
+            n += 1;
+            bytes = bytes.saturating_add(m.size);
+        }
+    }
+    Ok((n, bytes))
 }
 
 fn remove_body(tx: &redb::WriteTransaction, id: QueueId) -> Result<(), SpoolError> {
