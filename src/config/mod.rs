@@ -358,6 +358,14 @@ pub struct Main {
     pub max_destination_connections: usize,
     /// Client: TCP connect budget (`connect_timeout`, default 30s).
     pub connect_timeout: Duration,
+    /// Client: one whole transaction, MAIL to the reply after the body
+    /// (`transaction_timeout`, default 30m): a destination that trickles
+    /// a byte every few minutes meets every per-read timeout.
+    pub transaction_timeout: Duration,
+    /// Jobs (message, destination) waiting in memory for one destination
+    /// (`max_destination_queue`, default 128): a slow destination cannot
+    /// take every job slot from the others.
+    pub max_destination_queue: usize,
     /// Client: how long to wait for the greeting (`greeting_timeout`, default 5m, RFC 5321 4.5.3.2.1).
     pub greeting_timeout: Duration,
 
@@ -582,6 +590,12 @@ impl fmt::Display for Config {
             &m.max_destination_connections,
         )?;
         opt(f, "connect_timeout", &fmt_duration(m.connect_timeout))?;
+        opt(
+            f,
+            "transaction_timeout",
+            &fmt_duration(m.transaction_timeout),
+        )?;
+        opt(f, "max_destination_queue", &m.max_destination_queue)?;
         opt(f, "greeting_timeout", &fmt_duration(m.greeting_timeout))?;
         opt(f, "greet_pause", &fmt_duration(m.greet_pause))?;
         opt(f, "dnsbl_timeout", &fmt_duration(m.dnsbl_timeout))?;
@@ -648,7 +662,7 @@ fn level_name(l: log::LevelFilter) -> &'static str {
 }
 
 /// In the largest unit that is exact: `15m`, `4d`, `90s`.
-fn fmt_duration(d: Duration) -> String {
+pub fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0 => "0s".into(),
@@ -709,6 +723,8 @@ const MAIN_SINGLE: &[&str] = &[
     "max_errors",
     "max_destination_connections",
     "connect_timeout",
+    "transaction_timeout",
+    "max_destination_queue",
     "greeting_timeout",
     "greet_pause",
     "dnsbl_timeout",
@@ -956,6 +972,8 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         max_errors: o.one("max_errors", 10, count)?,
         max_destination_connections: o.one("max_destination_connections", 2, count)?,
         connect_timeout: o.one("connect_timeout", secs(30), positive_duration)?,
+        transaction_timeout: o.one("transaction_timeout", secs(30 * 60), positive_duration)?,
+        max_destination_queue: o.one("max_destination_queue", 128, count)?,
         greeting_timeout: o.one("greeting_timeout", secs(300), positive_duration)?,
         greet_pause: o.one("greet_pause", secs(0), |v| {
             let d = parse_duration(v)?;

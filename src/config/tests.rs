@@ -107,6 +107,8 @@ fn main_defaults() {
     assert_eq!(m.max_errors, 10);
     assert_eq!(m.max_destination_connections, 2);
     assert_eq!(m.connect_timeout, secs(30));
+    assert_eq!(m.transaction_timeout, secs(1800));
+    assert_eq!(m.max_destination_queue, 128);
     assert_eq!(m.greeting_timeout, secs(300));
     assert!(c.domains.is_empty());
 }
@@ -573,6 +575,8 @@ fn main_value_errors() {
         ("max_errors", "0"),
         ("max_destination_connections", "0"),
         ("connect_timeout", "-30s"),
+        ("transaction_timeout", "0s"),
+        ("max_destination_queue", "0"),
         ("greeting_timeout", "5 m"),
     ] {
         assert_bad_main(key, value);

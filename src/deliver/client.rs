@@ -3,7 +3,7 @@
 //! streaming bodies chunk by chunk from the spool.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_net::TcpStream;
 
@@ -88,8 +88,11 @@ impl Conn {
         .await
     }
 
-    /// The next client event, reading as needed.
+    /// The next client event, reading as needed. `timeout` bounds the
+    /// whole wait, not each read: a reply trickled a byte at a time
+    /// cannot stretch it.
     pub async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
+        let until = Instant::now() + timeout;
         loop {
             self.flush().await?;
             if let Some(e) = self.client.poll_event() {
@@ -103,7 +106,7 @@ impl Conn {
             let n = futures_lite::future::or(
                 async { stream.read(buf).await.map_err(|e| format!("read: {e}")) },
                 async {
-                    smol::Timer::after(timeout).await;
+                    smol::Timer::at(until).await;
                     Err("timed out waiting for the server".to_string())
                 },
             )
@@ -485,21 +488,43 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
         tally.event(&Event::TransactionFailed { reply });
     } else {
         conn.client.send_mail(env);
+        // Each read has its RFC 5321 timeout, and the whole transaction a
+        // deadline: a peer that trickles a byte every few minutes meets
+        // every read timeout and would hold this worker for hours.
+        let budget = ctx.config().main.transaction_timeout;
+        let deadline = Instant::now() + budget;
+        let overdue = || {
+            format!(
+                "{relay} took longer than {} for one message: given up",
+                crate::config::fmt_duration(budget)
+            )
+        };
         // Until the transaction's last event: leaving one unread would hand
         // it to the next message on this connection.
         let mut timeout = REPLY_TIMEOUT;
         loop {
-            let ev = match conn.event(timeout).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = match conn.event(timeout.min(left)).await {
                 Ok(ev) => ev,
                 Err(e) => {
-                    tally.lost(&format!("lost connection with {relay}: {e}"));
+                    let why = if Instant::now() >= deadline {
+                        overdue()
+                    } else {
+                        format!("lost connection with {relay}: {e}")
+                    };
+                    tally.lost(&why);
                     alive = false;
                     break;
                 }
             };
             match &ev {
                 Event::SendBody => {
-                    if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
+                    let body = stream_body(ctx, conn, job.id, m.chunks);
+                    let late = async {
+                        smol::Timer::at(deadline).await;
+                        Err(overdue())
+                    };
+                    if let Err(e) = futures_lite::future::or(body, late).await {
                         tally.lost(&e);
                         alive = false;
                         break;

@@ -131,12 +131,26 @@ fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
     if groups.is_empty() {
         return;
     }
-    let cap = ctx.config().main.max_destination_connections.max(1);
+    let cfg = ctx.config();
+    let cap = cfg.main.max_destination_connections.max(1);
+    let limit = cfg.main.max_destination_queue.max(1);
     *ctx.deliverer.in_flight.borrow_mut().entry(id).or_insert(0) += groups.len();
     for (dest, rcpts) in groups {
         let spawn = {
             let mut qs = ctx.deliverer.queues.borrow_mut();
             let q = qs.entry(dest.clone()).or_default();
+            if q.jobs.len() >= limit {
+                // A slow destination must not take every job slot: this
+                // part of the message waits for its next attempt instead.
+                drop(qs);
+                ctx.spawn(defer_queue_full(
+                    ctx.clone(),
+                    Job { id, rcpts },
+                    dest,
+                    m.arrival,
+                ));
+                continue;
+            }
             q.jobs.push_back(Job { id, rcpts });
             if q.workers < cap && q.jobs.len() > q.workers {
                 q.workers += 1;
@@ -149,6 +163,29 @@ fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
             ctx.spawn(worker(ctx.clone(), dest));
         }
     }
+}
+
+/// Records a deferral for a job that found its destination's queue full.
+async fn defer_queue_full(ctx: Rc<Ctx>, job: Job, dest: Destination, arrival: u64) {
+    let reply = format!("451 4.4.5 too many messages queued for {dest}; will try later");
+    let report = AttemptReport {
+        time: crate::clock::now(),
+        destination: dest,
+        relay: String::new(),
+        summary: reply.clone(),
+        results: job
+            .rcpts
+            .iter()
+            .map(|(i, _)| spool::RcptResult {
+                index: *i,
+                outcome: Outcome::Deferred,
+                reply: reply.clone(),
+                remote: String::new(),
+            })
+            .collect(),
+    };
+    record(&ctx, &job, report, arrival).await;
+    job_done(&ctx, job.id);
 }
 
 /// Takes the next job for `dest`, or None (and the worker ends).

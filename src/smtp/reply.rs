@@ -4,6 +4,28 @@
 
 use std::fmt;
 
+/// RFC 5321 4.5.3.1.5: a reply line is at most 512 octets with its CRLF.
+/// Text a remote server sent is copied into our own replies, the
+/// call-ahead cache and the logs: it is cut to these lengths there.
+pub const MAX_LINE: usize = 512;
+/// Of a reply's text (without code), when it is copied into another line.
+pub const MAX_TEXT: usize = 400;
+
+/// `s` cut to at most `max` bytes on a character boundary, `...` marking
+/// the cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max.saturating_sub(3);
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str("...");
+    s
+}
+
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Enhanced(pub u8, pub u16, pub u16);
@@ -65,15 +87,16 @@ impl Reply {
 
     /// All lines joined with a space, as logs and DSNs show a reply.
     pub fn text(&self) -> String {
-        self.lines.join(" ")
+        bounded(self.lines.join(" "), MAX_TEXT)
     }
 
     /// The reply as one line for logs and spool records: `550 5.1.1 text`.
     pub fn one_line(&self) -> String {
-        match self.enhanced {
+        let s = match self.enhanced {
             Some(e) => format!("{} {} {}", self.code, e, self.text()),
             None => format!("{} {}", self.code, self.text()),
-        }
+        };
+        bounded(s, MAX_LINE - 2)
     }
 
     /// Writes the reply in wire format (CRLF line ends, `-` continuation).
@@ -84,9 +107,10 @@ impl Reply {
             let sep = if i + 1 == n { ' ' } else { '-' };
             let s = match self.enhanced {
                 // RFC 2034: the enhanced code starts every line of the reply.
-                Some(e) => format!("{}{}{} {}\r\n", self.code, sep, e, line),
-                None => format!("{}{}{}\r\n", self.code, sep, line),
+                Some(e) => format!("{}{}{} {}", self.code, sep, e, line),
+                None => format!("{}{}{}", self.code, sep, line),
             };
+            let s = bounded(s, MAX_LINE - 2) + "\r\n";
             out.extend_from_slice(sanitize(&s).as_bytes());
         }
     }
@@ -129,6 +153,23 @@ mod tests {
             lines: vec!["a".into(), "b".into()],
         };
         assert_eq!(r.to_wire(), b"250-2.0.0 a\r\n250 2.0.0 b\r\n");
+    }
+
+    /// A remote server's 2 KiB reply line (accepted by the client) is cut
+    /// to RFC 5321's 512 octets wherever it is copied: logs and spool
+    /// (`one_line`), other replies (`text`), our own wire output.
+    #[test]
+    fn copied_reply_text_is_bounded() {
+        let long = "é".repeat(1000);
+        let r = Reply::new(550, Some(Enhanced(5, 1, 1)), long);
+        assert!(r.one_line().len() <= MAX_LINE - 2);
+        assert!(r.one_line().ends_with("..."));
+        assert!(r.text().len() <= MAX_TEXT);
+        for line in r.to_wire().split(|&b| b == b'\n') {
+            assert!(line.len() <= MAX_LINE, "{} octets", line.len());
+        }
+        let short = Reply::enh(250, (2, 0, 0), "ok");
+        assert_eq!(short.one_line(), "250 2.0.0 ok");
     }
 
     #[test]

@@ -6,6 +6,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 import uuid
 
@@ -297,3 +298,35 @@ def wait_attempted(mx, queue_id, attempts=1, timeout=15):
     wait_until(done, timeout, interval=0.2,
                what=f"{queue_id} to show {attempts} attempt(s) in `queue list --json` "
                     f"(last: {queue_entries(mx)!r})")
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word: a primary that hangs
+    after the handshake (the stalled peer of RFC 5321 4.5.3.2's timeouts)."""
+
+    def __init__(self, port=0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOCALHOST, port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.conns.append(c)
+
+    def close(self):
+        self._stop = True
+        self._t.join(2)
+        for c in self.conns:
+            c.close()
+        self.sock.close()

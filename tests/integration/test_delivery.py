@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 import pytest
 
 from harness_mxspool import domain
-from harness_util import (free_port, make_message, queue_entries, send_mail, wait_deferred_in_log,
-                          wait_until)
+from harness_util import (SilentServer, deferrals_logged, free_port, make_message, queue_entries,
+                          send_mail, wait_deferred_in_log, wait_until)
 
 # A body with the lines that break naive relays: dots, dot-dot, a lone dot,
 # long-ish lines, trailing spaces, UTF-8 (8BITMIME).
@@ -235,3 +235,31 @@ def test_mail_4xx_defers_every_recipient_then_delivers_once(mxspool, sink_factor
     log = mx.log()
     assert "status=bounced" not in log and "event=bounce" not in log, log
     assert "event=drop" not in log, log
+
+
+def test_a_slow_destination_cannot_take_every_job_slot(mxspool, sink):
+    """Protects max_destination_queue: with example.com's primary hanging
+    (it accepts and never greets) and its queue capped at 2 waiting jobs,
+    further due mail for it is deferred with 4.4.5 instead of piling up in
+    memory, and mail for another destination is delivered at once."""
+    silent = SilentServer()
+    try:
+        mx = mxspool([domain("example.com", silent.port), domain("example.org", sink.port)],
+                     retry="1h 1d", greeting_timeout="60s", max_destination_connections="1",
+                     max_destination_queue="2")
+        stuck = []
+        for _ in range(5):
+            msg, _ = make_message()
+            res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
+            assert res.accepted, res
+            stuck.append(res.queue_id)
+        mx.wait_log(r"status=deferred reply=\"451 4\.4\.5 too many messages queued", timeout=15)
+        deferred = [q for q in stuck if deferrals_logged(mx, q)]
+        assert 1 <= len(deferred) <= 3, deferred
+        msg, _ = make_message()
+        assert send_mail(mx.port, "s@sender.test", ["bob@example.org"], msg).accepted
+        (t,) = sink.wait_for_messages(1, timeout=15)
+        assert t.rcpts == ["bob@example.org"]
+        assert "event=bounce" not in mx.log()
+    finally:
+        silent.close()

@@ -16,40 +16,8 @@ import threading
 import time
 
 from harness_mxspool import domain
-from harness_util import (LOCALHOST, RawSmtp, deferrals_logged, free_port, make_message,
-                          send_mail, wait_deferred_in_log)
-
-
-class SilentServer:
-    """Accepts TCP connections and never says a word: a primary that hangs
-    after the handshake (the stalled peer of RFC 5321 4.5.3.2's timeouts)."""
-
-    def __init__(self, port=0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOCALHOST, port))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self._stop = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.conns.append(c)
-
-    def close(self):
-        self._stop = True
-        self._t.join(2)
-        for c in self.conns:
-            c.close()
-        self.sock.close()
+from harness_util import (LOCALHOST, RawSmtp, SilentServer, deferrals_logged, free_port,
+                          make_message, send_mail, wait_deferred_in_log)
 
 
 def test_retries_keep_their_schedule_with_nothing_touching_the_daemon(mxspool, sink_factory):
@@ -145,3 +113,87 @@ def test_callahead_budget_ends_while_the_primary_hangs(mxspool):
         assert silent.conns, "the probe never connected"
     finally:
         silent.close()
+
+
+class TrickleServer:
+    """Answers like an SMTP server, except the reply after the body, which
+    it sends one byte every TRICKLE seconds: every read meets its timeout,
+    the transaction never ends (the slow-drip peer of issue 17)."""
+
+    def __init__(self, trickle=2.0):
+        self.trickle = trickle
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOCALHOST, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.sessions = 0
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.sessions += 1
+            threading.Thread(target=self._session, args=(c,), daemon=True).start()
+
+    def _session(self, c):
+        try:
+            f = c.makefile("rb")
+            c.sendall(b"220 trickle.test ESMTP\r\n")
+            in_data = False
+            for line in f:
+                if in_data:
+                    if line == b".\r\n":
+                        in_data = False
+                        for b in b"250 2.0.0 queued\r\n":
+                            if self._stop:
+                                return
+                            time.sleep(self.trickle)
+                            c.sendall(bytes([b]))
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    c.sendall(b"250 trickle.test\r\n")
+                elif verb == b"DATA":
+                    in_data = True
+                    c.sendall(b"354 go on\r\n")
+                elif verb == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    c.sendall(b"250 ok\r\n")
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self._t.join(2)
+        self.sock.close()
+
+
+def test_a_destination_that_trickles_is_given_up_on_at_the_transaction_deadline(mxspool):
+    """Protects the whole-transaction deadline: a destination that answers
+    the end of the body one byte every 2 s meets every per-read timeout
+    (5 min and 10 min by RFC 5321) but not transaction_timeout (3 s here):
+    the attempt ends, the mail is deferred (never delivered twice, never
+    returned), and the worker is free again."""
+    slow = TrickleServer(trickle=2.0)
+    try:
+        mx = mxspool([domain("example.com", slow.port)], retry="1h 1d",
+                     transaction_timeout="3s")
+        msg, _ = make_message()
+        res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
+        assert res.accepted, res
+        wait_deferred_in_log(mx, res.queue_id, 1, timeout=30)
+        assert "took longer than 3s" in mx.log(), mx.log()[-2000:]
+        assert "event=bounce" not in mx.log()
+    finally:
+        slow.close()
