@@ -8,7 +8,9 @@
 
 pub mod server;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -31,7 +33,9 @@ pub struct Stats {
     pub deferred: u64,
     pub bounced: u64,
     pub guard_refusals: u64,
-    /// Call-ahead results: `accepted`, `rejected`, `tempfail`, `unreachable`, `cached_*`.
+    /// Call-ahead results: `accepted`, `rejected`, `policy_refusal`,
+    /// `null_sender_refused`, `tempfail`, `unreachable`, `cache_*`, and the
+    /// primary warnings by kind.
     pub callahead: BTreeMap<&'static str, u64>,
     /// Started, unix seconds.
     pub started: u64,
@@ -43,7 +47,29 @@ impl Stats {
     }
 }
 
-/// A JSON string literal.
+/// Text that may come from strangers (headers, addresses, HELO names,
+/// remote replies) made safe for an operator's terminal: every control
+/// character but TAB (C0, DEL, and C1, since a UTF-8 terminal may take
+/// U+009B as CSI) becomes `\xNN`, so no escape sequence gets through.
+/// Backslashes are kept: the output is read, never parsed back.
+pub fn term_str(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            let _ = write!(out, "\\x{:02x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A JSON string literal. Every control character is escaped, DEL and C1
+/// too (JSON allows them raw, a terminal showing the JSON does not).
 pub fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -54,7 +80,9 @@ pub fn json_str(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
             c => out.push(c),
         }
     }
@@ -156,6 +184,19 @@ mod tests {
     #[test]
     fn json_strings_escape_quotes_controls_and_keep_utf8() {
         assert_eq!(json_str("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
+        assert_eq!(
+            json_str("\x1b[2J\x7f\u{9b}\t"),
+            "\"\\u001b[2J\\u007f\\u009b\\t\""
+        );
+    }
+
+    #[test]
+    fn terminal_text_escapes_every_control_but_tab() {
+        assert!(matches!(term_str("plain\ttext é"), Cow::Borrowed(_)));
+        assert_eq!(
+            term_str("a\x1b[2J\x1b]0;t\x07b\r\n\0\x7f\u{9b}2J\u{85}\tc"),
+            "a\\x1b[2J\\x1b]0;t\\x07b\\x0d\\x0a\\x00\\x7f\\x9b2J\\x85\tc"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_net::unix::{UnixListener, UnixStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use super::{MAX_REQUEST, json_str};
+use super::{MAX_REQUEST, json_str, term_str};
 use crate::config::HostPort;
 use crate::daemon::Ctx;
 use crate::deliver::destination::Destination;
@@ -77,12 +77,20 @@ async fn handle(ctx: Rc<Ctx>, mut stream: UnixStream) {
     let answer = match req {
         Some(r) => match run(&ctx, &r).await {
             Ok(out) => format!("OK\n{out}"),
-            Err(e) => format!("ERR {}\n", e.replace('\n', " ")),
+            Err(e) => format!("ERR {}\n", term_str(&e.replace('\n', " "))),
         },
         None => "ERR bad request\n".to_string(),
     };
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.flush().await;
+}
+
+/// One line of text output. Whole lines are escaped, so no field that came
+/// from a stranger (header, address, HELO, remote reply) can reach the
+/// operator's terminal with a control character, or break the line.
+fn line(out: &mut String, text: &str) {
+    out.push_str(&term_str(text));
+    out.push('\n');
 }
 
 fn age(now: u64, t: u64) -> String {
@@ -174,7 +182,7 @@ fn list(ctx: &Ctx, now: u64, json: bool) -> Result<String, String> {
             Ok(m) => m,
             Err(e) => {
                 if !json {
-                    let _ = writeln!(out, "{qid}  DAMAGED: {e}");
+                    line(&mut out, &format!("{qid}  DAMAGED: {e}"));
                 }
                 continue;
             }
@@ -207,8 +215,7 @@ fn list(ctx: &Ctx, now: u64, json: bool) -> Result<String, String> {
             } else {
                 format!("in {}", age(m.next_attempt, now))
             };
-            let _ = writeln!(
-                out,
+            let text = format!(
                 "{qid}  age {}  {} bytes  from <{}>  to {}  via {}  attempts {}  next {}{}",
                 age(now, m.arrival),
                 m.size,
@@ -227,6 +234,7 @@ fn list(ctx: &Ctx, now: u64, json: bool) -> Result<String, String> {
                     format!("  last error: {}", m.last_error)
                 }
             );
+            line(&mut out, &text);
         }
     }
     if json {
@@ -242,53 +250,52 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} is not in the queue", spool::format_id(id)))?;
     let mut out = String::new();
-    let _ = writeln!(out, "id: {}", spool::format_id(id));
-    let _ = writeln!(out, "from: <{}>", m.sender);
-    let _ = writeln!(out, "client: {}", m.client);
-    let _ = writeln!(
-        out,
-        "arrival: {} ({} ago)",
-        crate::time::rfc5322(crate::clock::to_unix(m.arrival)),
-        age(now, m.arrival)
+    let o = &mut out;
+    line(o, &format!("id: {}", spool::format_id(id)));
+    line(o, &format!("from: <{}>", m.sender));
+    line(o, &format!("client: {}", m.client));
+    let arrival = crate::time::rfc5322(crate::clock::to_unix(m.arrival));
+    line(
+        o,
+        &format!("arrival: {arrival} ({} ago)", age(now, m.arrival)),
     );
-    let _ = writeln!(out, "size: {}", m.size);
-    let _ = writeln!(out, "attempts: {}", m.attempts);
-    let _ = writeln!(
-        out,
-        "next attempt: {}",
-        crate::time::rfc5322(crate::clock::to_unix(m.next_attempt))
-    );
+    line(o, &format!("size: {}", m.size));
+    line(o, &format!("attempts: {}", m.attempts));
+    let next = crate::time::rfc5322(crate::clock::to_unix(m.next_attempt));
+    line(o, &format!("next attempt: {next}"));
     for r in &m.recipients {
         let state = match r.state {
             RcptState::Pending => "pending",
             RcptState::Delivered => "delivered",
             RcptState::Failed => "failed",
         };
-        let _ = writeln!(
-            out,
-            "to: <{}> {state} via {}{}",
-            r.address,
-            r.destination,
-            if r.last_reply.is_empty() {
-                String::new()
-            } else {
-                format!(" last: {}", r.last_reply)
-            }
-        );
+        let last = if r.last_reply.is_empty() {
+            String::new()
+        } else {
+            format!(" last: {}", r.last_reply)
+        };
+        let to = format!("to: <{}> {state} via {}{last}", r.address, r.destination);
+        line(o, &to);
     }
     for a in ctx.spool.attempts(id).map_err(|e| e.to_string())? {
-        let _ = writeln!(
-            out,
-            "attempt: {} {} {} {}",
-            crate::time::rfc5322(crate::clock::to_unix(a.time)),
-            a.destination,
-            if a.relay.is_empty() { "-" } else { &a.relay },
-            a.result
+        let time = crate::time::rfc5322(crate::clock::to_unix(a.time));
+        let relay = if a.relay.is_empty() { "-" } else { &a.relay };
+        line(
+            o,
+            &format!("attempt: {time} {} {relay} {}", a.destination, a.result),
         );
     }
-    out.push_str("headers:\n");
+    line(o, "headers:");
+    for l in String::from_utf8_lossy(&headers(ctx, id, m.chunks)).split_terminator("\r\n") {
+        line(o, l);
+    }
+    Ok(out)
+}
+
+/// The header section of a message as stored (at most about 64 KiB).
+fn headers(ctx: &Ctx, id: u64, chunks: u32) -> Vec<u8> {
     let mut head = Vec::new();
-    for seq in 0..m.chunks {
+    for seq in 0..chunks {
         match ctx.spool.chunk(id, seq) {
             Ok(Some(c)) => head.extend_from_slice(&c),
             _ => break,
@@ -301,8 +308,7 @@ fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
             break;
         }
     }
-    out.push_str(&String::from_utf8_lossy(&head).replace("\r\n", "\n"));
-    Ok(out)
+    head
 }
 
 async fn bounce(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
@@ -341,11 +347,12 @@ async fn bounce(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
     // The owner was told "returned": that (and the DSN) must survive a
     // power cut, not wait for the next bookkeeping sync.
     ctx.spool.sync().await.map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{}: returned to <{}>\n",
-        spool::format_id(id),
-        m.sender
-    ))
+    let mut out = String::new();
+    line(
+        &mut out,
+        &format!("{}: returned to <{}>", spool::format_id(id), m.sender),
+    );
+    Ok(out)
 }
 
 fn stats(ctx: &Ctx, now: u64, json: bool) -> String {

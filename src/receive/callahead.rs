@@ -1,9 +1,14 @@
 //! Recipient verification by calling ahead to the primary at RCPT time
 //! (`verify 'callahead'`): `MAIL FROM:<>`, `RCPT TO:<addr>`, RSET; its 2xx
 //! accepts, its 5xx refuses with its text, and when it cannot be reached the
-//! mail is accepted unless the cache remembers an earlier 5xx (Exim's
-//! `callout=defer_ok` with a cache, not Postfix's 450: a backup MX exists to
-//! take mail while the primary is down).
+//! mail is accepted unless the cache remembers an earlier "no such address"
+//! (Exim's `callout=defer_ok` with a cache, not Postfix's 450: a backup MX
+//! exists to take mail while the primary is down).
+//!
+//! Only a refusal about the mailbox (5.1.x) is cached as "no such
+//! address": any other 5xx (a policy refusal of the backup MX itself, a
+//! protocol error) is passed on but not cached, and warned about, since
+//! caching it would refuse real users from the cache during an outage.
 //!
 //! One probe connection serves every recipient of a session; answers are
 //! cached in the spool so a dictionary attack costs the primary one probe
@@ -51,8 +56,105 @@ impl Prober {
 }
 
 enum Probe {
+    /// The primary's answer to `RCPT TO`.
     Answer(Reply),
+    /// The primary refused the probe's `MAIL FROM:<>`: nothing was learned
+    /// about the address.
+    MailRefused(Reply),
     Unreachable(String),
+}
+
+/// What a 5xx answer to the probe's RCPT says about the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The mailbox does not exist (or moved): cached as "no such address".
+    NoSuchAddress,
+    /// Policy, protocol, system, mailbox full...: the probe was refused,
+    /// the address was not judged. Passed on, never cached.
+    Other,
+}
+
+/// The reply's enhanced code, when its class agrees with the reply code
+/// (RFC 3463 3.1; Postfix ignores one that does not).
+fn status(r: &Reply) -> Option<Enhanced> {
+    r.enhanced.filter(|e| u16::from(e.0) == r.code / 100)
+}
+
+/// Classifies a permanent (5xx) answer to the probe's RCPT.
+pub fn classify(r: &Reply) -> Refusal {
+    match status(r) {
+        // RFC 3463 X.1.x: addressing status (bad mailbox 5.1.1, bad
+        // destination system 5.1.2, bad syntax 5.1.3, moved 5.1.6...).
+        Some(Enhanced(_, 1, _)) => Refusal::NoSuchAddress,
+        Some(_) => Refusal::Other,
+        // No enhanced code: 550 (mailbox unavailable, Postfix's "User
+        // unknown"), 551 (user not local) and 553 (mailbox name not
+        // allowed) are RFC 5321's mailbox replies, as Postfix's
+        // reject_unverified_recipient takes a bare 550. 554 and the
+        // 50x protocol errors say nothing about the mailbox.
+        None => match r.code {
+            550 | 551 | 553 => Refusal::NoSuchAddress,
+            _ => Refusal::Other,
+        },
+    }
+}
+
+/// Names the likely mistake at the primary behind a refusal that is not
+/// about the mailbox, for the operator reading the log.
+fn hint(r: &Reply) -> &'static str {
+    let policy = match status(r) {
+        Some(e) => e.1 == 7,
+        None => r.code == 554,
+    };
+    if policy {
+        "the primary refuses this backup MX itself: allow its address there"
+    } else {
+        "the primary refused the probe, not the mailbox: check what it refuses from the backup MX"
+    }
+}
+
+/// A stored `Reply::one_line()` back to a reply.
+fn parse_line(line: &str) -> Option<Reply> {
+    let (code, rest) = line.split_at_checked(3)?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let code: u16 = code.parse().ok()?;
+    let rest = rest.strip_prefix(' ').unwrap_or(rest);
+    let (enhanced, text) = match Enhanced::parse_prefix(rest) {
+        Some((e, t)) => (Some(e), t),
+        None => (None, rest),
+    };
+    Some(Reply::new(code, enhanced, text))
+}
+
+/// A cache entry still worth using.
+struct Cached {
+    refresh: u64,
+    /// None: the primary accepted the address; Some: its "no such address".
+    refusal: Option<Reply>,
+}
+
+fn cached(ctx: &Ctx, addr: &str, now: u64) -> Option<Cached> {
+    let e = ctx.spool.cache_get(addr).ok().flatten()?;
+    usable(&e, now)
+}
+
+fn usable(e: &CacheEntry, now: u64) -> Option<Cached> {
+    if e.expire <= now {
+        return None;
+    }
+    let refusal = if e.positive {
+        None
+    } else {
+        // Older versions cached any 5xx: a negative entry that is not
+        // about the mailbox (a policy refusal) is ignored, not trusted.
+        Some(parse_line(&e.reply).filter(|r| classify(r) == Refusal::NoSuchAddress)?)
+    };
+    Some(Cached {
+        refresh: e.refresh,
+        refusal,
+    })
 }
 
 fn count(ctx: &Ctx, what: &'static str) {
@@ -73,21 +175,19 @@ pub async fn verify(
     addr: &str,
 ) -> Result<(), (&'static str, Reply)> {
     let now = crate::clock::now();
-    let cached = ctx
-        .spool
-        .cache_get(addr)
-        .ok()
-        .flatten()
-        .filter(|e| e.expire > now);
-    if let Some(e) = &cached
-        && now < e.refresh
+    let cached = cached(ctx, addr, now);
+    if let Some(c) = &cached
+        && now < c.refresh
     {
-        return if e.positive {
-            count(ctx, "cache_positive");
-            Ok(())
-        } else {
-            count(ctx, "cache_negative");
-            Err(("callahead", refusal(addr, &e.reply)))
+        return match &c.refusal {
+            None => {
+                count(ctx, "cache_positive");
+                Ok(())
+            }
+            Some(r) => {
+                count(ctx, "cache_negative");
+                Err(("callahead", refusal(addr, r)))
+            }
         };
     }
     let budget = ctx.config().main.callahead_timeout;
@@ -103,11 +203,7 @@ pub async fn verify(
             random_check(ctx, prober, domain, dest, now).await;
             Ok(())
         }
-        Probe::Answer(r) if r.is_permanent() => {
-            count(ctx, "rejected");
-            store(ctx, addr, false, &r, now).await;
-            Err(("callahead", refusal(addr, &r.one_line())))
-        }
+        Probe::Answer(r) if r.is_permanent() => permanent(ctx, &domain.name, addr, &r, now).await,
         Probe::Answer(r) => {
             count(ctx, "tempfail");
             match domain.on_tempfail {
@@ -122,6 +218,13 @@ pub async fn verify(
                 )),
             }
         }
+        Probe::MailRefused(r) => {
+            // Asking again with the same null sender would only be refused
+            // again: not for the other recipients of this session either.
+            prober.unreachable = Some(dest.clone());
+            null_sender_refused(ctx, &domain.name, addr, &r);
+            fallback(ctx, cached, addr)
+        }
         Probe::Unreachable(why) => {
             // A probe cut off mid-way leaves the connection in an unknown
             // state: never reuse it.
@@ -129,36 +232,75 @@ pub async fn verify(
             prober.unreachable = Some(dest.clone());
             count(ctx, "unreachable");
             log::info!("id=NOQUEUE event=callahead_unreachable to=<{addr}> reason=\"{why}\"");
-            match cached {
-                Some(e) if !e.positive => {
-                    count(ctx, "cache_negative");
-                    Err(("callahead", refusal(addr, &e.reply)))
-                }
-                _ => Ok(()),
-            }
+            fallback(ctx, cached, addr)
         }
     }
 }
 
+/// The primary's 5xx to RCPT: cached only when it is about the mailbox,
+/// passed on to the client in any case.
+async fn permanent(
+    ctx: &Ctx,
+    domain: &str,
+    addr: &str,
+    r: &Reply,
+    now: u64,
+) -> Result<(), (&'static str, Reply)> {
+    match classify(r) {
+        Refusal::NoSuchAddress => {
+            count(ctx, "rejected");
+            store(ctx, addr, false, r, now).await;
+            Err(("callahead", refusal(addr, r)))
+        }
+        Refusal::Other => {
+            // Passed on so the sender learns at once; queuing would only
+            // bounce later if the primary refuses the backup itself.
+            count(ctx, "policy_refusal");
+            log::warn!(
+                "id=NOQUEUE event=callahead_policy_refusal domain={domain} stage=rcpt to=<{addr}> reply=\"{r}\" hint=\"{}\"",
+                hint(r)
+            );
+            Err(("callahead_policy", refusal(addr, r)))
+        }
+    }
+}
+
+/// The primary refused the probe's `MAIL FROM:<>`. The caller then accepts
+/// (unless the cache knows better), as when the primary is unreachable:
+/// the refusal is about our null sender, not the recipient, and the queued
+/// mail is delivered later with its real sender, which the primary may
+/// well accept. Postfix's address verification likewise calls an address
+/// undeliverable only for an answer about the address. Passing the 5xx on
+/// would refuse every recipient for the primary's mistake.
+fn null_sender_refused(ctx: &Ctx, domain: &str, addr: &str, r: &Reply) {
+    count(ctx, "null_sender_refused");
+    log::warn!(
+        "id=NOQUEUE event=callahead_policy_refusal domain={domain} stage=mail to=<{addr}> reply=\"{r}\" hint=\"the primary refuses MAIL FROM:<> (needed for bounces and call-ahead): accept it from the backup MX\""
+    );
+}
+
+/// No answer about `addr` now: an earlier "no such address" still
+/// refuses, anything else is accepted.
+fn fallback(ctx: &Ctx, cached: Option<Cached>, addr: &str) -> Result<(), (&'static str, Reply)> {
+    match cached.and_then(|c| c.refusal) {
+        Some(r) => {
+            count(ctx, "cache_negative");
+            Err(("callahead", refusal(addr, &r)))
+        }
+        None => Ok(()),
+    }
+}
+
 /// `550` carrying the primary's reason and enhanced code.
-fn refusal(addr: &str, reply_line: &str) -> Reply {
-    let mut words = reply_line.splitn(3, ' ');
-    let _code = words.next();
-    let second = words.next().unwrap_or("");
-    let (enh, text) = match Enhanced::parse_prefix(second) {
-        Some((e, _)) if e.0 == 5 => (e, words.next().unwrap_or("").to_string()),
-        _ => (
-            Enhanced(5, 1, 1),
-            [second, words.next().unwrap_or("")]
-                .join(" ")
-                .trim()
-                .to_string(),
-        ),
-    };
+fn refusal(addr: &str, r: &Reply) -> Reply {
+    let enh = status(r).unwrap_or(match classify(r) {
+        Refusal::NoSuchAddress => Enhanced(5, 1, 1),
+        Refusal::Other => Enhanced(5, 0, 0),
+    });
     Reply::new(
         550,
         Some(enh),
-        format!("<{addr}>: Recipient address rejected: {text}"),
+        format!("<{addr}>: Recipient address rejected: {}", r.text()),
     )
 }
 
@@ -232,14 +374,8 @@ async fn probe(
         // does a 503 to the RCPT behind it); a tempfail, never a refusal.
         Ok(Heard::MailDeferred(reply)) => Probe::Answer(reply),
         Ok(Heard::MailRefused(mail_refused)) => {
-            warn(
-                ctx,
-                &domain.name,
-                "null_sender_refused",
-                "the primary refuses MAIL FROM:<> (needed for bounces and call-ahead); accept it from the backup MX",
-            );
-            prober.conn = None;
-            Probe::Unreachable(format!("primary refused MAIL FROM:<>: {mail_refused}"))
+            prober.close().await;
+            Probe::MailRefused(mail_refused)
         }
         Err(e) => {
             prober.conn = None;
@@ -401,14 +537,101 @@ mod tests {
         );
     }
 
+    fn reply(line: &str) -> Reply {
+        parse_line(line).unwrap_or_else(|| panic!("unparsable {line:?}"))
+    }
+
     #[test]
     fn refusal_carries_the_primarys_code_and_text() {
-        let r = refusal("u@example.com", "550 5.1.1 <u@example.com>: User unknown");
+        let r = refusal(
+            "u@example.com",
+            &reply("550 5.1.1 <u@example.com>: User unknown"),
+        );
         assert_eq!(r.code, 550);
         assert_eq!(r.enhanced, Some(Enhanced(5, 1, 1)));
         assert!(r.text().ends_with("<u@example.com>: User unknown"));
-        let r = refusal("u@example.com", "554 no such mailbox");
+        let r = refusal("u@example.com", &reply("550 no such mailbox"));
         assert_eq!(r.enhanced, Some(Enhanced(5, 1, 1)));
-        assert!(r.text().ends_with("no such mailbox"));
+        assert!(r.text().ends_with("rejected: no such mailbox"));
+        // Not about the mailbox: never dressed up as 5.1.1.
+        let r = refusal("u@example.com", &reply("554 5.7.1 Client host rejected"));
+        assert_eq!(r.enhanced, Some(Enhanced(5, 7, 1)));
+        assert!(r.text().ends_with("rejected: Client host rejected"));
+        let r = refusal("u@example.com", &reply("554 Client host rejected"));
+        assert_eq!(r.enhanced, Some(Enhanced(5, 0, 0)));
+    }
+
+    #[test]
+    fn only_mailbox_refusals_mean_no_such_address() {
+        use Refusal::{NoSuchAddress as No, Other};
+        for (line, want) in [
+            (
+                "550 5.1.1 <u@example.com>: Recipient address rejected: User unknown",
+                No,
+            ),
+            ("550 5.1.2 bad destination system", No),
+            ("553 5.1.3 bad address syntax", No),
+            ("551 5.1.6 mailbox moved", No),
+            ("550 5.1.10 null MX", No),
+            ("550 User unknown", No),
+            ("551 User not local", No),
+            ("553 mailbox name not allowed", No),
+            (
+                "554 5.7.1 <mx2[192.0.2.1]>: Client host rejected: Access denied",
+                Other,
+            ),
+            ("550 5.7.1 <u@example.com>: Relay access denied", Other),
+            ("550 5.7.27 sender has a null MX", Other),
+            ("552 5.2.2 mailbox full", Other),
+            ("550 5.2.1 mailbox disabled", Other),
+            ("554 5.3.0 system error", Other),
+            ("503 5.5.1 need MAIL", Other),
+            ("554 Client host rejected", Other),
+            ("552 exceeded storage allocation", Other),
+            ("501 syntax error", Other),
+            ("521 does not accept mail", Other),
+            // An enhanced code of the wrong class is ignored: the basic
+            // code decides.
+            ("550 4.7.1 confused", No),
+            ("554 2.1.1 confused", Other),
+        ] {
+            assert_eq!(classify(&reply(line)), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn hints_name_the_backup_being_refused_for_policy() {
+        assert!(hint(&reply("554 5.7.1 Client host rejected")).contains("refuses this backup MX"));
+        assert!(hint(&reply("554 Client host rejected")).contains("refuses this backup MX"));
+        assert!(hint(&reply("503 5.5.1 need MAIL")).contains("not the mailbox"));
+    }
+
+    #[test]
+    fn cached_policy_refusals_of_older_versions_are_ignored() {
+        let entry = |positive, reply: &str| CacheEntry {
+            positive,
+            refresh: 10,
+            expire: 20,
+            reply: reply.into(),
+        };
+        let no_such = entry(false, "550 5.1.1 User unknown");
+        let r = usable(&no_such, 5).and_then(|c| c.refusal);
+        assert_eq!(r.map(|r| r.code), Some(550));
+        assert!(usable(&no_such, 20).is_none(), "expired");
+        assert!(usable(&entry(false, "554 5.7.1 Client host rejected"), 5).is_none());
+        assert!(usable(&entry(false, "garbage"), 5).is_none());
+        let ok = usable(&entry(true, "250 2.1.5 Ok"), 5);
+        assert!(ok.is_some_and(|c| c.refusal.is_none() && c.refresh == 10));
+    }
+
+    #[test]
+    fn stored_lines_parse_back() {
+        let r = Reply::enh(550, (5, 1, 1), "<u@x>: User unknown");
+        assert_eq!(parse_line(&r.one_line()), Some(r));
+        let r = Reply::new(550, None, "User unknown");
+        assert_eq!(parse_line(&r.one_line()), Some(r));
+        assert_eq!(parse_line("55"), None);
+        assert_eq!(parse_line("+50 x"), None);
+        assert_eq!(parse_line("é50 x"), None);
     }
 }

@@ -289,3 +289,70 @@ def test_callahead_through_the_mx_records(mxspool, postfix_primary, nsd):
         c.close()
     wait_until(lambda: "<ghost@example.com>" in pf.log(), 10,
                what="Postfix to log the probe for ghost")
+
+
+# --- what the cache remembers: only "no such address" ------------------------
+
+@pytest.mark.parametrize("answer", [
+    "554 5.7.1 <mx2.test[127.0.0.1]>: Client host rejected: Access denied",
+    "550 5.7.1 <ghost@example.com>: Relay access denied",
+    "554 Client host rejected",
+])
+def test_policy_refusal_is_passed_on_warned_and_not_cached(mxspool, sink, answer):
+    """Protects the backup MX from a primary that refuses the backup itself
+    (e.g. a policy refusal of its address): the RCPT gets 550 with the
+    primary's reason (the sender learns), a warning naming the likely
+    misconfiguration is logged once, and nothing is cached: once the
+    primary is gone, the same address is accepted and queued, never
+    refused from the cache."""
+    sink.default_rcpt_reply = answer
+    mx = mxspool([callahead(sink.port)])
+    r = rcpt_once(mx, "ghost@example.com")
+    assert r.code == 550, r
+    reason = answer.split(" ", 2)[-1] if answer[4:5].isdigit() else answer[4:]
+    assert reason in r.text, (r, answer)
+    assert not r.text.startswith("5.1."), f"not a mailbox refusal: {r}"
+    assert sink.rcpt_attempts("ghost@example.com") == 1
+    sink.close()
+    r = rcpt_once(mx, "ghost@example.com")
+    assert r.code == 250, f"refused from the cache while the primary is down: {r}"
+    assert stats(mx)["callahead"].get("cache_negative", 0) == 0, stats(mx)
+    line = mx.wait_log(r"event=callahead_policy_refusal[^\n]*").group(0)
+    assert "to=<ghost@example.com>" in line and f'reply="{answer}"' in line, line
+    assert "hint=" in line, line
+    assert len(re.findall(r"event=callahead_policy_refusal", mx.log())) == 1, mx.log()
+
+
+@pytest.mark.parametrize("answer", ["550 5.1.1 <ghost@example.com>: User unknown",
+                                    "550 User unknown"])
+def test_no_such_address_is_still_cached(mxspool, sink, answer):
+    """Counter-test: the primary's "no such mailbox" (5.1.x, or a bare 550
+    from a server without enhanced codes) is remembered: with the primary
+    gone, the address is still refused, from the cache."""
+    sink.default_rcpt_reply = answer
+    mx = mxspool([callahead(sink.port)])
+    r = rcpt_once(mx, "ghost@example.com")
+    assert r.code == 550 and r.text.startswith("5.1.1"), r
+    sink.close()
+    r = rcpt_once(mx, "ghost@example.com")
+    assert r.code == 550 and r.text.startswith("5.1.1") and "User unknown" in r.text, r
+    assert stats(mx)["callahead"].get("cache_negative", 0) >= 1, stats(mx)
+    assert "event=callahead_policy_refusal" not in mx.log()
+
+
+def test_refused_null_sender_is_warned_accepted_and_not_cached(mxspool, sink):
+    """Protects against a primary that refuses MAIL FROM:<> (a common
+    misconfiguration): the probe says nothing about the address, so the
+    RCPT is accepted (the mail is delivered later with its real sender),
+    the refusal is logged as a policy refusal naming the null sender, and
+    nothing is cached."""
+    sink.mail_reply = "550 5.7.1 <>: Sender address rejected: null sender not allowed"
+    sink.default_rcpt_reply = "550 5.1.1 no such user"
+    mx = mxspool([callahead(sink.port)])
+    assert rcpt_once(mx, "ghost@example.com").code == 250
+    line = mx.wait_log(r"event=callahead_policy_refusal[^\n]*").group(0)
+    assert "stage=mail" in line and "to=<ghost@example.com>" in line, line
+    assert "MAIL FROM:<>" in line, line
+    sink.mail_reply = "250 2.1.0 Ok"
+    sink.close()
+    assert rcpt_once(mx, "ghost@example.com").code == 250

@@ -1,9 +1,12 @@
 """The command line (CONTRACT.md "Command line" and "Configuration: UCI"):
 version, check, and configuration errors as `PATH:LINE: ...` with exit 2."""
 
+import json
 import re
+import subprocess
 
-from harness_mxspool import domain, render_uci
+from harness_mxspool import command, domain, render_uci
+from harness_util import RawSmtp, free_port
 
 
 def write(tmp, text, name="mxspool.conf"):
@@ -120,3 +123,48 @@ def test_queue_command_without_daemon_exits_1(mxspool_cmd, workdir):
     r = mxspool_cmd("queue", "list", "-c", p)
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert r.stderr.strip()
+
+
+def test_queue_output_never_passes_terminal_controls(mxspool):
+    """Protects the operator's terminal: a stranger's header with an escape
+    sequence (clear screen, set title, bell), a HELO name and addresses with
+    a C1 CSI (U+009B, allowed under SMTPUTF8) reach `queue show` and
+    `queue list` only escaped (`\\x1b`), never as raw control bytes; the
+    JSON stays valid and gives the exact strings back."""
+    csi = "\u009b"
+    sender = f"x{csi}2J@sender.test"
+    rcpt = f"a{csi}2J@example.com"
+    mx = mxspool([domain("example.com", free_port())], retry="1h 1d")
+    with RawSmtp(mx.port) as c:
+        assert c.greeting().code == 220
+        assert c.ehlo(f"evil{csi}2J.test").code == 250
+        assert c.cmd(f"MAIL FROM:<{sender}> SMTPUTF8").code == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <x@sender.test>\r\nSubject: hi \x1b[2J\x1b]0;pwned\x07 there\x7f\r\n"
+               b"\r\nbody\r\n.\r\n")
+        r = c.reply()
+        assert r.code == 250, r
+    qid = re.search(r"queued as (\S+)", r.text)
+    assert qid, r
+    qid = qid.group(1)
+
+    def q(*args):
+        p = subprocess.run(command("queue", *args, "-c", mx.config_path),
+                           capture_output=True, timeout=30)
+        assert p.returncode == 0, p
+        return p.stdout
+
+    shown = q("show", qid)
+    for bad in (b"\x1b", b"\x07", b"\x7f", csi.encode()):
+        assert bad not in shown, f"{bad!r} reached the terminal:\n{shown!r}"
+    assert b"Subject: hi \\x1b[2J\\x1b]0;pwned\\x07 there\\x7f" in shown, shown
+    assert b"from: <x\\x9b2J@sender.test>" in shown, shown
+    listed = q("list")
+    assert qid.encode() in listed, listed
+    for bad in (b"\x1b", csi.encode()):
+        assert bad not in listed, f"{bad!r} reached the terminal:\n{listed!r}"
+    raw = q("list", "--json")
+    assert csi.encode() not in raw, raw
+    (entry,) = json.loads(raw)
+    assert entry["sender"].strip("<>") == sender and entry["recipients"] == [rcpt], entry
