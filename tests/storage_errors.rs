@@ -31,6 +31,8 @@ struct DiskState {
     files: [File; 2],
     /// The next this many syncs fail (and lose what they would have kept).
     failing_syncs: u32,
+    /// Reads of the journal fail (a bad sector under it).
+    journal_unreadable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +55,9 @@ impl redb::StorageBackend for Backend {
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let s = self.0.lock();
+        if self.1 == 1 && s.journal_unreadable {
+            return Err(io::Error::other("injected EIO reading the journal"));
+        }
         let start = offset as usize;
         let src = s.files[self.1]
             .current
@@ -227,4 +232,54 @@ fn a_failed_sync_never_leaves_an_accepted_message_with_a_hole() {
 #[test]
 fn a_failed_sync_never_leaves_an_accepted_message_with_a_hole_with_the_journal() {
     run(1 << 20);
+}
+
+/// An unreadable journal (EIO) must not make every start fail, which under
+/// procd is a crash loop: the spool opens without it, keeps what redb
+/// holds, and takes mail again.
+#[test]
+fn an_unreadable_journal_does_not_stop_the_start() {
+    let disk = Arc::new(Disk::default());
+    let dir = std::env::temp_dir().join(format!("mxspool-journal-eio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = SpoolOptions {
+        cache_size: 1 << 20,
+        journal_size: 1 << 20,
+    };
+    let open = || {
+        let (wake, _w) = smol::channel::bounded(1);
+        Spool::open_with_backend(&dir, opts, wake, factory(&disk))
+    };
+    let kept = smol::block_on(async {
+        let (spool, thread, _) = open().unwrap();
+        let id = spool.new_id(1000);
+        spool.append(id, 0, chunk(b'k', 0)).await.unwrap();
+        spool
+            .commit(
+                id,
+                envelope(),
+                2,
+                2 * CHUNK as u64,
+                Some((1, chunk(b'k', 1))),
+            )
+            .await
+            .unwrap();
+        drop(spool);
+        thread.join();
+        id
+    });
+    disk.lock().journal_unreadable = true;
+    smol::block_on(async {
+        let (spool, thread, rec) = open().expect("an unreadable journal stopped the start");
+        assert_eq!(rec.messages, 1);
+        assert_whole(&spool, kept, 2);
+        let id = spool.new_id(1000);
+        spool
+            .commit(id, envelope(), 1, CHUNK as u64, Some((0, chunk(b'n', 0))))
+            .await
+            .expect("mail is taken again");
+        drop(spool);
+        thread.join();
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }

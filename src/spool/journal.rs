@@ -105,8 +105,16 @@ impl Journal {
 
     /// Calls `f` for every record of every frame written for `epoch` after
     /// generation `after`, in order, and returns the last generation found
-    /// (or `after`). Stops quietly at the first frame that is not the next
-    /// one: that is where the last acknowledged frame ended.
+    /// (or `after`).
+    ///
+    /// The chain of consecutive generations normally ends at a frame that
+    /// is not the next one (torn by the crash, or left from an earlier
+    /// cycle): that is where the last acknowledged frame ended. But a
+    /// frame damaged later (a bad sector, a bit flip) breaks the chain in
+    /// the middle: the pages after it are scanned for intact frames of
+    /// this epoch with higher generations (an earlier cycle's frames have
+    /// generations already recorded, so none can pass), which are replayed,
+    /// and the gap is logged as `event=journal_damaged`.
     pub fn replay<E>(
         &self,
         epoch: u64,
@@ -115,25 +123,28 @@ impl Journal {
     ) -> Result<Result<u64, E>, io::Error> {
         let mut pos = 0u64;
         let mut expect = after.wrapping_add(1);
-        let mut head = [0u8; HEADER];
         let mut body = Vec::new();
         while pos + HEADER as u64 <= self.size {
-            self.store.read(pos, &mut head)?;
-            let Some((len, gen_, crc)) = parse_header(&head, epoch) else {
-                break;
+            let (at, frame) = match self.frame_at(pos, epoch, expect, &mut body)? {
+                Some(fr) => (pos, fr),
+                None => match self.scan(pos + FRAME_ALIGN, epoch, expect, &mut body)? {
+                    Some((at, fr)) => {
+                        log::error!(
+                            "event=journal_damaged offset={pos} lost_generations={}..{} \
+                             action=\"replaying the intact frames after the damage\"",
+                            expect,
+                            fr.0.wrapping_sub(1)
+                        );
+                        (at, fr)
+                    }
+                    None => break,
+                },
             };
-            if gen_ != expect || pos + HEADER as u64 + len as u64 > self.size {
-                break;
-            }
-            body.resize(len as usize, 0);
-            self.store.read(pos + HEADER as u64, &mut body)?;
-            if frame_crc(&head, &body) != crc {
-                break;
-            }
+            let (gen_, len) = frame;
             let Some(records) = parse_records(&body) else {
                 // The CRC matched: this is not a torn write but a frame
                 // this code did not write. Replaying a guess is worse.
-                log::error!("event=journal_damaged generation={gen_} offset={pos}");
+                log::error!("event=journal_damaged generation={gen_} offset={at}");
                 break;
             };
             for r in records {
@@ -141,10 +152,50 @@ impl Journal {
                     return Ok(Err(e));
                 }
             }
-            expect = expect.wrapping_add(1);
-            pos = align_up(pos + HEADER as u64 + len as u64);
+            expect = gen_.wrapping_add(1);
+            pos = align_up(at + HEADER as u64 + len as u64);
         }
         Ok(Ok(expect.wrapping_sub(1)))
+    }
+
+    /// The intact frame of `epoch` at `pos` with generation `min_gen` or
+    /// higher, its body read into `body`: (generation, body length).
+    fn frame_at(
+        &self,
+        pos: u64,
+        epoch: u64,
+        min_gen: u64,
+        body: &mut Vec<u8>,
+    ) -> io::Result<Option<(u64, u32)>> {
+        let mut head = [0u8; HEADER];
+        self.store.read(pos, &mut head)?;
+        let Some((len, gen_, crc)) = parse_header(&head, epoch) else {
+            return Ok(None);
+        };
+        if gen_ < min_gen || pos + HEADER as u64 + len as u64 > self.size {
+            return Ok(None);
+        }
+        body.resize(len as usize, 0);
+        self.store.read(pos + HEADER as u64, body)?;
+        Ok((frame_crc(&head, body) == crc).then_some((gen_, len)))
+    }
+
+    /// The first intact frame at or after `from` (page by page) with a
+    /// generation of at least `min_gen`.
+    fn scan(
+        &self,
+        mut from: u64,
+        epoch: u64,
+        min_gen: u64,
+        body: &mut Vec<u8>,
+    ) -> io::Result<Option<(u64, (u64, u32))>> {
+        while from + HEADER as u64 <= self.size {
+            if let Some(fr) = self.frame_at(from, epoch, min_gen, body)? {
+                return Ok(Some((from, fr)));
+            }
+            from += FRAME_ALIGN;
+        }
+        Ok(None)
     }
 
     /// Begins a cycle at offset 0: frames are for `epoch`, the next one is
@@ -384,16 +435,18 @@ mod tests {
         j.write().unwrap();
         assert_eq!(j.last_gen(), 12);
         assert_eq!(ids(&j, 7, 10), (vec![1, 2, 3], 12));
-        // Frames after a recorded generation start at offset 0 (the journal
-        // restarts with each durable commit): frame 12 here is stale.
-        assert_eq!(ids(&j, 7, 11), (vec![], 11));
+        // Generations only grow, so a frame after the recorded one is
+        // replayed wherever it lies (here behind frame 11, recorded).
+        assert_eq!(ids(&j, 7, 11), (vec![3], 12));
         // Another database's epoch, or everything recorded: nothing.
         assert_eq!(ids(&j, 8, 10), (vec![], 10));
         assert_eq!(ids(&j, 7, 12), (vec![], 12));
     }
 
+    /// Issue 17: a frame damaged in the middle of the journal (a bad
+    /// sector, a bit flip) no longer hides the intact frames after it.
     #[test]
-    fn a_torn_or_stale_frame_ends_the_replay() {
+    fn frames_after_a_damaged_one_are_still_replayed() {
         let mem = Mem::default();
         let mut j = Journal::open(Box::new(mem.clone())).unwrap();
         j.prepare(MIN_JOURNAL).unwrap();
@@ -404,9 +457,14 @@ mod tests {
         }
         // Every frame is page-aligned and whole pages long.
         assert_eq!(j.pos, 3 * FRAME_ALIGN);
-        // Tear the second frame's body: the third is not replayed either.
+        // Damage the second frame's body: the third is replayed all the
+        // same (its message was acknowledged).
         mem.0.lock().unwrap()[FRAME_ALIGN as usize + HEADER + 20] ^= 1;
+        assert_eq!(ids(&j, 1, 0), (vec![1, 3], 3));
+        // The last frame torn (a crash while writing it): nothing after.
+        mem.0.lock().unwrap()[2 * FRAME_ALIGN as usize + HEADER + 20] ^= 1;
         assert_eq!(ids(&j, 1, 0), (vec![1], 1));
+        mem.0.lock().unwrap()[2 * FRAME_ALIGN as usize + HEADER + 20] ^= 1;
         // A new cycle overwrites frame 1 only; frames 2 and 3 are stale
         // (their generations are not the next ones) and stay unreplayed.
         mem.0.lock().unwrap()[FRAME_ALIGN as usize + HEADER + 20] ^= 1;

@@ -429,9 +429,34 @@ impl Spool {
             // The new files' directory entries must survive a power cut too.
             sync_dir(dir);
         }
-        let replayed = match journal.as_mut() {
-            Some(j) => replay_journal(&db, j)?,
+        let replayed = match journal
+            .as_mut()
+            .map(|j| replay_journal(&db, j))
+            .transpose()?
+        {
+            Some(Ok(n)) => n,
             None => 0,
+            Some(Err(e)) => {
+                // A journal that cannot be read (EIO) must not stop every
+                // start (procd would restart into the same error forever):
+                // its bytes are kept aside for recovery, a new one is used.
+                journal = None;
+                let aside = dir.join(format!("{JOURNAL_FILE}.unreadable"));
+                let kept = backend.is_none() && std::fs::rename(&journal_path, &aside).is_ok();
+                log::error!(
+                    "event=journal_unreadable path={} error=\"{e}\" kept_as={}",
+                    journal_path.display(),
+                    if kept {
+                        aside.display().to_string()
+                    } else {
+                        "none".into()
+                    }
+                );
+                if kept {
+                    journal = open_journal(&journal_path, opts.journal_size, None)?;
+                }
+                0
+            }
         };
         // Replayed and recorded: from here on the journal's content is
         // history, and it can be resized, or retired.
@@ -941,7 +966,12 @@ fn open_journal(
 /// Puts back every acknowledged message the journal holds that the
 /// database lost (its last commits were not durable yet), and records
 /// that the journal is now all in the database. Returns the count.
-fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolError> {
+/// Replays the journal into `db`: the number of messages restored, or
+/// (inner Err) why the journal itself could not be read.
+fn replay_journal(
+    db: &Database,
+    j: &mut journal::Journal,
+) -> Result<Result<u64, String>, SpoolError> {
     let tx = db.begin_write().map_err(storage)?;
     let (epoch, after) = {
         let meta = tx.open_table(META).map_err(storage)?;
@@ -979,7 +1009,10 @@ fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolE
             n += 1;
             Ok(())
         });
-        replayed.map_err(|e| SpoolError::Storage(format!("cannot read the journal: {e}")))??
+        match replayed {
+            Ok(r) => r?,
+            Err(e) => return Ok(Err(e.to_string())),
+        }
     };
     if last != after {
         record_journal_gen(&tx, last)?;
@@ -991,7 +1024,7 @@ fn replay_journal(db: &Database, j: &mut journal::Journal) -> Result<u64, SpoolE
     if n > 0 {
         log::warn!("event=journal_replayed messages={n}");
     }
-    Ok(n)
+    Ok(Ok(n))
 }
 
 fn sync_dir(dir: &Path) {
@@ -1522,7 +1555,12 @@ fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
     // back the messages acknowledged since.
     let opened = open_db(&shared.path, shared.cache_size, shared.backend.as_ref()).and_then(|db| {
         match journal {
-            Some(j) => replay_journal(&db, j).map(|_| db),
+            Some(j) => replay_journal(&db, j).map(|r| {
+                if let Err(e) = r {
+                    log::error!("event=journal_unreadable error=\"{e}\"");
+                }
+                db
+            }),
             None => Ok(db),
         }
     });
