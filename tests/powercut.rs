@@ -53,12 +53,16 @@ impl Rng {
 enum Mode {
     /// Every write after the last sync is lost.
     Drop,
-    /// A random subset of the writes after the last sync survives.
+    /// A random subset of the writes after the last sync survives, each
+    /// write torn at every page boundary (a disk writes pages, not calls:
+    /// a multi-page journal frame or redb run may survive in part).
     Subset,
 }
 
 /// The database and the journal.
 const FILES: usize = 2;
+/// The unit a disk writes atomically (at best).
+const PAGE: usize = 4096;
 type Images = [Vec<u8>; FILES];
 
 fn index(store: Store) -> usize {
@@ -151,18 +155,29 @@ impl Disk {
         let mut img = f.synced.clone();
         if mode == Mode::Subset {
             for p in &f.pending {
-                if rng.below(2) == 0 {
-                    continue;
-                }
                 match p {
                     Pending::Write(off, data) => {
-                        let end = *off as usize + data.len();
-                        if img.len() < end {
-                            img.resize(end, 0);
+                        // Each page of the write survives or not on its own.
+                        let mut at = *off as usize;
+                        let end = at + data.len();
+                        while at < end {
+                            let piece_end = ((at / PAGE + 1) * PAGE).min(end);
+                            if rng.below(2) == 1 {
+                                if img.len() < piece_end {
+                                    img.resize(piece_end, 0);
+                                }
+                                let from = at - *off as usize;
+                                img[at..piece_end]
+                                    .copy_from_slice(&data[from..from + piece_end - at]);
+                            }
+                            at = piece_end;
                         }
-                        img[*off as usize..end].copy_from_slice(data);
                     }
-                    Pending::SetLen(len) => img.resize(*len as usize, 0),
+                    Pending::SetLen(len) => {
+                        if rng.below(2) == 1 {
+                            img.resize(*len as usize, 0);
+                        }
+                    }
                 }
             }
         }
