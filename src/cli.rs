@@ -117,6 +117,12 @@ fn check(path: &std::path::Path) -> i32 {
             return 2;
         }
     };
+    if let Err(e) = crate::spool::check_durable_dir(&c.main.spool_dir, c.main.allow_volatile_spool)
+    {
+        let line = option_line(path, "spool_dir");
+        eprintln!("{}:{line}: {e}", path.display());
+        return 2;
+    }
     if let Err(e) = crate::daemon::load_tls(&c) {
         let line = option_line(path, "tls_cert");
         eprintln!(

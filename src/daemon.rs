@@ -75,6 +75,12 @@ pub fn run(config_path: &Path) -> i32 {
         }
     };
     crate::log::init(config.main.syslog, config.main.log_level);
+    let m = &config.main;
+    if let Err(e) = crate::spool::check_durable_dir(&m.spool_dir, m.allow_volatile_spool) {
+        log::error!("event=fatal error=\"{e}\"");
+        eprintln!("mxspool: {}: {e}", config_path.display());
+        return 2;
+    }
     match prepare(&config) {
         Ok(prepared) => {
             let ex = Rc::new(LocalExecutor::new());

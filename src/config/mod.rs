@@ -304,6 +304,10 @@ pub struct Main {
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub spool_dir: PathBuf,
+    /// A spool_dir in RAM (tmpfs, ramfs) is refused unless this is set
+    /// (`allow_volatile_spool`, default 0): OpenWrt's /tmp and /var are
+    /// RAM, and queued mail there is lost at the next reboot.
+    pub allow_volatile_spool: bool,
     pub control_socket: PathBuf,
     /// None: read the resolv.conf files named in the contract.
     pub resolver: Option<SocketAddr>,
@@ -528,6 +532,11 @@ impl fmt::Display for Config {
             list(f, "listen", l)?;
         }
         opt(f, "spool_dir", &m.spool_dir.display())?;
+        opt(
+            f,
+            "allow_volatile_spool",
+            &if m.allow_volatile_spool { "1" } else { "0" },
+        )?;
         opt(f, "control_socket", &m.control_socket.display())?;
         opt(f, "resolver", &or_empty(m.resolver))?;
         opt(f, "max_message_size", &fmt_size(m.max_message_size))?;
@@ -696,6 +705,7 @@ pub const CLAMD_PORT: u16 = 3310;
 const MAIN_SINGLE: &[&str] = &[
     "hostname",
     "spool_dir",
+    "allow_volatile_spool",
     "control_socket",
     "resolver",
     "max_message_size",
@@ -925,6 +935,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         hostname,
         listen,
         spool_dir,
+        allow_volatile_spool: o.one("allow_volatile_spool", false, parse_bool)?,
         control_socket: o.one(
             "control_socket",
             PathBuf::from("/var/run/mxspool.sock"),

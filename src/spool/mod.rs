@@ -1033,6 +1033,35 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// The RAM file system (`tmpfs`, `ramfs`) that `dir` (or, while it does not
+/// exist yet, its nearest existing parent) lives on, if it does.
+pub fn volatile_fs(dir: &Path) -> Option<&'static str> {
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    let existing = dir.ancestors().find(|p| p.exists())?;
+    let s = rustix::fs::statfs(existing).ok()?;
+    // f_type's width differs between targets (i32/u32/i64).
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    match s.f_type as u64 & 0xFFFF_FFFF {
+        TMPFS_MAGIC => Some("tmpfs"),
+        RAMFS_MAGIC => Some("ramfs"),
+        _ => None,
+    }
+}
+
+/// Refuses a spool in RAM unless the owner allowed it: the message names
+/// the problem and both ways out.
+pub fn check_durable_dir(dir: &Path, allow_volatile: bool) -> Result<(), String> {
+    match volatile_fs(dir) {
+        Some(fs) if !allow_volatile => Err(format!(
+            "option 'spool_dir': {} is on {fs} (RAM): queued mail would be lost at the next \
+             reboot; put the spool on flash or a USB disk, or set option allow_volatile_spool '1'",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn free_disk(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
     Some(s.f_bavail.saturating_mul(s.f_frsize))

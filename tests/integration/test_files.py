@@ -53,3 +53,36 @@ def test_root_never_follows_a_link_inside_spool_dir(mxspool, workdir):
     for p in (victim, victim / "secret"):
         assert os.stat(p).st_uid == 0, f"{p} was given to nobody through a link"
     assert mx.stop() == 0
+
+
+def test_a_spool_in_ram_is_refused_unless_allowed(workdir, mxspool_cmd):
+    """On OpenWrt /tmp and /var are RAM: a spool there loses all queued mail
+    at the next reboot. `check` and `run` refuse a spool_dir on tmpfs with
+    exit 2 and a message naming the file, the line and the fix, unless
+    allow_volatile_spool is 1."""
+    import subprocess
+    from harness_mxspool import Mxspool
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = workdir / "ram"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        mx = Mxspool(workdir / "mx", [domain("example.com", free_port())],
+                     spool_dir=str(mnt / "spool"))
+        r = mxspool_cmd("check", "-c", str(mx.config_path))
+        assert r.returncode == 2, r
+        assert f"{mx.config_path}:" in r.stderr and "tmpfs" in r.stderr, r.stderr
+        assert "allow_volatile_spool" in r.stderr, r.stderr
+        r = mxspool_cmd("run", "-c", str(mx.config_path), timeout=30)
+        assert r.returncode == 2, r
+        assert "tmpfs" in r.stderr, r.stderr
+        mx.main["allow_volatile_spool"] = "1"
+        mx.write_config()
+        r = mxspool_cmd("check", "-c", str(mx.config_path))
+        assert r.returncode == 0, r
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

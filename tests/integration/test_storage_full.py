@@ -40,7 +40,7 @@ def test_full_disk_gives_452_loses_nothing_and_recovers(mxspool, sink_factory, s
     port = free_port()
     mx = mxspool([domain("example.com", f"127.0.0.1:{port}")], retry="1h 1d",
                  spool_dir=str(small_fs / "spool"), max_message_size="200K",
-                 max_spool_size="64M", cache_size="1M")
+                 max_spool_size="64M", cache_size="1M", allow_volatile_spool="1")
     body = "x" * 76 + "\r\n"
     acked, refused = [], []
     for i in range(60):
