@@ -43,6 +43,8 @@ pub struct Ctx {
     pub probes: async_lock::Semaphore,
     /// Domain → last random-address check (call-ahead).
     pub random_checks: RefCell<std::collections::HashMap<String, u64>>,
+    /// What the owner was last alerted of (see `alert`).
+    pub alerts: crate::alert::Alerts,
 }
 
 impl Ctx {
@@ -209,6 +211,7 @@ async fn start(
         resolver: RefCell::new(make_resolver(&config_for_resolver)),
         probes: async_lock::Semaphore::new(config_for_resolver.main.callahead_max_probes),
         random_checks: RefCell::new(Default::default()),
+        alerts: Default::default(),
     });
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));

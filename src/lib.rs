@@ -7,6 +7,7 @@
 //! `control` (control socket, `queue` commands), `log`, `cli`, `clock`
 //! (spool time: ages and retries that survive a router's clock steps).
 
+pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod config;

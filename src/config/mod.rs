@@ -308,6 +308,11 @@ pub struct Main {
     /// (`allow_volatile_spool`, default 0): OpenWrt's /tmp and /var are
     /// RAM, and queued mail there is lost at the next reboot.
     pub allow_volatile_spool: bool,
+    /// Program (and arguments, split on white space, no shell) run on
+    /// alert events (`alert_command`; see `alert`).
+    pub alert_command: Option<Vec<String>>,
+    /// A destination unreachable this long is an alert (`alert_after`, 1h).
+    pub alert_after: Duration,
     pub control_socket: PathBuf,
     /// None: read the resolv.conf files named in the contract.
     pub resolver: Option<SocketAddr>,
@@ -537,6 +542,14 @@ impl fmt::Display for Config {
             "allow_volatile_spool",
             &if m.allow_volatile_spool { "1" } else { "0" },
         )?;
+        opt(
+            f,
+            "alert_command",
+            &m.alert_command
+                .as_ref()
+                .map_or(String::new(), |a| a.join(" ")),
+        )?;
+        opt(f, "alert_after", &fmt_duration(m.alert_after))?;
         opt(f, "control_socket", &m.control_socket.display())?;
         opt(f, "resolver", &or_empty(m.resolver))?;
         opt(f, "max_message_size", &fmt_size(m.max_message_size))?;
@@ -706,6 +719,8 @@ const MAIN_SINGLE: &[&str] = &[
     "hostname",
     "spool_dir",
     "allow_volatile_spool",
+    "alert_command",
+    "alert_after",
     "control_socket",
     "resolver",
     "max_message_size",
@@ -936,6 +951,8 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         listen,
         spool_dir,
         allow_volatile_spool: o.one("allow_volatile_spool", false, parse_bool)?,
+        alert_command: o.one("alert_command", None, alert_command)?,
+        alert_after: o.one("alert_after", secs(3600), positive_duration)?,
         control_socket: o.one(
             "control_socket",
             PathBuf::from("/var/run/mxspool.sock"),

@@ -225,6 +225,19 @@ pub(super) fn abs_path(v: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(v))
 }
 
+/// `alert_command`: an absolute program path and its arguments, split on
+/// white space (no shell, so no quoting); empty means none.
+pub(super) fn alert_command(v: &str) -> Result<Option<Vec<String>>, String> {
+    let argv: Vec<String> = v.split_whitespace().map(str::to_string).collect();
+    match argv.first() {
+        None => Ok(None),
+        Some(p) if !p.starts_with('/') => Err(format!(
+            "'{p}' must be an absolute path (the command runs without a shell or PATH)"
+        )),
+        Some(_) => Ok(Some(argv)),
+    }
+}
+
 pub(super) fn parse_listen(v: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = v
         .parse()

@@ -13,6 +13,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use super::destination::Destination;
 use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};
+use crate::alert::Kind;
 use crate::config::{Config, DeliverTo, Domain};
 use crate::daemon::Ctx;
 use crate::smtp::Reply;
@@ -159,12 +160,14 @@ pub async fn run_worker(ctx: &Rc<Ctx>, dest: &Destination) {
         let mut conn = match connect(ctx, &cfg, dest).await {
             Ok(c) => {
                 ctx.deliverer.down.borrow_mut().clear(dest);
+                ctx.alerts.reachable(&dest.to_string());
                 c
             }
             Err(ConnectError { reason, permanent }) => {
                 if !permanent {
                     let now = crate::clock::now();
                     ctx.deliverer.down.borrow_mut().mark(dest, &reason, now);
+                    note_unreachable(ctx, dest, &reason, now);
                 }
                 defer_all(ctx, dest, &reason, "", permanent).await;
                 return;
@@ -267,6 +270,35 @@ fn guard_refusal(ctx: &Ctx, dest: &Destination, t: &Target, why: &str) {
         "id=NOQUEUE event=guard_refusal destination={dest} address={} reason=\"{why}\"",
         t.addr
     );
+    crate::alert::raise(
+        ctx,
+        Kind::GuardRefusal,
+        &format!("mail for {dest} was not handed to {}: {why}", t.addr),
+        &[
+            ("destination", dest.to_string()),
+            ("address", t.addr.to_string()),
+        ],
+    );
+}
+
+/// A connection to `dest` failed at `now`: an alert once the outage is
+/// `alert_after` old.
+fn note_unreachable(ctx: &Ctx, dest: &Destination, reason: &str, now: u64) {
+    let name = dest.to_string();
+    let since = ctx.alerts.unreachable(&name, now);
+    let after = ctx.config().main.alert_after;
+    if now.saturating_sub(since) >= after.as_secs() {
+        let text = format!(
+            "{name} has been unreachable for {}: {reason}",
+            crate::config::fmt_duration(Duration::from_secs(now.saturating_sub(since)))
+        );
+        crate::alert::raise(
+            ctx,
+            Kind::DestinationUnreachable,
+            &text,
+            &[("destination", name), ("reason", reason.to_string())],
+        );
+    }
 }
 
 enum OpenError {

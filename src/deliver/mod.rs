@@ -282,6 +282,18 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
                     spool::format_id(dsn),
                     f.failed.join(",")
                 );
+                crate::alert::raise(
+                    ctx,
+                    crate::alert::Kind::Returned,
+                    &format!(
+                        "message {qid} was returned to its sender for {}",
+                        f.failed.join(", ")
+                    ),
+                    &[
+                        ("queue_id", qid.clone()),
+                        ("recipients", f.failed.join(",")),
+                    ],
+                );
             }
             if f.dropped {
                 log::warn!(

@@ -472,6 +472,21 @@ async fn flush_held(ctx: &Ctx, inc: &mut Incoming) {
     }
 }
 
+/// Over 80 % of `max_spool_size`: the owner should hear of it before mail
+/// is refused with 452.
+fn spool_level_alert(ctx: &Ctx) {
+    let max = ctx.config().main.max_spool_size;
+    let bytes = ctx.spool.state().bytes;
+    if max > 0 && bytes.saturating_mul(5) >= max.saturating_mul(4) {
+        crate::alert::raise(
+            ctx,
+            crate::alert::Kind::SpoolNearlyFull,
+            &format!("the spool holds {bytes} bytes of its {max} (max_spool_size)"),
+            &[("bytes", bytes.to_string()), ("max", max.to_string())],
+        );
+    }
+}
+
 async fn commit(
     ctx: &Ctx,
     s: &Session,
@@ -515,6 +530,7 @@ async fn commit(
     match ctx.spool.commit(inc.id, env, inc.seq, inc.size, last).await {
         Ok(()) => {
             ctx.stats.borrow_mut().accepted += 1;
+            spool_level_alert(ctx);
             log::info!(
                 "id={qid} event=accept client=[{ip}] from=<{sender}> size={} nrcpt={nrcpt}",
                 inc.size
