@@ -313,6 +313,9 @@ pub struct Main {
     pub alert_command: Option<Vec<String>>,
     /// A destination unreachable this long is an alert (`alert_after`, 1h).
     pub alert_after: Duration,
+    /// Read by the OpenWrt init script, not the daemon: retry queued mail
+    /// when the WAN comes up (`flush_on_ifup`, default 1).
+    pub flush_on_ifup: bool,
     pub control_socket: PathBuf,
     /// None: read the resolv.conf files named in the contract.
     pub resolver: Option<SocketAddr>,
@@ -550,6 +553,7 @@ impl fmt::Display for Config {
                 .map_or(String::new(), |a| a.join(" ")),
         )?;
         opt(f, "alert_after", &fmt_duration(m.alert_after))?;
+        opt(f, "flush_on_ifup", &if m.flush_on_ifup { "1" } else { "0" })?;
         opt(f, "control_socket", &m.control_socket.display())?;
         opt(f, "resolver", &or_empty(m.resolver))?;
         opt(f, "max_message_size", &fmt_size(m.max_message_size))?;
@@ -721,6 +725,7 @@ const MAIN_SINGLE: &[&str] = &[
     "allow_volatile_spool",
     "alert_command",
     "alert_after",
+    "flush_on_ifup",
     "control_socket",
     "resolver",
     "max_message_size",
@@ -953,6 +958,7 @@ fn parse_main(o: &Options) -> Result<Main, ConfigError> {
         allow_volatile_spool: o.one("allow_volatile_spool", false, parse_bool)?,
         alert_command: o.one("alert_command", None, alert_command)?,
         alert_after: o.one("alert_after", secs(3600), positive_duration)?,
+        flush_on_ifup: o.one("flush_on_ifup", true, parse_bool)?,
         control_socket: o.one(
             "control_socket",
             PathBuf::from("/var/run/mxspool.sock"),

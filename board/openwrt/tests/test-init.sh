@@ -73,6 +73,8 @@ procd_set_param() { record procd_set_param "$@"; }
 procd_append_param() { record procd_append_param "$@"; }
 procd_close_instance() { record procd_close_instance "$@"; }
 procd_add_reload_trigger() { record procd_add_reload_trigger "$@"; }
+procd_add_interface_trigger() { record procd_add_interface_trigger "delay=$PROCD_RELOAD_DELAY" "$@"; }
+extra_command() { record extra_command "$@"; }
 procd_send_signal() { record procd_send_signal "$@"; }
 procd_kill() { record procd_kill "$@"; }
 procd_running() { record procd_running "$@"; [ "$RUNNING" = 1 ]; }
@@ -143,6 +145,24 @@ check "start_service (no enabled option): starts, as the daemon default is 1" ha
 # --- triggers and reload ----------------------------------------------------------
 run "$TMP/enabled.conf" 1 service_triggers
 check "service_triggers: reload trigger on config mxspool" has "procd_add_reload_trigger <mxspool>"
+check "service_triggers: flush 5 s after wan comes up" \
+	has "procd_add_interface_trigger <delay=5000> <interface.*.up> <wan> </etc/init.d/mxspool> <flush>"
+check "service_triggers: flush 5 s after wan6 comes up" \
+	has "procd_add_interface_trigger <delay=5000> <interface.*.up> <wan6> </etc/init.d/mxspool> <flush>"
+sed "s/option flush_on_ifup '1'/option flush_on_ifup '0'/" "$TMP/enabled.conf" >"$TMP/no-flush.conf"
+run "$TMP/no-flush.conf" 1 service_triggers
+check "service_triggers (flush_on_ifup '0'): no interface trigger" hasnt "procd_add_interface_trigger"
+check "service_triggers (flush_on_ifup '0'): still the reload trigger" has "procd_add_reload_trigger <mxspool>"
+# `flush` runs `mxspool queue flush` when the daemon runs, nothing otherwise.
+printf '#!/bin/sh\n{ printf "mxspool"; for a in "$@"; do printf " <%%s>" "$a"; done; echo; } >>"$CALLS"\n' >"$TMP/fake-mxspool"
+chmod +x "$TMP/fake-mxspool"
+run "$TMP/enabled.conf" 1 "PROG=$TMP/fake-mxspool; flush"
+check "flush (running): mxspool queue flush -c /etc/config/mxspool" \
+	has "mxspool <queue> <flush> <-c> </etc/config/mxspool>"
+check "flush (running): runs cleanly" test ! -s "$TMP/run.out"
+run "$TMP/enabled.conf" 0 "PROG=$TMP/fake-mxspool; flush"
+check "flush (not running): runs nothing" hasnt "mxspool <queue>"
+check "init: declares the flush command" has "extra_command <flush> <Retry all queued mail now>"
 run "$TMP/enabled.conf" 1 reload_service
 check "reload_service (running): SIGHUP via procd_send_signal" has "procd_send_signal <mxspool> <*> <HUP>"
 check "reload_service (running): no restart" hasnt "procd_open_instance"
