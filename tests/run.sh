@@ -4,7 +4,8 @@
 # On a fresh Debian 12 machine with only the Rust toolchain and python3:
 #   1. installs the apt packages the integration tests need (postfix, swaks,
 #      util-linux for script(1), nsd, openssl for the tests' self-signed
-#      certificates) when missing, and pytest when missing;
+#      certificates, postgrey) when missing, unpacks Exim and OpenSMTPD under
+#      /var/tmp (tests/integration/real_peers.sh), and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
 #   4. python3 -m pytest -q tests/integration against the built binary;
@@ -66,8 +67,9 @@ install_packages() {
 	# service); nsd: the authoritative DNS server of the DNS tests;
 	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
 	# the TLS tests' self-signed certificates; faketime: the clock tests
-	# move the daemon's wall clock (libfaketime).
-	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime) missing=() p
+	# move the daemon's wall clock (libfaketime); postgrey: the greylisting
+	# policy daemon of a test primary (test_primaries.py).
+	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime postgrey) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done
@@ -106,6 +108,11 @@ cargo_components() {
 }
 
 step "apt packages" install_packages || { echo "cannot continue without the packages" >&2; exit 1; }
+# Exim and OpenSMTPD as real primaries (test_primaries.py): they conflict
+# with postfix as packages, so they are downloaded and unpacked under
+# /var/tmp, never installed (the harness would do it at first use too; when
+# it cannot, those tests skip and say why).
+step "real-peer servers (exim, opensmtpd unpacked)" as_root bash tests/integration/real_peers.sh exim opensmtpd
 step "pytest" install_pytest || { echo "cannot continue without pytest" >&2; exit 1; }
 
 if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
