@@ -8,7 +8,8 @@
 #      /var/tmp (tests/integration/real_peers.sh), and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
-#   4. python3 -m pytest -q tests/integration against the built binary;
+#   4. python3 -m pytest -q tests/integration against the built binary (skip
+#      reasons printed, -rsfE; the skip count goes to the closing summary);
 #   5. the OpenWrt package checks (init script under stub procd, shellcheck)
 #      and the mips32 source lint;
 #   6. for each MXSPOOL_CROSS target: cross/setup.sh (pinned zig, nightly,
@@ -32,6 +33,15 @@
 #                       timer tests only
 #   MXSPOOL_TEST_TIMEOUT, MXSPOOL_KEEP_TMP, MXSPOOL_TEST_TMP: see
 #                       tests/README-testing.md
+#   MXSPOOL_TEST_LABEL  the name of this run's integration tests in the skip
+#                       summary (default "native"; the cross runs set TARGET)
+#   MXSPOOL_SKIP_REPORT file where the integration runs note their skips;
+#                       the outermost run creates it and prints the total
+#
+# The output ends with one line per integration run's skips, then
+#   integration tests skipped: K (native), K2 (mips-unknown-linux-musl), ...
+#   steps: N passed, M failed
+# (the last line's format is parsed by CI: keep it).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 root=$(pwd)
@@ -68,8 +78,10 @@ install_packages() {
 	# spamd/spamassassin and clamav-daemon: the real scanners; openssl:
 	# the TLS tests' self-signed certificates; faketime: the clock tests
 	# move the daemon's wall clock (libfaketime); postgrey: the greylisting
-	# policy daemon of a test primary (test_primaries.py).
-	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime postgrey) missing=() p
+	# policy daemon of a test primary (test_primaries.py); strace: the
+	# durability test reads the order of fsync and the 250 reply from a
+	# syscall trace.
+	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime postgrey strace) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done
@@ -107,6 +119,67 @@ cargo_components() {
 	fi
 }
 
+# --- skipped integration tests: counted per run, reasons listed at the end -----
+skip_owner=0
+if [ -z "${MXSPOOL_SKIP_REPORT:-}" ]; then
+	MXSPOOL_SKIP_REPORT=$(mktemp "${TMPDIR:-/tmp}/mxspool-skips.XXXXXX") || exit 1
+	skip_owner=1
+fi
+export MXSPOOL_SKIP_REPORT
+own_skips=()
+cleanup_skips() { if [ "$skip_owner" = 1 ]; then rm -f "$MXSPOOL_SKIP_REPORT" "$MXSPOOL_SKIP_REPORT".xml; fi; }
+trap cleanup_skips EXIT
+
+# integration_tests LABEL PYTEST-ARGS...: the pytest run, then its skips
+# (from its JUnit XML) as "LABEL<TAB>count" and "LABEL<TAB>- reason (n)"
+# lines in the report. The exit status is pytest's.
+integration_tests() {
+	local label=$1 xml="$MXSPOOL_SKIP_REPORT.xml" rc lines
+	shift
+	rm -f "$xml"
+	# -rsfE: skip reasons (and failures/errors) in pytest's short summary;
+	# a lone -rs would replace pytest.ini's -ra, losing the failure lines.
+	python3 -m pytest -q -rsfE --junitxml="$xml" tests/integration "$@"
+	rc=$?
+	lines=$(python3 - "$xml" "$label" <<'PY'
+import collections, sys, xml.etree.ElementTree as ET
+path, label = sys.argv[1], sys.argv[2]
+try:
+    root = ET.parse(path).getroot()
+except (OSError, ET.ParseError):
+    print(f"{label}\t?")
+    print(f"{label}\t- no JUnit report: pytest did not finish")
+    sys.exit()
+reasons = collections.Counter()
+for case in root.iter("testcase"):
+    for sk in case.findall("skipped"):
+        reasons[(sk.get("message") or "no reason given").strip()] += 1
+print(f"{label}\t{sum(reasons.values())}")
+for reason, n in sorted(reasons.items()):
+    print(f"{label}\t- {reason} ({n})")
+PY
+)
+	rm -f "$xml"
+	[ -z "$lines" ] || printf '%s\n' "$lines" >>"$MXSPOOL_SKIP_REPORT"
+	own_skips+=("$label")
+	return "$rc"
+}
+
+# skip_summary [LABEL...]: the reasons, then the one-line count, of the
+# labels given (default: every run noted in the report).
+skip_summary() {
+	[ -s "$MXSPOOL_SKIP_REPORT" ] || return 0
+	local summary="" label count
+	while IFS=$'\t' read -r label count; do
+		[ $# -eq 0 ] || [[ " $* " == *" $label "* ]] || continue
+		case $count in
+			-*) echo "    $label: ${count#- }" ;;
+			*) summary+="${summary:+, }$count ($label)" ;;
+		esac
+	done <"$MXSPOOL_SKIP_REPORT"
+	[ -z "$summary" ] || echo "integration tests skipped: $summary"
+}
+
 step "apt packages" install_packages || { echo "cannot continue without the packages" >&2; exit 1; }
 # Exim and OpenSMTPD as real primaries (test_primaries.py): they conflict
 # with postfix as packages, so they are downloaded and unpacked under
@@ -131,7 +204,7 @@ echo "    MXSPOOL_BIN=$MXSPOOL_BIN MXSPOOL_RUNNER=$MXSPOOL_RUNNER"
 if [ ! -x "$MXSPOOL_BIN" ]; then
 	echo "warning: $MXSPOOL_BIN does not exist; only the harness self-tests can pass" >&2
 fi
-step "integration tests" python3 -m pytest -q tests/integration "$@"
+step "integration tests" integration_tests "${MXSPOOL_TEST_LABEL:-native}" "$@"
 
 if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
 	step "OpenWrt init script and shell checks" sh board/openwrt/tests/test-init.sh
@@ -150,7 +223,7 @@ if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
 		# The integration suite runs against the build that ships
 		# (release-z): the MIPS timer bug of issue 20 showed only there.
 		step "integration tests on $t under qemu (release-z)" env MXSPOOL_SKIP_CARGO=1 MXSPOOL_CROSS=none \
-			MXSPOOL_CROSS_PROFILE=release-z cross/test-integration.sh "$t" "$@"
+			MXSPOOL_CROSS_PROFILE=release-z MXSPOOL_TEST_LABEL="$t" cross/test-integration.sh "$t" "$@"
 	done
 fi
 
@@ -165,6 +238,11 @@ if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ] && [ "${MXSPOOL_FUZZ_SECONDS:-20}" != 0 ]
 	step "cargo-fuzz" fuzz_tools && step "fuzz (${MXSPOOL_FUZZ_SECONDS:-20}s per target)" fuzz/run.sh "${MXSPOOL_FUZZ_SECONDS:-20}"
 fi
 
+if [ "$skip_owner" = 1 ]; then
+	skip_summary
+elif [ ${#own_skips[@]} -ne 0 ]; then
+	skip_summary "${own_skips[@]}"
+fi
 if [ ${#failed[@]} -ne 0 ]; then
 	printf '==> %d step(s) failed:\n' "${#failed[@]}" >&2
 	printf '    %s\n' "${failed[@]}" >&2

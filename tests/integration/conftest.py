@@ -6,7 +6,11 @@
 - primary: a started Postfix for example.com with alice, bob, carol, dave.
 - sink_factory / sink: capture SMTP servers (harness_sink.py).
 - nsd: a private authoritative DNS server, not started (harness_dns.py).
-- mxspool: factory -> Mxspool (harness_mxspool.py), started by default.
+- mxspool: factory -> Mxspool (harness_mxspool.py), started by default. Its
+  teardown fails the test (an error) when a daemon died during it without
+  the harness stopping it (stop(), kill9(), restart(),
+  send_signal(..., expect_exit=True)), when a graceful stop did not exit 0,
+  or when the log reports a panic.
 - mxspool_cmd: run `mxspool ARGS...` and capture exit status and output.
 """
 
@@ -25,6 +29,7 @@ from harness_dns import NsdServer  # noqa: E402
 from harness_mxspool import Mxspool, run_command  # noqa: E402
 from harness_postfix import PostfixInstance  # noqa: E402
 from harness_sink import SmtpSink  # noqa: E402
+from harness_util import log_tail  # noqa: E402
 
 TEST_TIMEOUT = int(os.environ.get("MXSPOOL_TEST_TIMEOUT", "180"))
 KEEP = os.environ.get("MXSPOOL_KEEP_TMP", "") not in ("", "0")
@@ -40,6 +45,8 @@ def pytest_runtest_makereport(item, call):
 
 
 def _failed(request):
+    if getattr(request.node, "_daemon_ended_badly", False):
+        return True
     return any(getattr(request.node, "rep_" + w, None) is not None
                and getattr(request.node, "rep_" + w).failed
                for w in ("setup", "call"))
@@ -183,16 +190,33 @@ def mxspool(request, workdir):
 
     yield make
     failed = _failed(request)
+    bad = []
     for mx in daemons:
         try:
-            mx.stop()
+            # Before stop() reaps it: did the daemon die during the test
+            # (a crash, a panic with panic=abort, a signal) although nothing
+            # the harness knows of stopped it?
+            if mx.proc is not None and mx.proc.poll() is not None:
+                mx.check_exit("during the test")
+            mx.stop()  # a graceful stop must exit 0 (README: exit status 0 success)
+        except Exception as e:  # noqa: BLE001 - reported below, the other daemons still stop
+            mx.problems.append(f"stopping it raised {e!r}")
         finally:
-            if failed:
+            problems = mx.problems_at_teardown()
+            if problems:
+                bad.append(f"{mx.workdir.name}:\n  " + "\n  ".join(problems)
+                           + f"\n  --- log tail ({mx.log_path}) ---\n"
+                           + log_tail(mx.log()))
+            if failed or problems:
                 print(f"\n--- mxspool log ({mx.log_path}) ---\n{mx.log()[-30000:]}")
                 try:
                     print(f"--- config ({mx.config_path}) ---\n{mx.config_path.read_text()}")
                 except OSError:
                     pass
+    if bad:
+        request.node._daemon_ended_badly = True  # keep the test's files
+        pytest.fail("mxspool ended badly (a test fails when a daemon it started dies, "
+                    "panics, or does not stop cleanly):\n" + "\n".join(bad), pytrace=False)
 
 
 @pytest.fixture

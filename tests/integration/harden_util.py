@@ -8,6 +8,8 @@ import subprocess
 import threading
 import time
 
+from harness_util import exit_problem, panic_lines
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -61,27 +63,71 @@ config domain 'example'
 \toption verify 'none'
 """)
         self.proc = None
-        self.log = open(os.path.join(self.tmp, "daemon.log"), "ab")
+        self.log_path = os.path.join(self.tmp, "daemon.log")
+        self.log = open(self.log_path, "ab")
+        # What the harness expects of the process's exit (harness_util.
+        # exit_problem): None (none), "graceful" (stop()), "any" (kill9()).
+        self.expect = None
+        self._judged = False
+        self.problems = []
 
     def start(self):
+        self._note_exit("before this start()")
+        self.expect = None
+        self._judged = False
         self.proc = subprocess.Popen(runner() + [binary(), "run", "-c", self.conf],
                                      stdout=self.log, stderr=self.log)
         assert wait_port(self.port), "daemon did not start listening"
         return self
 
+    def _note_exit(self, when):
+        """Record the process's exit if the harness did not cause it (each
+        process is judged once, when it is seen to have ended)."""
+        if self._judged or self.proc is None or self.proc.poll() is None:
+            return
+        self._judged = True
+        problem = exit_problem("mxspool", self.proc, self.expect, when)
+        if problem:
+            self.problems.append(problem)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def kill9(self):
+        self._note_exit("before kill9()")
         if self.proc and self.proc.poll() is None:
+            self.expect = "any"
             self.proc.kill()
             self.proc.wait()
 
     def stop(self):
+        """SIGTERM; SIGKILL after 10 s. Returns the exit status. A daemon
+        found dead, one that needs the SIGKILL, or one whose graceful stop
+        does not exit 0 is a recorded problem."""
+        self._note_exit("before stop()")
         if self.proc and self.proc.poll() is None:
+            self.expect = "graceful"
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
+                self.problems.append("mxspool did not exit within 10s of SIGTERM: SIGKILLed")
                 self.proc.kill()
                 self.proc.wait()
+            self._note_exit("at stop()")
+        return self.proc.returncode if self.proc else None
+
+    def problems_at_teardown(self):
+        """Recorded problems plus every panic in the log."""
+        return self.problems + [f"mxspool logged a panic: {line.strip()}"
+                                for line in panic_lines(self.log_text())]
 
     def rss_kb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -13,7 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness_util import LOCALHOST, free_port, port_accepts, wait_until
+from harness_util import (LOCALHOST, exit_problem, free_port, panic_lines, port_accepts,
+                          wait_until)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,9 +79,17 @@ def render_uci(main: dict, domains: list) -> str:
 
 
 class Mxspool:
-    """One daemon instance. API: start(), stop(), kill9(), restart(), log(),
-    run(*args) for other commands with -c, port, host, config_path, spool_dir,
-    control_socket, write_config(), proc."""
+    """One daemon instance. API: start(), stop(), kill9(), restart(),
+    send_signal(sig, expect_exit=False), log(), run(*args) for other
+    commands with -c, port, host, config_path, spool_dir, control_socket,
+    write_config(), proc.
+
+    The harness knows which exits it caused: stop() (SIGTERM: the daemon
+    must exit 0), kill9(), and send_signal(..., expect_exit=True). Any
+    other exit of a daemon it started is a death, recorded in `problems`
+    (checked when the next start() replaces the process, by stop() and
+    kill9(), and by check_exit()); conftest.py's teardown fails the test
+    on any problem and on any panic in the log (problems_at_teardown())."""
 
     def __init__(self, workdir: Path, domains, hostname="mx2.test", smarthost=None,
                  retry=None, port=None, **options):
@@ -110,8 +119,18 @@ class Mxspool:
         self.main = main
         self.domains = [d if isinstance(d, dict) else domain(*d) for d in domains]
         self.proc = None
+        # What the harness expects of the current process's exit: None (it
+        # must not exit), "graceful" (SIGTERM sent: exit 0), "any" (SIGKILL).
+        self._expect = None
+        self._exit_checked = False
+        self.problems = []
         # Extra environment for the daemon (e.g. libfaketime's variables).
         self.env = {}
+        # A command in front of the daemon's (e.g. strace -f -o FILE): the
+        # harness then signals the whole process group, so SIGTERM reaches
+        # the daemon (strace -o FILE PROG blocks it and exits with the
+        # daemon's own status).
+        self.wrapper = []
         self._logf = None
         self.start_timeout = float(os.environ.get("MXSPOOL_START_TIMEOUT", "20"))
         self.write_config()
@@ -124,22 +143,61 @@ class Mxspool:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def check_exit(self, when="during the test"):
+        """Record the current process's exit in `problems` if the harness
+        did not cause it (or a SIGTERM did not end it with status 0).
+        Returns the problem or None. Each process is judged once."""
+        if self.proc is None or self._exit_checked or self.proc.poll() is None:
+            return None
+        self._exit_checked = True
+        problem = exit_problem(f"mxspool {self.workdir.name}", self.proc, self._expect, when)
+        if problem:
+            self.problems.append(problem)
+        return problem
+
+    def problems_at_teardown(self):
+        """Everything that makes the test fail at teardown: recorded
+        problems, and every panic the log reports (any process)."""
+        return self.problems + [f"mxspool {self.workdir.name} logged a panic: {line.strip()}"
+                                for line in panic_lines(self.log())]
+
+    def send_signal(self, sig, expect_exit=False):
+        """Send SIG to the daemon. EXPECT_EXIT: the test means to end it
+        this way (SIGTERM: it must then exit 0; another signal: any exit);
+        otherwise (SIGHUP, a reload) an exit is a death."""
+        assert self.running, "not running"
+        if expect_exit:
+            self._expect = "graceful" if sig == signal.SIGTERM else "any"
+        self._signal(sig)
+
+    def _signal(self, sig):
+        if self.wrapper:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
     def start(self):
         assert not self.running, "already running"
+        self.check_exit("before this start()")
+        self._close_log()
         if port_accepts(self.port):
             raise RuntimeError(f"port {self.port} is already taken before mxspool starts")
         self._logf = open(self.log_path, "ab")
         self._logf.write(f"=== start {time.strftime('%H:%M:%S')} ===\n".encode())
         self._logf.flush()
         self.proc = subprocess.Popen(
-            command("run", "-c", self.config_path),
+            list(self.wrapper) + command("run", "-c", self.config_path),
             stdout=self._logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.workdir, start_new_session=True,
             env={**os.environ, **self.env} if self.env else None,
         )
+        self._expect = None
+        self._exit_checked = False
         deadline = time.monotonic() + self.start_timeout
         while not port_accepts(self.port, timeout=0.3):
             if self.proc.poll() is not None:
+                # Reported here (the test fails with the log); not again.
+                self._exit_checked = True
                 raise RuntimeError(
                     f"mxspool exited with {self.proc.returncode} before listening "
                     f"on {self.port}\n--- log ---\n{self.log()}")
@@ -152,16 +210,27 @@ class Mxspool:
         return self
 
     def stop(self, grace=10):
-        """SIGTERM, then SIGKILL after GRACE seconds. Returns the exit status."""
+        """SIGTERM, then SIGKILL after GRACE seconds. Returns the exit status.
+        A daemon found already dead (not by the harness's doing), one that
+        needs the SIGKILL, or one that exits non-zero is a recorded problem."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._expect = "graceful"
+            self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.problems.append(f"mxspool {self.workdir.name} (pid {self.proc.pid}) "
+                                     f"did not exit within {grace}s of SIGTERM: SIGKILLed")
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)  # a wrapper's child too
+                except ProcessLookupError:
+                    pass
                 self.proc.wait(10)
+            self.check_exit("at stop()")
+        else:
+            self.check_exit("before stop()")
         rc = self.proc.returncode
         self._close_log()
         return rc
@@ -171,7 +240,9 @@ class Mxspool:
         qemu dies with it)."""
         if self.proc is None:
             return
+        self.check_exit("before kill9()")
         if self.proc.poll() is None:
+            self._expect = "any"
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:

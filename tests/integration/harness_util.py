@@ -5,6 +5,7 @@ import email.utils
 import os
 import re
 import select
+import signal
 import socket
 import threading
 import time
@@ -31,6 +32,53 @@ def wait_until(predicate, timeout, interval=0.05, what="condition"):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def describe_exit(rc):
+    """A Popen returncode in words: 'exit status N' or 'killed by signal
+    SIGNAME (N)' (a negative returncode is the signal that ended it)."""
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"killed by signal {name} ({-rc})"
+    return f"exit status {rc}"
+
+
+PANIC_RE = re.compile(r"^.*panicked at.*$", re.M)
+
+
+def panic_lines(log_text):
+    """The lines of a daemon log that report a Rust panic ("thread 'x'
+    panicked at src/...:N:M:"). A panic in any thread is a bug, even one
+    that did not take the process down."""
+    return PANIC_RE.findall(log_text)
+
+
+def exit_problem(name, proc, expect, when="during the test"):
+    """What is wrong with how the daemon PROC ended, as a sentence, or None
+    (still running, or ended as the harness was told it would). For the
+    teardown checks of every daemon harness (conftest.py's mxspool fixture,
+    harden_util.Daemon, the relay front door's). EXPECT is what the harness
+    was told: None (nobody stopped it: any exit is a death), "graceful"
+    (SIGTERM: must exit 0, README "Exit status: 0 success"), or "any"
+    (SIGKILL on purpose)."""
+    rc = proc.poll() if proc is not None else None
+    if rc is None:
+        return None
+    if expect is None:
+        return f"{name} (pid {proc.pid}) died {when} without being stopped: {describe_exit(rc)}"
+    if expect == "graceful" and rc != 0:
+        return (f"{name} (pid {proc.pid}) was stopped with SIGTERM and ended with "
+                f"{describe_exit(rc)}; a graceful stop exits 0")
+    return None
+
+
+def log_tail(text, lines=40):
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def port_accepts(port, host=LOCALHOST, timeout=0.5):

@@ -1,7 +1,9 @@
 """Load, abuse and security matrices against the real daemon (issue 9).
 
 Each test says what promise it protects. Bounded loops, loopback only."""
+import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -11,12 +13,16 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harden_util import Client, Daemon, Sink, binary, send_mail  # noqa: E402
+from harness_util import log_tail  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not os.path.exists(binary()), reason="mxspool binary not built")
 
 
 @pytest.fixture
 def env(tmp_path):
+    """The daemon and its primary. Teardown fails the test (an error) when
+    the daemon died during it (nothing here stops it before teardown), when
+    its SIGTERM stop does not exit 0, or when its log reports a panic."""
     sink = Sink()
     d = Daemon(tmp_path, sink.port, extra="""\toption max_connections '8'
 \toption max_connections_per_ip '8'
@@ -25,8 +31,15 @@ def env(tmp_path):
 \toption data_timeout '2s'
 \toption max_message_size '1M'""").start()
     yield d, sink
-    d.stop()
-    sink.close()
+    try:
+        d.stop()
+    finally:
+        sink.close()
+    problems = d.problems_at_teardown()
+    if problems:
+        pytest.fail("mxspool ended badly:\n  " + "\n  ".join(problems)
+                    + f"\n--- log tail ({d.log_path}) ---\n" + log_tail(d.log_text()),
+                    pytrace=False)
 
 
 def session(d):
@@ -112,31 +125,78 @@ SMUGGLE = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r.\n", b"\r\n.\n", b"\r\n.\r", b"\
 # client's own next transaction, not smuggling.)
 
 
+def replies_until_close(c):
+    """Every reply the server sends until it closes the connection."""
+    out = []
+    while True:
+        r = c.reply()
+        if r[0] == 0:
+            return out
+        out.append(r)
+
+
+def queue_ids(d):
+    r = d.queue("list", "--json")
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    return [e["id"] for e in json.loads(r.stdout)]
+
+
 @pytest.mark.parametrize("eod", SMUGGLE, ids=[repr(s) for s in SMUGGLE])
 def test_smuggling_inbound(env, eod):
+    """Protects: no SMTP smuggling. A bare CR/LF around a dot never ends
+    DATA: the daemon refuses the message (5.5.2) or takes it whole, as one
+    message ending at the real <CRLF>.<CRLF>. Told apart from a successful
+    smuggle (which also answers 250) by what follows: the replies after it
+    are exactly NOOP's and QUIT's (a smuggled MAIL/RCPT/DATA would answer
+    on its own), the daemon accepted at most one message (its log line
+    `event=accept` is written before the 250), and the primary receives
+    exactly that one, with the smuggling attempt inside its body."""
     d, sink = env
     c = session(d)
     assert c.cmd("MAIL FROM:<s@example.org>")[0] == 250
     assert c.cmd("RCPT TO:<alice@example.com>")[0] == 250
     assert c.cmd("DATA")[0] == 354
-    smuggled = (b"Subject: outer\r\n\r\nbody" + eod +
-                b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
-                b"Subject: smuggled\r\n\r\nx\r\n.\r\n")
-    c.send(smuggled)
+    inner = (b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+             b"Subject: smuggled\r\n\r\nx\r\n")
+    c.send(b"Subject: outer\r\n\r\nbody" + eod + inner + b".\r\n")
     code, text = c.reply()
     # Either the whole thing is refused (bare CR/LF: 5.5.2), or it is one
     # message ending at the real <CRLF>.<CRLF>.
     assert code in (250, 550, 500, 554), text
     if code != 250:
         assert "5.5.2" in text or code == 554, text
-    # The session is in sync: the next command gets its own reply.
-    nxt = c.cmd("NOOP")
-    assert nxt[0] in (250, 0, 421), nxt  # 0/421: closed cleanly
+    # In sync: NOOP and QUIT get their own replies and nothing else comes.
+    # A smuggled transaction would put its own replies in between (250 for
+    # MAIL and RCPT, 354, 250 queued) and the NOOP would read MAIL's 250.
+    # (A 421 alone: the daemon closed the session after the refusal.)
+    c.send(b"NOOP\r\nQUIT\r\n")
+    rest = replies_until_close(c)
     c.close()
-    time.sleep(1.5)
-    for m in sink.messages:
-        assert b"Subject: smuggled" not in m.split(b"\r\n\r\n", 1)[0], "smuggled message delivered"
+    codes = [r[0] for r in rest]
+    assert codes in ([250, 221], [421]), f"replies after the message: {rest}"
+    # Every message the session left is logged (event=accept) before its
+    # 250 and before QUIT's 221: the count is final now.
+    accepted = re.findall(r"id=(\S+) event=accept ", d.log_text())
+    if code != 250:
+        assert accepted == [], f"refused, yet accepted: {accepted}\n{log_tail(d.log_text())}"
+        assert queue_ids(d) == []
+        assert sink.messages == [], sink.messages
+    else:
+        assert len(accepted) == 1, f"one message expected, accepted: {accepted}"
+        qid = accepted[0]
+        # Wait for that delivery itself (the primary answered it, the
+        # daemon logged it sent), then for an empty queue.
+        assert wait_for(lambda: re.search(rf"id={qid} event=delivery .*status=sent", d.log_text())
+                        and sink.messages), f"{qid} not delivered:\n{log_tail(d.log_text())}"
+        assert wait_for(lambda: queue_ids(d) == []), queue_ids(d)
+        assert len(sink.messages) == 1, f"the primary got {len(sink.messages)} messages: " \
+            f"{sink.messages}"
+        header, _, body = sink.messages[0].partition(b"\r\n\r\n")
+        assert b"Subject: outer" in header and b"smuggled" not in header, sink.messages[0]
+        assert inner.replace(b"\r\n.", b"\r\n..") in body, \
+            f"the smuggling attempt must arrive as body text: {body!r}"
     assert not sink.bare, f"primary saw a bare CR/LF: {sink.bare[:3]}"
+    assert d.alive(), "the daemon died"
 
 
 def test_outbound_never_bare_newline(env):
@@ -275,13 +335,20 @@ def test_pipelining_flood_and_long_lines(env):
                                   b"NOOP\rNOOP\r\n", b"NOOP\nNOOP\r\n"])
 def test_nul_and_invalid_utf8(env, junk):
     """Protects: NUL bytes, invalid UTF-8 and bare CR/LF in commands get a
-    5xx and the session stays in sync (or closes cleanly)."""
+    5xx and the session stays in sync (or closes cleanly), and the daemon
+    lives on: a closed connection is only acceptable from a daemon that
+    still runs and still serves the next client (the env teardown also
+    fails the test if the daemon died or panicked)."""
     d, _ = env
     c = session(d)
     code, text = c.cmd(junk)
     assert 500 <= code < 600 or code in (0, 421), (junk, code, text)
     if code not in (0, 421):
         assert c.cmd("NOOP")[0] == 250
+    c.close()
+    assert d.alive(), f"the daemon died on {junk!r}:\n{log_tail(d.log_text())}"
+    c = session(d)
+    assert c.cmd("QUIT")[0] == 221
     c.close()
 
 
@@ -328,6 +395,9 @@ def test_soak_rss(env, tmp_path):
     assert len(sink.messages) >= per * 4
     if os.environ.get("MXSPOOL_RUNNER"):
         # Under qemu-user the sampled process is the emulator, whose own
-        # translation caches dominate: no figure about mxspool.
-        return
-    assert max(peak) < 64 * 1024
+        # translation caches dominate: no figure about mxspool. The load
+        # above did run (and was checked); the memory bound was not.
+        pytest.skip(f"memory bound not checked under MXSPOOL_RUNNER (qemu-user's own RSS, "
+                    f"peak {max(peak)} kB, says nothing about mxspool); "
+                    f"{per * 4} messages delivered")
+    assert max(peak) < 64 * 1024, f"peak VmRSS {max(peak)} kB"

@@ -283,7 +283,7 @@ def test_sighup_reload_valid_and_invalid_while_mail_flows(mxspool, sink):
         wait_until(lambda: len(flow.accepted) >= 5, 20, what="mail to flow")
         mx.domains = [domain("example.com", sink.port), domain("example.net", sink.port)]
         mx.write_config()
-        os.kill(pid, signal.SIGHUP)
+        mx.send_signal(signal.SIGHUP)
         mx.wait_log(r"event=reloaded", timeout=10)
         n = len(flow.accepted)
         wait_until(lambda: len(flow.accepted) >= n + 5, 20, what="mail to keep flowing")
@@ -293,7 +293,7 @@ def test_sighup_reload_valid_and_invalid_while_mail_flows(mxspool, sink):
         good = mx.config_path.read_text()
         mx.config_path.write_text(good + "\tlist frobnicate 'yes'\n")
         bad_line = len(good.splitlines()) + 1
-        os.kill(pid, signal.SIGHUP)
+        mx.send_signal(signal.SIGHUP)
         line = mx.wait_log(r"event=reload_failed[^\n]*", timeout=10).group(0)
         assert "frobnicate" in line and f":{bad_line}" in line, line
         n = len(flow.accepted)
@@ -340,7 +340,7 @@ def test_sigterm_during_data_then_restart_delivers_every_250(mxspool, sink_facto
     idle.ehlo()
     time.sleep(0.3)  # every half body has been read: the sessions wait in DATA
     t0 = time.monotonic()
-    mx.proc.send_signal(signal.SIGTERM)
+    mx.send_signal(signal.SIGTERM, expect_exit=True)
     time.sleep(0.3)
     try:
         r = idle.reply(timeout=5)
@@ -439,7 +439,7 @@ def test_sighup_opens_and_closes_listen_addresses(mxspool, sink):
     extra = free_port()
     mx.main["listen"] = [f"127.0.0.1:{mx.port}", f"127.0.0.1:{extra}"]
     mx.write_config()
-    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.send_signal(signal.SIGHUP)
     time.sleep(0.2)
     assert mx.running, f"SIGHUP at startup killed the daemon: {mx.proc.returncode}"
     mx.wait_log(r"event=reloaded", timeout=10)
@@ -451,7 +451,7 @@ def test_sighup_opens_and_closes_listen_addresses(mxspool, sink):
     old = mx.port
     mx.main["listen"] = [f"127.0.0.1:{extra}"]
     mx.write_config()
-    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.send_signal(signal.SIGHUP)
     wait_until(lambda: not port_accepts(old, timeout=0.2), 10,
                what=f"the removed listener {old} to close")
     msg, mid2 = make_message()
@@ -470,7 +470,7 @@ def test_reload_removing_a_domain_keeps_its_queued_mail(mxspool, sink_factory, d
     wait_attempted(mx, qid, 1)
     mx.domains = [domain("example.com", down_port)]
     mx.write_config()
-    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.send_signal(signal.SIGHUP)
     mx.wait_log(r"event=reloaded", timeout=10)
     assert rcpt_code(mx, "x@example.org") == 550
     assert ids(mx) == {qid}, "the reload dropped queued mail"

@@ -2,8 +2,9 @@
 test DNSBL zone, spamd, clamd with a signature database written here, and
 a small SMTP sink standing in for the owner's server on an alternate port.
 
-Self-contained (standard library + pytest): the shared harness lives on
-another branch. Needs target/debug/mxspool (or $MXSPOOL_BIN); the daemon
+Standard library + pytest, plus harness_util's exit checks (the daemon
+fixture's teardown fails the test when the daemon died, panicked, or did
+not stop cleanly). Needs target/debug/mxspool (or $MXSPOOL_BIN); the daemon
 runs with `option syslog '0'`, so its log is its stderr.
 """
 
@@ -13,7 +14,6 @@ import shutil
 import signal
 import socket
 import socketserver
-import struct
 import subprocess
 import tempfile
 import threading
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness_util import exit_problem, log_tail, panic_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("MXSPOOL_BIN", ROOT / "target" / "debug" / "mxspool"))
@@ -227,8 +228,20 @@ class Daemon:
                               capture_output=True, text=True, timeout=20)
 
     def close(self):
-        stop(self.proc)
+        """Stop it (SIGTERM); returns what went wrong over its life: a death
+        before this stop, a stop that did not exit 0, a panic in its log."""
+        problems = []
+        died = exit_problem("mxspool", self.proc, None, "during the test")
+        if died:
+            problems.append(died)
+        else:
+            stop(self.proc)
+            bad = exit_problem("mxspool", self.proc, "graceful", "at stop")
+            if bad:
+                problems.append(bad)
         self.logf.close()
+        problems += [f"mxspool logged a panic: {line.strip()}" for line in panic_lines(self.text())]
+        return problems
 
 
 @pytest.fixture
@@ -243,8 +256,13 @@ def daemon(tmp_path):
         return d
 
     yield start
+    bad = []
     for d in made:
-        d.close()
+        problems = d.close()
+        if problems:
+            bad.append("\n  ".join(problems) + f"\n--- log tail ({d.log}) ---\n" + log_tail(d.text()))
+    if bad:
+        pytest.fail("mxspool ended badly:\n  " + "\n".join(bad), pytrace=False)
 
 
 class Smtp:

@@ -5,7 +5,6 @@ configuration errors, and opportunistic TLS when delivering (a real Postfix
 over TLS, fallback to plaintext when the handshake breaks, pinning)."""
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -332,7 +331,7 @@ def test_sighup_reloads_certificate_and_keeps_old_one_when_new_is_bad(tls_relay,
     new_cert, new_key = make_cert(workdir / "renewed", "mx2.test")
     mx.main["tls_cert"], mx.main["tls_key"] = str(new_cert), str(new_key)
     mx.write_config()
-    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.send_signal(signal.SIGHUP)
     mx.wait_log(r"event=reloaded", timeout=10)
     assert served_cert(mx.port) == pem_der(new_cert), "the renewed certificate is not served"
 
@@ -340,7 +339,7 @@ def test_sighup_reloads_certificate_and_keeps_old_one_when_new_is_bad(tls_relay,
     broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     mx.main["tls_cert"] = str(broken)
     mx.write_config()
-    os.kill(mx.proc.pid, signal.SIGHUP)
+    mx.send_signal(signal.SIGHUP)
     line = mx.wait_log(r"event=reload_failed[^\n]*", timeout=10).group(0)
     assert "broken.crt" in line, line
     assert mx.running

@@ -84,13 +84,18 @@ stop() { record stop "$@"; }
 . "$INIT"
 EOF
 
-run() { # CONFIG_FILE RUNNING ACTION... -> calls in $TMP/calls
+run() { # CONFIG_FILE RUNNING ACTION... -> calls in $TMP/calls, output in
+	# $TMP/run.out, the exit status of the (last) action in $TMP/status
 	cfg=$1; running=$2; shift 2
 	: >"$TMP/calls"
 	actions=$*
 	INIT=$INIT CONFIG_FILE=$cfg CALLS=$TMP/calls RUNNING=$running \
-		$SH -c ". \"$TMP/harness.sh\"; $actions; echo \"START=\$START STOP=\$STOP USE_PROCD=\$USE_PROCD\" >\"$TMP/vars\"" \
+		$SH -c ". \"$TMP/harness.sh\"; $actions; rc=\$?; echo \"START=\$START STOP=\$STOP USE_PROCD=\$USE_PROCD\" >\"$TMP/vars\"; exit \$rc" \
 		>"$TMP/run.out" 2>&1
+	echo $? >"$TMP/status"
+}
+status_is() { # N: the last run()'s action exited N
+	[ "$(cat "$TMP/status")" = "$1" ] || { echo "exit status $(cat "$TMP/status"), want $1"; cat "$TMP/run.out"; return 1; }
 }
 has() { grep -Fx -- "$1" "$TMP/calls" >/dev/null || { echo "missing: $1"; echo "calls:"; cat "$TMP/calls"; return 1; }; }
 hasnt() { ! grep -F -- "$1" "$TMP/calls" >/dev/null || { echo "unexpected: $1"; echo "calls:"; cat "$TMP/calls"; return 1; }; }
@@ -115,6 +120,7 @@ check "init: START=90 STOP=10 USE_PROCD=1" grep -Fx "START=90 STOP=10 USE_PROCD=
 # --- enabled: the instance ------------------------------------------------------
 run "$TMP/enabled.conf" 0 start_service
 check "start_service (enabled): runs cleanly" test ! -s "$TMP/run.out"
+check "start_service (enabled): returns 0" status_is 0
 check "start_service: loads the mxspool config" has "config_load <mxspool>"
 check "start_service: opens instance mxspool" has "procd_open_instance <mxspool>"
 check "start_service: exact command line" \
@@ -138,7 +144,8 @@ check "start_service: enabled 'yes' counts as enabled" has "procd_open_instance 
 run "$CONFIG" 0 start_service
 check "start_service (shipped config, enabled '0'): starts nothing" hasnt "procd_open_instance"
 check "start_service (disabled): sets no params" hasnt "procd_set_param"
-check "start_service (disabled): returns 0" test ! -s "$TMP/run.out"
+check "start_service (disabled): prints nothing" test ! -s "$TMP/run.out"
+check "start_service (disabled): returns 0" status_is 0
 run "$TMP/no-enabled.conf" 0 start_service
 check "start_service (no enabled option): starts, as the daemon default is 1" has "procd_open_instance <mxspool>"
 
@@ -170,7 +177,9 @@ run "$TMP/enabled.conf" 0 reload_service
 check "reload_service (enabled, not running): starts it" has "procd_open_instance <mxspool>"
 run "$CONFIG" 1 reload_service
 check "reload_service (disabled): stops it" has "procd_kill <mxspool>"
-check "reload_service (disabled): no signal, no start" hasnt "procd_open_instance"
+check "reload_service (disabled): no signal" hasnt "procd_send_signal"
+check "reload_service (disabled): no start" hasnt "procd_open_instance"
+check "reload_service (disabled): returns 0" status_is 0
 
 # --- the shipped default config ------------------------------------------------
 run "$CONFIG" 0 "config_load mxspool"
