@@ -17,7 +17,8 @@ use crate::config::{Config, DeliverTo, Domain};
 use crate::daemon::Ctx;
 use crate::smtp::Reply;
 use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
-use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, RcptState};
+use crate::smtp::downgrade::{Converter, Plan, Scanner};
+use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, Message, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 
 /// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
@@ -466,24 +467,22 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     let mut tally = Tally::new(rcpts.len());
     let mut alive = true;
 
-    let needs_utf8 = m.flags & FLAG_SMTPUTF8 != 0
-        && (!m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()));
+    let body = prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await;
+    let (eightbit, size) = match &body {
+        Ok(Body::Downgraded(plan)) => (false, plan.size),
+        _ => (m.flags & FLAG_8BITMIME != 0, m.size),
+    };
     let env = Envelope {
         from: m.sender.clone(),
         to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
-        size: m.size,
-        eightbit: m.flags & FLAG_8BITMIME != 0,
+        size,
+        eightbit,
         smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
     };
-    if needs_utf8 && !conn.ext.smtputf8 {
-        // RFC 6531 3.4: no silent downgrade of UTF-8 addresses.
-        let reply = Reply::enh(
-            550,
-            (5, 6, 7),
-            format!("{relay} does not support SMTPUTF8, needed for these addresses"),
-        );
+    if let Err(reply) = body {
         tally.event(&Event::TransactionFailed { reply });
     } else {
+        let mut body = body.ok();
         conn.client.send_mail(env);
         // Until the transaction's last event: leaving one unread would hand
         // it to the next message on this connection.
@@ -499,7 +498,11 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
             };
             match &ev {
                 Event::SendBody => {
-                    if let Err(e) = stream_body(ctx, conn, job.id, m.chunks).await {
+                    let conv = match body.take() {
+                        Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
+                        _ => None,
+                    };
+                    if let Err(e) = stream_body(ctx, conn, job.id, m.chunks, conv).await {
                         tally.lost(&e);
                         alive = false;
                         break;
@@ -537,16 +540,120 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     alive
 }
 
-/// Streams the spooled body: one chunk in memory at a time.
-async fn stream_body(ctx: &Ctx, conn: &mut Conn, id: u64, chunks: u32) -> Result<(), String> {
+/// How a message goes to this connection's server.
+enum Body {
+    /// As spooled.
+    AsIs,
+    /// Converted to 7-bit on the way (RFC 6152 3).
+    Downgraded(Plan),
+}
+
+/// Decides how `m` can go to a server offering `ext`: as spooled, 7-bit
+/// converted, or not at all (the reply is every recipient's answer).
+/// Only a message with 8-bit or UTF-8 that the server cannot take is read
+/// (once, chunk by chunk) to find out.
+async fn prepare(
+    ctx: &Ctx,
+    id: u64,
+    m: &Message,
+    rcpts: &[(usize, String)],
+    ext: &Extensions,
+    relay: &str,
+) -> Result<Body, Reply> {
+    let utf8 = m.flags & FLAG_SMTPUTF8 != 0;
+    // An SMTPUTF8 message may carry 8-bit text without BODY=8BITMIME.
+    let eight = m.flags & FLAG_8BITMIME != 0 || utf8;
+    let utf8_addr = !m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii());
+    if utf8_addr && !ext.smtputf8 {
+        // RFC 6531 3.4: no downgrade of UTF-8 addresses; return the mail.
+        return Err(no_smtputf8(relay, "these addresses"));
+    }
+    let body_fits = !eight || ext.eightbitmime;
+    let header_fits = !utf8 || ext.smtputf8;
+    if body_fits && header_fits {
+        return Ok(Body::AsIs);
+    }
+    let plan = scan(ctx, id, m.chunks).await?;
+    if utf8 && !ext.smtputf8 && plan.eight_bit_header {
+        return Err(no_smtputf8(relay, "its UTF-8 header"));
+    }
+    if ext.eightbitmime || !plan.eight_bit {
+        // All 7-bit despite BODY=8BITMIME (common): goes unchanged.
+        return Ok(Body::AsIs);
+    }
+    let why = if plan.eight_bit_header && !(utf8 && ext.smtputf8) {
+        // RFC 6152 is about bodies: raw 8-bit header text has no 7-bit
+        // form we may choose for the sender.
+        Some("8-bit octets in a header".to_string())
+    } else {
+        plan.unconvertible.map(|u| u.to_string())
+    };
+    match why {
+        Some(why) => Err(Reply::enh(
+            554,
+            (5, 6, 3),
+            format!(
+                "Conversion required but not supported: {relay} does not offer 8BITMIME and {why}"
+            ),
+        )),
+        None => Ok(Body::Downgraded(plan)),
+    }
+}
+
+fn no_smtputf8(relay: &str, what: &str) -> Reply {
+    Reply::enh(
+        553,
+        (5, 6, 7),
+        format!("{relay} does not support SMTPUTF8, needed for {what}"),
+    )
+}
+
+/// The downgrade plan of a spooled body (one chunk in memory at a time).
+async fn scan(ctx: &Ctx, id: u64, chunks: u32) -> Result<Plan, Reply> {
+    let mut s = Scanner::new();
     for seq in 0..chunks {
-        let chunk = match ctx.spool.chunk(id, seq) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(format!("spool: chunk {seq} of the body is missing")),
-            Err(e) => return Err(format!("spool: {e}")),
-        };
-        conn.client.body(&chunk);
+        let chunk = read_chunk(ctx, id, seq).map_err(|e| Reply::enh(451, (4, 3, 0), e))?;
+        s.feed(&chunk);
+        // A 10 MB body is many chunks: let the other sessions run.
+        futures_lite::future::yield_now().await;
+    }
+    Ok(s.finish())
+}
+
+fn read_chunk(ctx: &Ctx, id: u64, seq: u32) -> Result<Vec<u8>, String> {
+    match ctx.spool.chunk(id, seq) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(format!("spool: chunk {seq} of the body is missing")),
+        Err(e) => Err(format!("spool: {e}")),
+    }
+}
+
+/// Streams the spooled body, through `conv` when converting: one chunk
+/// (and its converted form) in memory at a time.
+async fn stream_body(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    id: u64,
+    chunks: u32,
+    mut conv: Option<Converter>,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    for seq in 0..chunks {
+        let chunk = read_chunk(ctx, id, seq)?;
+        match conv.as_mut() {
+            Some(c) => {
+                out.clear();
+                c.feed(&chunk, &mut out).map_err(|e| e.to_string())?;
+                conn.client.body(&out);
+            }
+            None => conn.client.body(&chunk),
+        }
         conn.flush().await?;
+    }
+    if let Some(c) = conv {
+        out.clear();
+        c.finish(&mut out).map_err(|e| e.to_string())?;
+        conn.client.body(&out);
     }
     conn.client.end_body();
     conn.flush().await

@@ -1875,7 +1875,14 @@ fn make_dsn(
         recipients: &reports,
         original_headers: &headers,
         message_id: &message_id,
+        utf8: m.flags & schema::FLAG_SMTPUTF8 != 0,
     });
+    // RFC 6533: to an SMTPUTF8 sender the DSN goes with SMTPUTF8 (its
+    // address may need it); 8-bit text goes with BODY=8BITMIME.
+    let mut flags = schema::FLAG_DSN | (m.flags & schema::FLAG_SMTPUTF8);
+    if !body.is_ascii() {
+        flags |= schema::FLAG_8BITMIME;
+    }
     let destination = match &policy.smarthost {
         Some(d) => d.clone(),
         None => Destination::Mx {
@@ -1902,7 +1909,7 @@ fn make_dsn(
         Envelope {
             sender: String::new(),
             recipients: vec![(m.sender.clone(), destination)],
-            flags: schema::FLAG_DSN,
+            flags,
             client: "mxspool (delivery status notification)".into(),
             arrival: now,
             first_attempt: now,
