@@ -230,3 +230,29 @@ def test_dsn_to_a_utf8_sender_uses_smtputf8_and_rfc_6533(mxspool, primary_sink, 
     assert r["status"] == "5.1.1"
     assert "message/global-headers" in types, types
     assert mid.encode() in d.content and "f\u00fcr bob".encode() in d.content
+
+
+@pytest.mark.parametrize("headers,body", [
+    (["Content-Transfer-Encoding: binary"], b"caf\xc3\xa9\r\n"),
+    (["X-Note: caf\u00e9"], b"plain\r\n"),
+], ids=["binary-encoding", "8bit-header"])
+def test_8bit_message_that_cannot_be_converted_is_returned_5_6_3(mxspool, sink_factory,
+                                                                 dsn_sink, headers, body):
+    """Protects RFC 6152 3: a BODY=8BITMIME message that has no 7-bit form
+    (binary encoding; raw 8-bit header text without SMTPUTF8) is never sent
+    raw to a server without 8BITMIME: it is returned at once with
+    554 5.6.3."""
+    primary = sink_factory(hostname="primary.test", eightbitmime=False, smtputf8=False)
+    mx = mxspool([domain("example.com", primary.port)], smarthost=dsn_sink.port,
+                 retry="1s 1h")
+    msg, mid = make_message(sender=SENDER, body=body, extra_headers=headers)
+    res = send_mail(mx.port, SENDER, ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (d,) = dsn_sink.wait_for_messages(1, timeout=20)
+    assert primary.messages == [], primary.describe()
+    _, _, rcpts, orig = parse_dsn(d.content)
+    (r,) = rcpts
+    assert r["status"] == "5.6.3", r
+    assert "554" in r["diagnostic-code"] and "Conversion required" in r["diagnostic-code"], r
+    assert mid in orig
