@@ -11,6 +11,7 @@ use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::destination::Destination;
+use super::eightbit::{self, Decision, Traits};
 use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};
 use crate::config::{Config, DeliverTo, Domain};
@@ -465,8 +466,6 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     }
     let relay = conn.relay();
     let mut tally = Tally::new(rcpts.len());
-    let mut alive = true;
-
     let body = prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await;
     let (eightbit, size) = match &body {
         Ok(Body::Downgraded(plan)) => (false, plan.size),
@@ -479,44 +478,13 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
         eightbit,
         smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
     };
-    if let Err(reply) = body {
-        tally.event(&Event::TransactionFailed { reply });
-    } else {
-        let mut body = body.ok();
-        conn.client.send_mail(env);
-        // Until the transaction's last event: leaving one unread would hand
-        // it to the next message on this connection.
-        let mut timeout = REPLY_TIMEOUT;
-        loop {
-            let ev = match conn.event(timeout).await {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tally.lost(&format!("lost connection with {relay}: {e}"));
-                    alive = false;
-                    break;
-                }
-            };
-            match &ev {
-                Event::SendBody => {
-                    let conv = match body.take() {
-                        Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
-                        _ => None,
-                    };
-                    if let Err(e) = stream_body(ctx, conn, job.id, m.chunks, conv).await {
-                        tally.lost(&e);
-                        alive = false;
-                        break;
-                    }
-                    timeout = DATA_END_TIMEOUT;
-                }
-                Event::Failed { .. } | Event::Closed => alive = false,
-                _ => {}
-            }
-            if tally.event(&ev) {
-                break;
-            }
+    let alive = match body {
+        Err(reply) => {
+            tally.event(&Event::TransactionFailed { reply });
+            true
         }
-    }
+        Ok(body) => transaction(ctx, conn, &m, job.id, env, body, &mut tally).await,
+    };
     let summary = tally.summary().to_owned();
     let report = AttemptReport {
         time: crate::clock::now(),
@@ -540,6 +508,53 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     alive
 }
 
+/// Sends one transaction and feeds its events to `tally`. Returns whether
+/// the connection can carry another message.
+async fn transaction(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    m: &Message,
+    id: u64,
+    env: Envelope,
+    body: Body,
+    tally: &mut Tally,
+) -> bool {
+    let relay = conn.relay();
+    let mut body = Some(body);
+    let mut alive = true;
+    conn.client.send_mail(env);
+    // Until the transaction's last event: leaving one unread would hand
+    // it to the next message on this connection.
+    let mut timeout = REPLY_TIMEOUT;
+    loop {
+        let ev = match conn.event(timeout).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                tally.lost(&format!("lost connection with {relay}: {e}"));
+                return false;
+            }
+        };
+        match &ev {
+            Event::SendBody => {
+                let conv = match body.take() {
+                    Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
+                    _ => None,
+                };
+                if let Err(e) = stream_body(ctx, conn, id, m.chunks, conv).await {
+                    tally.lost(&e);
+                    return false;
+                }
+                timeout = DATA_END_TIMEOUT;
+            }
+            Event::Failed { .. } | Event::Closed => alive = false,
+            _ => {}
+        }
+        if tally.event(&ev) {
+            return alive;
+        }
+    }
+}
+
 /// How a message goes to this connection's server.
 enum Body {
     /// As spooled.
@@ -560,52 +575,19 @@ async fn prepare(
     ext: &Extensions,
     relay: &str,
 ) -> Result<Body, Reply> {
-    let utf8 = m.flags & FLAG_SMTPUTF8 != 0;
-    // An SMTPUTF8 message may carry 8-bit text without BODY=8BITMIME.
-    let eight = m.flags & FLAG_8BITMIME != 0 || utf8;
-    let utf8_addr = !m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii());
-    if utf8_addr && !ext.smtputf8 {
-        // RFC 6531 3.4: no downgrade of UTF-8 addresses; return the mail.
-        return Err(no_smtputf8(relay, "these addresses"));
-    }
-    let body_fits = !eight || ext.eightbitmime;
-    let header_fits = !utf8 || ext.smtputf8;
-    if body_fits && header_fits {
+    let traits = Traits {
+        eightbit: m.flags & FLAG_8BITMIME != 0,
+        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
+        utf8_address: !m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()),
+    };
+    if let Some(Decision::AsIs) = eightbit::before_scan(traits, ext, relay)? {
         return Ok(Body::AsIs);
     }
     let plan = scan(ctx, id, m.chunks).await?;
-    if utf8 && !ext.smtputf8 && plan.eight_bit_header {
-        return Err(no_smtputf8(relay, "its UTF-8 header"));
-    }
-    if ext.eightbitmime || !plan.eight_bit {
-        // All 7-bit despite BODY=8BITMIME (common): goes unchanged.
-        return Ok(Body::AsIs);
-    }
-    let why = if plan.eight_bit_header && !(utf8 && ext.smtputf8) {
-        // RFC 6152 is about bodies: raw 8-bit header text has no 7-bit
-        // form we may choose for the sender.
-        Some("8-bit octets in a header".to_string())
-    } else {
-        plan.unconvertible.map(|u| u.to_string())
-    };
-    match why {
-        Some(why) => Err(Reply::enh(
-            554,
-            (5, 6, 3),
-            format!(
-                "Conversion required but not supported: {relay} does not offer 8BITMIME and {why}"
-            ),
-        )),
-        None => Ok(Body::Downgraded(plan)),
-    }
-}
-
-fn no_smtputf8(relay: &str, what: &str) -> Reply {
-    Reply::enh(
-        553,
-        (5, 6, 7),
-        format!("{relay} does not support SMTPUTF8, needed for {what}"),
-    )
+    Ok(match eightbit::after_scan(traits, ext, &plan, relay)? {
+        Decision::AsIs => Body::AsIs,
+        Decision::Downgrade => Body::Downgraded(plan),
+    })
 }
 
 /// The downgrade plan of a spooled body (one chunk in memory at a time).
