@@ -1,6 +1,7 @@
 //! The driver around `smtp::client::Client`: connects, applies the guard,
 //! and delivers the jobs queued for one destination over one connection,
-//! streaming bodies chunk by chunk from the spool.
+//! streaming bodies chunk by chunk from the spool (7-bit converted for a
+//! server without 8BITMIME: `smtp::downgrade`, decided by `eightbit`).
 
 use std::rc::Rc;
 use std::time::Duration;

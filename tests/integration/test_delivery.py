@@ -369,3 +369,20 @@ def test_real_postfix_without_8bitmime_stores_the_converted_message(mxspool, pos
     assert got["Message-ID"] == mid
     assert got["Content-Transfer-Encoding"] == "quoted-printable"
     assert decoded_body(got) == TRICKY_BODY
+
+
+def test_ascii_message_received_with_smtputf8_goes_to_a_server_without_it(mxspool,
+                                                                          sink_factory):
+    """Protects RFC 6531 3.4 read as it is written: only UTF-8 addresses and
+    headers need SMTPUTF8. A message received with SMTPUTF8 whose envelope
+    and header are ASCII (its body UTF-8) is delivered, unchanged and
+    without the parameter, to a server with 8BITMIME but no SMTPUTF8."""
+    sink = sink_factory(smtputf8=False)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(body="K\u00f6ln\r\n")
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert t.mail_params.upper().split() == ["BODY=8BITMIME"], t.mail_params
+    assert t.content.endswith(msg)
