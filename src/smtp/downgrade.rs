@@ -341,9 +341,13 @@ impl Walker {
                 self.line.push(b'\n');
                 self.end_of_line(out)?;
             } else {
+                // A last line without CRLF: content, or a close delimiter.
                 let line = std::mem::take(&mut self.line);
                 let first = !self.continued;
-                self.piece(&line, first, false, out)?;
+                match self.delimiter(&line) {
+                    Some(d) if first => self.on_delimiter(d, &line, out)?,
+                    _ => self.piece(&line, first, false, out)?,
+                }
             }
         }
         while self.state == State::Header {

@@ -177,6 +177,19 @@ fn multipart_converts_only_8bit_leaves() {
 }
 
 #[test]
+fn a_close_delimiter_without_crlf_at_the_end_is_still_one() {
+    let msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n\xe9\r\n--b--";
+    let (plan, out) = convert(msg);
+    assert_eq!(plan.size, out.len() as u64);
+    assert_eq!(
+        out,
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+          Content-Transfer-Encoding: quoted-printable\r\n\
+          Content-Type: text/plain; charset=unknown-8bit\r\n\r\n=E9\r\n--b--\r\n"
+    );
+}
+
+#[test]
 fn what_cannot_be_converted() {
     let cases: [(&[u8], Unconvertible); 4] = [
         (
