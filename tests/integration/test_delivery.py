@@ -285,10 +285,10 @@ def test_8bit_body_goes_quoted_printable_to_a_destination_without_8bitmime(mxspo
     received with BODY=8BITMIME whose body has UTF-8 goes to a server that
     does not offer 8BITMIME without BODY=8BITMIME, 7-bit clean, as
     quoted-printable (MIME-Version and the encoding header added), and
-    decodes back to exactly the original text."""
+    decodes back to exactly the original text; SIZE= is the converted size."""
     import email
     import email.policy
-    sink = sink_factory(eightbitmime=False, smtputf8=False)
+    sink = sink_factory(eightbitmime=False, smtputf8=False, size=10_000_000)
     mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
     msg, mid = make_message(body=TRICKY_BODY)
     res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
@@ -296,6 +296,7 @@ def test_8bit_body_goes_quoted_printable_to_a_destination_without_8bitmime(mxspo
     assert res.accepted, res
     (t,) = sink.wait_for_messages(1, timeout=10)
     assert "8BITMIME" not in t.mail_params.upper(), t.mail_params
+    assert f"SIZE={len(t.content)}" in t.mail_params.split(), (len(t.content), t.mail_params)
     assert_7bit_clean(t.content)
     got = email.message_from_bytes(t.content, policy=email.policy.compat32)
     assert got["Content-Transfer-Encoding"] == "quoted-printable"
