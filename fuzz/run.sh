@@ -10,7 +10,7 @@ set -u
 SECONDS_EACH=${1:-60}
 TOOLCHAIN=${FUZZ_TOOLCHAIN:-nightly-2026-05-20}
 cd "$(dirname "$0")/.." || exit 2
-TARGETS=${FUZZ_TARGETS:-"smtp_server smtp_client config dns dsn_received"}
+TARGETS=${FUZZ_TARGETS:-"smtp_server smtp_client config dns dsn_received downgrade"}
 cargo +"$TOOLCHAIN" fuzz build || exit 2
 failed=""
 for t in $TARGETS; do

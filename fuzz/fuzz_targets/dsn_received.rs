@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         recipients: &reports,
         original_headers: headers,
         message_id: &status,
+        utf8: sender.len() % 2 == 0,
     });
     assert_whole_lines("DSN", &msg, 1000);
 });

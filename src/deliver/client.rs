@@ -1,6 +1,7 @@
 //! The driver around `smtp::client::Client`: connects, applies the guard,
 //! and delivers the jobs queued for one destination over one connection,
-//! streaming bodies chunk by chunk from the spool.
+//! streaming bodies chunk by chunk from the spool (7-bit converted for a
+//! server without 8BITMIME: `smtp::downgrade`, decided by `eightbit`).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::destination::Destination;
+use super::eightbit::{self, Decision, Traits};
 use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};
 use crate::alert::Kind;
@@ -18,7 +20,8 @@ use crate::config::{Config, DeliverTo, Domain};
 use crate::daemon::Ctx;
 use crate::smtp::Reply;
 use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
-use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, RcptState};
+use crate::smtp::downgrade::{Converter, Plan, Scanner};
+use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, Message, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 
 /// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
@@ -499,78 +502,25 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     }
     let relay = conn.relay();
     let mut tally = Tally::new(rcpts.len());
-    let mut alive = true;
-
-    let needs_utf8 = m.flags & FLAG_SMTPUTF8 != 0
-        && (!m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()));
+    let body = prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await;
+    let (eightbit, size) = match &body {
+        Ok(Body::Downgraded(plan)) => (false, plan.size),
+        _ => (m.flags & FLAG_8BITMIME != 0, m.size),
+    };
     let env = Envelope {
         from: m.sender.clone(),
         to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
-        size: m.size,
-        eightbit: m.flags & FLAG_8BITMIME != 0,
+        size,
+        eightbit,
         smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
     };
-    if needs_utf8 && !conn.ext.smtputf8 {
-        // RFC 6531 3.4: no silent downgrade of UTF-8 addresses.
-        let reply = Reply::enh(
-            550,
-            (5, 6, 7),
-            format!("{relay} does not support SMTPUTF8, needed for these addresses"),
-        );
-        tally.event(&Event::TransactionFailed { reply });
-    } else {
-        conn.client.send_mail(env);
-        // Each read has its RFC 5321 timeout, and the whole transaction a
-        // deadline: a peer that trickles a byte every few minutes meets
-        // every read timeout and would hold this worker for hours.
-        let budget = ctx.config().main.transaction_timeout;
-        let deadline = Instant::now() + budget;
-        let overdue = || {
-            format!(
-                "{relay} took longer than {} for one message: given up",
-                crate::config::fmt_duration(budget)
-            )
-        };
-        // Until the transaction's last event: leaving one unread would hand
-        // it to the next message on this connection.
-        let mut timeout = REPLY_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ev = match conn.event(timeout.min(left)).await {
-                Ok(ev) => ev,
-                Err(e) => {
-                    let why = if Instant::now() >= deadline {
-                        overdue()
-                    } else {
-                        format!("lost connection with {relay}: {e}")
-                    };
-                    tally.lost(&why);
-                    alive = false;
-                    break;
-                }
-            };
-            match &ev {
-                Event::SendBody => {
-                    let body = stream_body(ctx, conn, job.id, m.chunks);
-                    let late = async {
-                        smol::Timer::at(deadline).await;
-                        Err(overdue())
-                    };
-                    if let Err(e) = futures_lite::future::or(body, late).await {
-                        tally.lost(&e);
-                        alive = false;
-                        break;
-                    }
-                    timeout = DATA_END_TIMEOUT;
-                }
-                Event::Failed { .. } | Event::Closed => alive = false,
-                _ => {}
-            }
-            if tally.event(&ev) {
-                break;
-            }
+    let alive = match body {
+        Err(reply) => {
+            tally.event(&Event::TransactionFailed { reply });
+            true
         }
-    }
+        Ok(body) => transaction(ctx, conn, &m, job.id, env, body, &mut tally).await,
+    };
     let summary = tally.summary().to_owned();
     let report = AttemptReport {
         time: crate::clock::now(),
@@ -594,16 +544,155 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     alive
 }
 
-/// Streams the spooled body: one chunk in memory at a time.
-async fn stream_body(ctx: &Ctx, conn: &mut Conn, id: u64, chunks: u32) -> Result<(), String> {
-    for seq in 0..chunks {
-        let chunk = match ctx.spool.chunk(id, seq) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(format!("spool: chunk {seq} of the body is missing")),
-            Err(e) => return Err(format!("spool: {e}")),
+/// Sends one transaction and feeds its events to `tally`. Returns whether
+/// the connection can carry another message.
+async fn transaction(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    m: &Message,
+    id: u64,
+    env: Envelope,
+    body: Body,
+    tally: &mut Tally,
+) -> bool {
+    let relay = conn.relay();
+    let mut body = Some(body);
+    let mut alive = true;
+    conn.client.send_mail(env);
+    // Each read has its RFC 5321 timeout, and the whole transaction a
+    // deadline: a peer that trickles a byte every few minutes meets every
+    // read timeout and would hold this worker for hours.
+    let budget = ctx.config().main.transaction_timeout;
+    let deadline = Instant::now() + budget;
+    let overdue = || {
+        format!(
+            "{relay} took longer than {} for one message: given up",
+            crate::config::fmt_duration(budget)
+        )
+    };
+    // Until the transaction's last event: leaving one unread would hand
+    // it to the next message on this connection.
+    let mut timeout = REPLY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match conn.event(timeout.min(left)).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    tally.lost(&overdue());
+                } else {
+                    tally.lost(&format!("lost connection with {relay}: {e}"));
+                }
+                return false;
+            }
         };
-        conn.client.body(&chunk);
+        match &ev {
+            Event::SendBody => {
+                let conv = match body.take() {
+                    Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
+                    _ => None,
+                };
+                let streamed = stream_body(ctx, conn, id, m.chunks, conv);
+                let late = async {
+                    smol::Timer::at(deadline).await;
+                    Err(overdue())
+                };
+                if let Err(e) = futures_lite::future::or(streamed, late).await {
+                    tally.lost(&e);
+                    return false;
+                }
+                timeout = DATA_END_TIMEOUT;
+            }
+            Event::Failed { .. } | Event::Closed => alive = false,
+            _ => {}
+        }
+        if tally.event(&ev) {
+            return alive;
+        }
+    }
+}
+
+/// How a message goes to this connection's server.
+enum Body {
+    /// As spooled.
+    AsIs,
+    /// Converted to 7-bit on the way (RFC 6152 3).
+    Downgraded(Plan),
+}
+
+/// Decides how `m` can go to a server offering `ext`: as spooled, 7-bit
+/// converted, or not at all (the reply is every recipient's answer).
+/// Only a message with 8-bit or UTF-8 that the server cannot take is read
+/// (once, chunk by chunk) to find out.
+async fn prepare(
+    ctx: &Ctx,
+    id: u64,
+    m: &Message,
+    rcpts: &[(usize, String)],
+    ext: &Extensions,
+    relay: &str,
+) -> Result<Body, Reply> {
+    let traits = Traits {
+        eightbit: m.flags & FLAG_8BITMIME != 0,
+        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
+        utf8_address: !m.sender.is_ascii() || rcpts.iter().any(|(_, a)| !a.is_ascii()),
+    };
+    if let Some(Decision::AsIs) = eightbit::before_scan(traits, ext, relay)? {
+        return Ok(Body::AsIs);
+    }
+    let plan = scan(ctx, id, m.chunks).await?;
+    Ok(match eightbit::after_scan(traits, ext, &plan, relay)? {
+        Decision::AsIs => Body::AsIs,
+        Decision::Downgrade => Body::Downgraded(plan),
+    })
+}
+
+/// The downgrade plan of a spooled body (one chunk in memory at a time).
+async fn scan(ctx: &Ctx, id: u64, chunks: u32) -> Result<Plan, Reply> {
+    let mut s = Scanner::new();
+    for seq in 0..chunks {
+        let chunk = read_chunk(ctx, id, seq).map_err(|e| Reply::enh(451, (4, 3, 0), e))?;
+        s.feed(&chunk);
+        // A 10 MB body is many chunks: let the other sessions run.
+        futures_lite::future::yield_now().await;
+    }
+    Ok(s.finish())
+}
+
+fn read_chunk(ctx: &Ctx, id: u64, seq: u32) -> Result<Vec<u8>, String> {
+    match ctx.spool.chunk(id, seq) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(format!("spool: chunk {seq} of the body is missing")),
+        Err(e) => Err(format!("spool: {e}")),
+    }
+}
+
+/// Streams the spooled body, through `conv` when converting: one chunk
+/// (and its converted form) in memory at a time.
+async fn stream_body(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    id: u64,
+    chunks: u32,
+    mut conv: Option<Converter>,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    for seq in 0..chunks {
+        let chunk = read_chunk(ctx, id, seq)?;
+        match conv.as_mut() {
+            Some(c) => {
+                out.clear();
+                c.feed(&chunk, &mut out).map_err(|e| e.to_string())?;
+                conn.client.body(&out);
+            }
+            None => conn.client.body(&chunk),
+        }
         conn.flush().await?;
+    }
+    if let Some(c) = conv {
+        out.clear();
+        c.finish(&mut out).map_err(|e| e.to_string())?;
+        conn.client.body(&out);
     }
     conn.client.end_body();
     conn.flush().await

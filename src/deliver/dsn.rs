@@ -1,5 +1,8 @@
 //! Delivery status notifications (RFC 3464, RFC 6522): the message we send
-//! back to a sender when recipients fail for good or their time runs out.
+//! back to a sender when recipients fail for good or their time runs out;
+//! for mail that came with SMTPUTF8, their internationalized form
+//! (RFC 6533: `message/global-delivery-status`, `message/global-headers`,
+//! `utf-8` address type, UTF-8 text).
 
 use crate::time::rfc5322;
 
@@ -47,6 +50,8 @@ pub struct DsnInput<'a> {
     pub original_headers: &'a [u8],
     /// A Message-ID for the DSN (`<...>`).
     pub message_id: &'a str,
+    /// The original message came with SMTPUTF8: use the RFC 6533 types.
+    pub utf8: bool,
 }
 
 /// Fold target for lines we write (RFC 5322 2.1.1 SHOULD).
@@ -60,13 +65,14 @@ const MAX_ADDR: usize = 256;
 const MAX_HOST: usize = 255;
 
 /// Builds the whole DSN message (headers and body, CRLF line ends, every
-/// line under 1000 octets, 7-bit unless the original headers carried 8-bit
-/// text, which is then sent as `text/rfc822-headers` unchanged).
+/// line under 1000 octets, 7-bit unless UTF-8 addresses or 8-bit original
+/// headers need 8-bit; the original headers are passed on unchanged).
 ///
 /// Structure: top-level headers, `multipart/report;
 /// report-type=delivery-status`, parts (1) `text/plain` explanation,
 /// (2) `message/delivery-status`, (3) `text/rfc822-headers` (left out when
-/// there are no original headers).
+/// there are no original headers); with `utf8`, (2) and (3) are
+/// `message/global-delivery-status` and `message/global-headers`.
 pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     let all_delayed = !input.recipients.is_empty()
         && input.recipients.iter().all(|r| r.action == Action::Delayed);
@@ -75,7 +81,12 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     let status = status_part(input, &host);
     let headers = original_headers(input.original_headers);
     // Addresses may be UTF-8 (SMTPUTF8); everything else we write is ASCII.
-    let eight_bit = !status.is_ascii() || !headers.is_ascii();
+    let eight_bit = !human.is_ascii() || !status.is_ascii() || !headers.is_ascii();
+    let (status_type, headers_type) = if input.utf8 {
+        ("message/global-delivery-status", "message/global-headers")
+    } else {
+        ("message/delivery-status", "text/rfc822-headers")
+    };
     let boundary = pick_boundary(
         input,
         &[human.as_bytes(), status.as_bytes(), headers.as_slice()],
@@ -111,12 +122,17 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
 
     head.push_str(&format!("--{boundary}\r\n"));
     head.push_str("Content-Description: Notification\r\n");
-    head.push_str("Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+    if human.is_ascii() {
+        head.push_str("Content-Type: text/plain; charset=us-ascii\r\n\r\n");
+    } else {
+        head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+        head.push_str("Content-Transfer-Encoding: 8bit\r\n\r\n");
+    }
     head.push_str(&human);
 
     head.push_str(&format!("\r\n--{boundary}\r\n"));
     head.push_str("Content-Description: Delivery report\r\n");
-    head.push_str("Content-Type: message/delivery-status\r\n");
+    head.push_str(&format!("Content-Type: {status_type}\r\n"));
     if !status.is_ascii() {
         head.push_str("Content-Transfer-Encoding: 8bit\r\n");
     }
@@ -127,7 +143,7 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     if !headers.is_empty() {
         out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
         out.extend_from_slice(b"Content-Description: Undelivered Message Headers\r\n");
-        out.extend_from_slice(b"Content-Type: text/rfc822-headers\r\n");
+        out.extend_from_slice(format!("Content-Type: {headers_type}\r\n").as_bytes());
         if !headers.is_ascii() {
             out.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n");
         }
@@ -138,8 +154,9 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     out
 }
 
-/// Part 1: the explanation a person reads. Pure ASCII, lines ≤ 78 where the
-/// words allow, CRLF-terminated.
+/// Part 1: the explanation a person reads. ASCII (UTF-8 addresses shown as
+/// they are in the RFC 6533 form), lines ≤ 78 where the words allow,
+/// CRLF-terminated.
 fn human_part(input: &DsnInput<'_>, host: &str, all_delayed: bool) -> String {
     let mut t = String::new();
     line(&mut t, &format!("This is the mail system at {host}."));
@@ -177,7 +194,8 @@ fn human_part(input: &DsnInput<'_>, host: &str, all_delayed: bool) -> String {
             Action::Failed => "delivery failed",
             Action::Delayed => "delivery delayed, still being retried",
         };
-        let addr = ascii(&address(&r.address));
+        let addr = address(&r.address);
+        let addr = if input.utf8 { addr } else { ascii(&addr) };
         wrap(
             &mut t,
             "",
@@ -212,11 +230,7 @@ fn status_part(input: &DsnInput<'_>, host: &str) -> String {
     field(&mut s, "Arrival-Date", &rfc5322(input.arrival));
     for r in input.recipients {
         s.push_str("\r\n");
-        field(
-            &mut s,
-            "Final-Recipient",
-            &format!("rfc822; {}", address(&r.address)),
-        );
+        field(&mut s, "Final-Recipient", &final_recipient(r, input.utf8));
         let action = match r.action {
             Action::Failed => "failed",
             Action::Delayed => "delayed",
@@ -244,6 +258,18 @@ fn status_part(input: &DsnInput<'_>, host: &str) -> String {
         }
     }
     s
+}
+
+/// `rfc822; ADDR`, or for a UTF-8 address in the RFC 6533 form
+/// `utf-8; ADDR` (unencoded UTF-8 is allowed in
+/// message/global-delivery-status, section 3).
+fn final_recipient(r: &RecipientReport, utf8: bool) -> String {
+    let a = address(&r.address);
+    if utf8 && !a.is_ascii() {
+        format!("utf-8; {a}")
+    } else {
+        format!("rfc822; {a}")
+    }
 }
 
 /// The recipient's status if it is a well-formed RFC 3463 code of the
@@ -452,6 +478,7 @@ mod tests {
             recipients: rcpts,
             original_headers: orig,
             message_id: "<dsn.Q1AB2@mx2.example.net>",
+            utf8: false,
         }
     }
 
@@ -782,6 +809,62 @@ mod tests {
         assert_eq!(parts[2].get("Content-Transfer-Encoding"), Some("8bit"));
         assert_eq!(parts[2].body, orig);
         assert_eq!(parts[1].get("Content-Transfer-Encoding"), None);
+    }
+
+    /// RFC 6533: for mail that came with SMTPUTF8 the report and header
+    /// parts have the global types, a UTF-8 recipient is `utf-8;`, and the
+    /// text shows UTF-8 addresses as they are (declared utf-8, 8bit).
+    #[test]
+    fn smtputf8_report_uses_the_global_types() {
+        let rcpts = [
+            failed("j\u{f6}rg@b\u{fc}cher.example"),
+            failed("ascii@example.com"),
+        ];
+        let orig = "Subject: gr\u{fc}\u{df}e\r\n".as_bytes();
+        let mut inp = input(&rcpts, orig);
+        inp.utf8 = true;
+        inp.sender = "d\u{ef}ana@example.org";
+        let msg = build(&inp);
+        assert_lines_ok(&msg);
+        let (top, parts) = parse(&msg);
+        assert_eq!(top.get("To"), Some("<d\u{ef}ana@example.org>"));
+        assert_eq!(top.get("Content-Transfer-Encoding"), Some("8bit"));
+        assert_eq!(
+            parts[0].get("Content-Type"),
+            Some("text/plain; charset=utf-8")
+        );
+        let text = String::from_utf8_lossy(&parts[0].body);
+        assert!(text.contains("<j\u{f6}rg@b\u{fc}cher.example>: delivery failed"));
+        assert_eq!(
+            parts[1].get("Content-Type"),
+            Some("message/global-delivery-status")
+        );
+        assert_eq!(parts[1].get("Content-Transfer-Encoding"), Some("8bit"));
+        let blocks = status_blocks(&parts[1]);
+        assert_eq!(
+            get(&blocks[1], "Final-Recipient"),
+            Some("utf-8; j\u{f6}rg@b\u{fc}cher.example")
+        );
+        assert_eq!(
+            get(&blocks[2], "Final-Recipient"),
+            Some("rfc822; ascii@example.com")
+        );
+        assert_eq!(parts[2].get("Content-Type"), Some("message/global-headers"));
+        assert_eq!(parts[2].body, orig);
+
+        // All ASCII: the global types still, but nothing declared 8bit.
+        let plain = [failed("a@example.com")];
+        let mut inp = input(&plain, ORIG);
+        inp.utf8 = true;
+        let msg = build(&inp);
+        assert!(msg.is_ascii());
+        let (top, parts) = parse(&msg);
+        assert_eq!(top.get("Content-Transfer-Encoding"), None);
+        assert_eq!(
+            parts[1].get("Content-Type"),
+            Some("message/global-delivery-status")
+        );
+        assert_eq!(parts[2].get("Content-Type"), Some("message/global-headers"));
     }
 
     /// The human "tried for" wording at unit edges.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod destination;
 pub mod down;
 pub mod dsn;
+pub mod eightbit;
 pub mod guard;
 pub mod hostcheck;
 pub mod retry;

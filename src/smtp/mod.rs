@@ -4,6 +4,8 @@
 pub mod address;
 pub mod client;
 mod data;
+pub mod downgrade;
+pub mod qp;
 pub mod reply;
 pub mod server;
 pub mod stuff;

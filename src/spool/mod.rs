@@ -1942,7 +1942,14 @@ fn make_dsn(
         recipients: &reports,
         original_headers: &headers,
         message_id: &message_id,
+        utf8: m.flags & schema::FLAG_SMTPUTF8 != 0,
     });
+    // RFC 6533: to an SMTPUTF8 sender the DSN goes with SMTPUTF8 (its
+    // address may need it); 8-bit text goes with BODY=8BITMIME.
+    let mut flags = schema::FLAG_DSN | (m.flags & schema::FLAG_SMTPUTF8);
+    if !body.is_ascii() {
+        flags |= schema::FLAG_8BITMIME;
+    }
     let destination = match &policy.smarthost {
         Some(d) => d.clone(),
         None => Destination::Mx {
@@ -1969,7 +1976,7 @@ fn make_dsn(
         Envelope {
             sender: String::new(),
             recipients: vec![(m.sender.clone(), destination)],
-            flags: schema::FLAG_DSN,
+            flags,
             client: "mxspool (delivery status notification)".into(),
             arrival: now,
             first_attempt: now,
@@ -2416,6 +2423,11 @@ mod tests {
             let dsn = f.dsn.unwrap();
             let d = spool.message(dsn).unwrap().unwrap();
             assert_eq!(d.sender, "");
+            assert_eq!(
+                d.flags,
+                schema::FLAG_DSN,
+                "all ASCII: no SMTPUTF8, no 8BITMIME"
+            );
             assert_eq!(d.recipients[0].address, "a@b.test");
             assert_eq!(
                 d.recipients[0].destination,
@@ -2432,6 +2444,58 @@ mod tests {
             let (due, next) = spool.due(1059, 10, &HashSet::new()).unwrap();
             assert_eq!(due, vec![dsn]);
             assert_eq!(next, Some(1060));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// RFC 6533: the DSN to a sender who used SMTPUTF8 is flagged so it goes
+    /// out with SMTPUTF8 and BODY=8BITMIME, in the global types.
+    #[test]
+    fn dsn_to_an_smtputf8_sender_is_smtputf8() {
+        let dir = tmpdir("dsn-utf8");
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
+            let id = spool.new_id(1000);
+            let body = "Subject: gr\u{fc}\u{df}e\r\n\r\nbody\r\n"
+                .as_bytes()
+                .to_vec();
+            spool.append(id, 0, body).await.unwrap();
+            let mut env = envelope();
+            env.sender = "d\u{ef}ana@b.test".into();
+            env.flags = schema::FLAG_SMTPUTF8 | schema::FLAG_8BITMIME;
+            spool.commit(id, env, 1, 30, None).await.unwrap();
+            let policy = ReturnPolicy {
+                steps: vec![RetryStep {
+                    interval: Duration::from_secs(60),
+                    span: Duration::from_secs(600),
+                }],
+                reporting_mta: "mx2.test".into(),
+                smarthost: None,
+            };
+            let report = AttemptReport {
+                time: 1010,
+                destination: envelope().recipients[0].1.clone(),
+                relay: "h[127.0.0.1]:25".into(),
+                summary: "refused".into(),
+                results: vec![RcptResult {
+                    index: 0,
+                    outcome: Outcome::Failed,
+                    reply: "553 5.6.7 h[127.0.0.1]:25 does not support SMTPUTF8".into(),
+                    remote: "h[127.0.0.1]:25".into(),
+                }],
+            };
+            let f = spool.finish(id, report, policy).await.unwrap();
+            let dsn = f.dsn.unwrap();
+            let d = spool.message(dsn).unwrap().unwrap();
+            assert_eq!(
+                d.flags,
+                schema::FLAG_DSN | schema::FLAG_SMTPUTF8 | schema::FLAG_8BITMIME
+            );
+            assert_eq!(d.recipients[0].address, "d\u{ef}ana@b.test");
+            let text = String::from_utf8(spool.chunk(dsn, 0).unwrap().unwrap()).unwrap();
+            assert!(text.contains("Content-Type: message/global-delivery-status"));
+            assert!(text.contains("Content-Type: message/global-headers"));
+            assert!(text.contains("Status: 5.6.7"));
+            assert!(text.contains("To: <d\u{ef}ana@b.test>"));
         });
         let _ = std::fs::remove_dir_all(&dir);
     }

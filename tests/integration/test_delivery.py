@@ -263,3 +263,155 @@ def test_a_slow_destination_cannot_take_every_job_slot(mxspool, sink):
         assert "event=bounce" not in mx.log()
     finally:
         silent.close()
+
+
+# --- 8BITMIME downgrade (RFC 6152 3): a destination without 8BITMIME -------
+
+MULTIPART_8BIT = (
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=\"=_outer\"\r\n"
+    b"\r\n"
+    b"preamble\r\n"
+    b"--=_outer\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n"
+    b"\r\n"
+    b"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln = 100 \xe2\x82\xac  \r\n"
+    b".dot line\r\n"
+    b"--=_outer\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"\r\n"
+    b"plain ascii part = unchanged\r\n"
+    b"--=_outer\r\n"
+    b"Content-Type: application/octet-stream\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"\r\n"
+    b"AAECAwQFBgcICQ==\r\n"
+    b"--=_outer--\r\n"
+)
+ASCII_PART = (b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+              b"plain ascii part = unchanged\r\n")
+
+
+def assert_7bit_clean(content: bytes):
+    """Only 7-bit octets, CRLF line ends, no line over 998 octets."""
+    assert all(b < 128 for b in content), \
+        [content[i - 20:i + 20] for i, b in enumerate(content) if b >= 128][:3]
+    for line in content.split(b"\r\n"):
+        assert b"\n" not in line and b"\r" not in line
+        assert len(line) <= 998, len(line)
+
+
+def decoded_body(part) -> bytes:
+    """A part's body after its transfer decoding, line ends as CRLF."""
+    return part.get_payload(decode=True).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def test_8bit_body_goes_quoted_printable_to_a_destination_without_8bitmime(mxspool,
+                                                                          sink_factory):
+    """Protects RFC 6152 3 (the field bug: 8-bit sent raw): a message
+    received with BODY=8BITMIME whose body has UTF-8 goes to a server that
+    does not offer 8BITMIME without BODY=8BITMIME, 7-bit clean, as
+    quoted-printable (MIME-Version and the encoding header added), and
+    decodes back to exactly the original text; SIZE= is the converted size."""
+    import email
+    import email.policy
+    sink = sink_factory(eightbitmime=False, smtputf8=False, size=10_000_000)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, mid = make_message(body=TRICKY_BODY)
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert "8BITMIME" not in t.mail_params.upper(), t.mail_params
+    assert f"SIZE={len(t.content)}" in t.mail_params.split(), (len(t.content), t.mail_params)
+    assert_7bit_clean(t.content)
+    got = email.message_from_bytes(t.content, policy=email.policy.compat32)
+    assert got["Content-Transfer-Encoding"] == "quoted-printable"
+    assert got["MIME-Version"] == "1.0"
+    assert got["Message-ID"] == mid
+    assert decoded_body(got) == TRICKY_BODY
+    text = email.message_from_bytes(t.content, policy=email.policy.default).get_content()
+    assert text.replace("\r\n", "\n") == TRICKY_BODY.decode().replace("\r\n", "\n")
+    assert sink.bare_newlines() == []
+
+
+def test_8bit_multipart_converts_only_its_8bit_parts(mxspool, sink_factory):
+    """Protects the MIME walk of the downgrade: in a multipart message only
+    the 8-bit part is re-encoded (quoted-printable, decoding to the original
+    bytes); the 7-bit and base64 parts and the framing arrive unchanged."""
+    import email
+    import email.policy
+    sink = sink_factory(eightbitmime=False, smtputf8=False)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(body=b"", subject="multipart")
+    msg = msg[:-2] + MULTIPART_8BIT      # our MIME headers join the header block
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert "8BITMIME" not in t.mail_params.upper(), t.mail_params
+    assert_7bit_clean(t.content)
+    got = email.message_from_bytes(t.content, policy=email.policy.compat32)
+    parts = got.get_payload()
+    assert [p.get_content_type() for p in parts] == \
+        ["text/plain", "text/plain", "application/octet-stream"]
+    assert parts[0]["Content-Transfer-Encoding"] == "quoted-printable"
+    assert decoded_body(parts[0]) == \
+        b"Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln = 100 \xe2\x82\xac  \r\n.dot line"
+    assert ASCII_PART in t.content
+    assert b"AAECAwQFBgcICQ==\r\n--=_outer--\r\n" in t.content
+    assert parts[2].get_payload(decode=True) == bytes(range(10))
+
+
+def test_all_7bit_message_declared_8bitmime_goes_unchanged(mxspool, sink_factory):
+    """Protects the common case: BODY=8BITMIME on a message that is all
+    7-bit is sent to a server without 8BITMIME byte for byte, without the
+    parameter."""
+    sink = sink_factory(eightbitmime=False, smtputf8=False)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(body=b"only ascii = here\r\n")
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert "8BITMIME" not in t.mail_params.upper(), t.mail_params
+    assert t.content.endswith(msg)
+
+
+def test_real_postfix_without_8bitmime_stores_the_converted_message(mxspool, postfix_primary):
+    """Protects the downgrade against a real server: a Postfix primary that
+    does not offer 8BITMIME (smtpd_discard_ehlo_keywords) stores a 7-bit
+    quoted-printable message that decodes to the original body."""
+    import email
+    import email.policy
+    pf = postfix_primary(users=("alice",),
+                         extra_main_cf={"smtpd_discard_ehlo_keywords": "8bitmime"})
+    mx = mxspool([domain("example.com", pf.port)], retry="1s 1h")
+    msg, mid = make_message(body=TRICKY_BODY)
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (stored,) = pf.wait_for_messages("alice", 1, timeout=15)
+    assert all(b < 128 for b in stored), "Postfix stored 8-bit octets"
+    got = email.message_from_bytes(stored, policy=email.policy.compat32)
+    assert got["Message-ID"] == mid
+    assert got["Content-Transfer-Encoding"] == "quoted-printable"
+    assert decoded_body(got) == TRICKY_BODY
+
+
+def test_ascii_message_received_with_smtputf8_goes_to_a_server_without_it(mxspool,
+                                                                          sink_factory):
+    """Protects RFC 6531 3.4 read as it is written: only UTF-8 addresses and
+    headers need SMTPUTF8. A message received with SMTPUTF8 whose envelope
+    and header are ASCII (its body UTF-8) is delivered, unchanged and
+    without the parameter, to a server with 8BITMIME but no SMTPUTF8."""
+    sink = sink_factory(smtputf8=False)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(body="K\u00f6ln\r\n")
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
+                    mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert t.mail_params.upper().split() == ["BODY=8BITMIME"], t.mail_params
+    assert t.content.endswith(msg)

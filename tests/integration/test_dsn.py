@@ -154,3 +154,105 @@ def test_permanent_failure_of_null_sender_mail_is_dropped_not_bounced(mxspool, p
     assert line
     time.sleep(3)  # a negative check needs a window: no DSN may appear
     assert dsn_sink.messages == [], dsn_sink.describe()
+
+
+# --- SMTPUTF8 (RFC 6531 3.4) and internationalized DSNs (RFC 6533) -------
+
+UTF8_SENDER = "d\u00efana@sender.test"
+
+
+def global_dsn(content: bytes):
+    """An RFC 6533 DSN -> (message, per-message fields, [per-recipient
+    fields], part types). Field names lower-cased."""
+    msg = email.message_from_bytes(content, policy=email.policy.compat32)
+    assert msg.get_content_type() == "multipart/report", msg.get_content_type()
+    assert msg.get_param("report-type") == "delivery-status"
+    types = [p.get_content_type() for p in msg.get_payload()]
+    assert "message/global-delivery-status" in types, types
+    # Python parses message/global-* as one message: cut the part out.
+    delim = b"\r\n--" + msg.get_param("boundary").encode()
+    raw = content.split(delim)[1 + types.index("message/global-delivery-status")]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Content-Type: message/global-delivery-status" in head, head
+    text = body.decode("utf-8")
+    blocks = [email.message_from_string(b) for b in re.split(r"\r?\n\r?\n", text.strip())]
+    fields = [{k.lower(): v.strip() for k, v in b.items()} for b in blocks]
+    return msg, fields[0], [f for f in fields[1:] if f], types
+
+
+def test_smtputf8_message_to_a_destination_without_smtputf8_is_returned_5_6_7(
+        mxspool, sink_factory, dsn_sink):
+    """Protects RFC 6531 3.4: a message received with SMTPUTF8 whose header
+    carries UTF-8 is never sent to a server that does not offer SMTPUTF8
+    (no downgrade); it is returned at once with status 5.6.7, in an
+    RFC 6533 DSN sent with SMTPUTF8."""
+    primary = sink_factory(hostname="primary.test", smtputf8=False)
+    mx = mxspool([domain("example.com", primary.port)], smarthost=dsn_sink.port,
+                 retry="1s 1h")
+    msg, _ = make_message(subject="Gr\u00fc\u00dfe", sender=SENDER, body="K\u00f6ln\r\n")
+    res = send_mail(mx.port, SENDER, ["alice@example.com"], msg,
+                    mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert res.accepted, res
+    (d,) = dsn_sink.wait_for_messages(1, timeout=20)
+    assert primary.messages == [], primary.describe()
+    assert d.mail_from == "" and d.rcpts == [SENDER]
+    assert "SMTPUTF8" in d.mail_params.upper(), d.mail_params
+    _, _, rcpts, types = global_dsn(d.content)
+    assert "message/global-headers" in types, types
+    (r,) = rcpts
+    assert r["status"] == "5.6.7", r
+    assert r["action"].lower() == "failed"
+    assert "smtputf8" in r.get("diagnostic-code", "").lower(), r
+
+
+def test_dsn_to_a_utf8_sender_uses_smtputf8_and_rfc_6533(mxspool, primary_sink, dsn_sink):
+    """Protects the field bug: the DSN for a sender with a non-ASCII address
+    goes out with SMTPUTF8 (and BODY=8BITMIME) in MAIL FROM, to the UTF-8
+    address, as multipart/report with message/global-delivery-status whose
+    Final-Recipient is the failed address."""
+    primary_sink.rcpt_replies["bob@example.com"] = "550 5.1.1 <bob@example.com>: no such user"
+    mx = mxspool([domain("example.com", primary_sink.port)], smarthost=dsn_sink.port,
+                 retry="1s 1h")
+    msg, mid = make_message(subject="f\u00fcr bob", sender=UTF8_SENDER)
+    res = send_mail(mx.port, UTF8_SENDER, ["bob@example.com"], msg,
+                    mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    assert res.accepted, res
+    (d,) = dsn_sink.wait_for_messages(1, timeout=20)
+    assert d.mail_from == ""
+    assert d.rcpts == [UTF8_SENDER]
+    params = d.mail_params.upper().split()
+    assert "SMTPUTF8" in params and "BODY=8BITMIME" in params, d.mail_params
+    _, pm, rcpts, types = global_dsn(d.content)
+    assert f"\r\nTo: <{UTF8_SENDER}>\r\n".encode() in d.content   # RFC 6532: raw UTF-8
+    assert pm["reporting-mta"].lower().replace(" ", "") == "dns;mx2.test"
+    (r,) = rcpts
+    assert r["final-recipient"].lower().replace(" ", "") == "rfc822;bob@example.com"
+    assert r["status"] == "5.1.1"
+    assert "message/global-headers" in types, types
+    assert mid.encode() in d.content and "f\u00fcr bob".encode() in d.content
+
+
+@pytest.mark.parametrize("headers,body", [
+    (["Content-Transfer-Encoding: binary"], b"caf\xc3\xa9\r\n"),
+    (["X-Note: caf\u00e9"], b"plain\r\n"),
+], ids=["binary-encoding", "8bit-header"])
+def test_8bit_message_that_cannot_be_converted_is_returned_5_6_3(mxspool, sink_factory,
+                                                                 dsn_sink, headers, body):
+    """Protects RFC 6152 3: a BODY=8BITMIME message that has no 7-bit form
+    (binary encoding; raw 8-bit header text without SMTPUTF8) is never sent
+    raw to a server without 8BITMIME: it is returned at once with
+    554 5.6.3."""
+    primary = sink_factory(hostname="primary.test", eightbitmime=False, smtputf8=False)
+    mx = mxspool([domain("example.com", primary.port)], smarthost=dsn_sink.port,
+                 retry="1s 1h")
+    msg, mid = make_message(sender=SENDER, body=body, extra_headers=headers)
+    res = send_mail(mx.port, SENDER, ["alice@example.com"], msg,
+                    mail_options=["BODY=8BITMIME"])
+    assert res.accepted, res
+    (d,) = dsn_sink.wait_for_messages(1, timeout=20)
+    assert primary.messages == [], primary.describe()
+    _, _, rcpts, orig = parse_dsn(d.content)
+    (r,) = rcpts
+    assert r["status"] == "5.6.3", r
+    assert "554" in r["diagnostic-code"] and "Conversion required" in r["diagnostic-code"], r
+    assert mid in orig
