@@ -49,13 +49,24 @@ pub struct Job {
 struct DestQueue {
     jobs: VecDeque<Job>,
     workers: usize,
+    /// Due messages that found `jobs` at `max_destination_queue`: they wait
+    /// here (ids only) and move into `jobs` as it drains, so a slow
+    /// destination holds no more job slots than that, and the scheduler
+    /// passes over them to other destinations' mail.
+    parked: VecDeque<QueueId>,
 }
+
+/// Parked message ids, all destinations together: past this, more due mail
+/// for full destinations stays in the schedule until room frees up.
+pub const MAX_PARKED: usize = 20_000;
 
 /// The delivery side's in-memory state.
 #[derive(Default)]
 pub struct Deliverer {
     /// Message → jobs of it still running.
     in_flight: RefCell<HashMap<QueueId, usize>>,
+    /// Message → destinations it is parked for (see `DestQueue::parked`).
+    parked: RefCell<HashMap<QueueId, usize>>,
     queues: RefCell<HashMap<Destination, DestQueue>>,
     /// Destination → the addresses it last resolved to, for delivery,
     /// call-ahead or the host check (see `hostcheck`).
@@ -78,7 +89,11 @@ pub async fn scheduler(ctx: Rc<Ctx>, wake: Receiver<()>) {
         }
         let now = crate::clock::now();
         let room = MAX_JOBS.saturating_sub(ctx.deliverer.jobs());
-        let busy: HashSet<QueueId> = ctx.deliverer.in_flight.borrow().keys().copied().collect();
+        let busy: HashSet<QueueId> = {
+            let parked = ctx.deliverer.parked.borrow();
+            let in_flight = ctx.deliverer.in_flight.borrow();
+            in_flight.keys().chain(parked.keys()).copied().collect()
+        };
         let sleep = match ctx.spool.due(now, room, &busy) {
             Ok((due, next)) => {
                 for id in due {
@@ -135,24 +150,17 @@ fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
     let cfg = ctx.config();
     let cap = cfg.main.max_destination_connections.max(1);
     let limit = cfg.main.max_destination_queue.max(1);
-    *ctx.deliverer.in_flight.borrow_mut().entry(id).or_insert(0) += groups.len();
+    let mut queued = 0;
     for (dest, rcpts) in groups {
         let spawn = {
             let mut qs = ctx.deliverer.queues.borrow_mut();
             let q = qs.entry(dest.clone()).or_default();
             if q.jobs.len() >= limit {
-                // A slow destination must not take every job slot: this
-                // part of the message waits for its next attempt instead.
-                drop(qs);
-                ctx.spawn(defer_queue_full(
-                    ctx.clone(),
-                    Job { id, rcpts },
-                    dest,
-                    m.arrival,
-                ));
+                park(&ctx.deliverer, q, id);
                 continue;
             }
             q.jobs.push_back(Job { id, rcpts });
+            queued += 1;
             if q.workers < cap && q.jobs.len() > q.workers {
                 q.workers += 1;
                 true
@@ -164,33 +172,71 @@ fn dispatch(ctx: &Rc<Ctx>, id: QueueId) {
             ctx.spawn(worker(ctx.clone(), dest));
         }
     }
+    if queued > 0 {
+        *ctx.deliverer.in_flight.borrow_mut().entry(id).or_insert(0) += queued;
+    }
 }
 
-/// Records a deferral for a job that found its destination's queue full.
-async fn defer_queue_full(ctx: Rc<Ctx>, job: Job, dest: Destination, arrival: u64) {
-    let reply = format!("451 4.4.5 too many messages queued for {dest}; will try later");
-    let report = AttemptReport {
-        time: crate::clock::now(),
-        destination: dest,
-        relay: String::new(),
-        summary: reply.clone(),
-        results: job
-            .rcpts
-            .iter()
-            .map(|(i, _)| spool::RcptResult {
-                index: *i,
-                outcome: Outcome::Deferred,
-                reply: reply.clone(),
-                remote: String::new(),
-            })
-            .collect(),
-    };
-    record(&ctx, &job, report, arrival).await;
-    job_done(&ctx, job.id);
+/// Parks message `id` at a full destination queue, unless MAX_PARKED ids
+/// are parked already (then it stays due in the schedule).
+fn park(d: &Deliverer, q: &mut DestQueue, id: QueueId) {
+    let mut parked = d.parked.borrow_mut();
+    if parked.len() >= MAX_PARKED {
+        return;
+    }
+    q.parked.push_back(id);
+    *parked.entry(id).or_insert(0) += 1;
+}
+
+fn unpark(d: &Deliverer, id: QueueId) {
+    let mut parked = d.parked.borrow_mut();
+    if let Some(n) = parked.get_mut(&id) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            parked.remove(&id);
+        }
+    }
+}
+
+/// Moves parked messages for `dest` into its queue while there is room:
+/// their recipients for `dest` that are still pending become a job.
+fn refill(ctx: &Ctx, dest: &Destination) {
+    let limit = ctx.config().main.max_destination_queue.max(1);
+    loop {
+        let id = {
+            let mut qs = ctx.deliverer.queues.borrow_mut();
+            let Some(q) = qs.get_mut(dest) else { return };
+            if q.jobs.len() >= limit {
+                return;
+            }
+            match q.parked.pop_front() {
+                Some(id) => id,
+                None => return,
+            }
+        };
+        unpark(&ctx.deliverer, id);
+        let rcpts: Vec<(usize, String)> = match ctx.spool.message(id) {
+            Ok(Some(m)) => m
+                .pending()
+                .filter(|(_, r)| &r.destination == dest)
+                .map(|(i, r)| (i, r.address.clone()))
+                .collect(),
+            // Gone (delivered, deleted) or unreadable: nothing to send.
+            _ => continue,
+        };
+        if rcpts.is_empty() {
+            continue;
+        }
+        *ctx.deliverer.in_flight.borrow_mut().entry(id).or_insert(0) += 1;
+        if let Some(q) = ctx.deliverer.queues.borrow_mut().get_mut(dest) {
+            q.jobs.push_back(Job { id, rcpts });
+        }
+    }
 }
 
 /// Takes the next job for `dest`, or None (and the worker ends).
 fn next_job(ctx: &Ctx, dest: &Destination) -> Option<Job> {
+    refill(ctx, dest);
     let mut qs = ctx.deliverer.queues.borrow_mut();
     let q = qs.get_mut(dest)?;
     q.jobs.pop_front()
@@ -200,7 +246,7 @@ fn worker_done(ctx: &Ctx, dest: &Destination) {
     let mut qs = ctx.deliverer.queues.borrow_mut();
     if let Some(q) = qs.get_mut(dest) {
         q.workers = q.workers.saturating_sub(1);
-        if q.workers == 0 && q.jobs.is_empty() {
+        if q.workers == 0 && q.jobs.is_empty() && q.parked.is_empty() {
             qs.remove(dest);
         }
     }
