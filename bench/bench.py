@@ -9,6 +9,8 @@ test), in an order that rotates every round; figures are medians over rounds.
 Subcommands (see bench/README.md):
   compare    the full table (bench/run.sh)
   mem        mxspool only: 8 sessions x 9 MiB, peak and idle RSS (bench/memtest.sh)
+  outage     mxspool only: a long outage; peak RSS, accept and drain rate against
+             the queue length, and one `queue list --json` (bench/outage.sh)
   callgrind  mxspool under callgrind: instructions per accepted message
 """
 
@@ -780,6 +782,140 @@ def cmd_mem(args):
     return 0 if idle < 3 and peak < 16 else 1
 
 
+# --- outage --------------------------------------------------------------------------
+
+def status_kib(pid, key):
+    return _status_kb(pid, key)
+
+
+def reset_peak(pid):
+    """Starts VmHWM again from the current RSS (clear_refs 5, Linux >= 4.0);
+    False when the kernel does not let us."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def listing_peak(mx):
+    """One `queue list --json` against the queued mail: (RSS before, peak RSS
+    during it, seconds, bytes of output), KiB. The peak is the kernel's
+    VmHWM, reset just before, so nothing before the listing counts."""
+    pid = mx.proc.pid
+    exact = reset_peak(pid)
+    before = status_kib(pid, "VmRSS")
+    with Sampler(mx, interval=0.02) as s:
+        t0 = time.monotonic()
+        r = subprocess.run([mx.binary, "queue", "list", "--json", "-c", str(mx.conf)],
+                           capture_output=True, timeout=600)
+        dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"queue list failed: {r.stderr.decode(errors='replace')}")
+    peak = status_kib(pid, "VmHWM") if exact else s.peak_rss
+    return before, peak, dt, len(r.stdout)
+
+
+def wait_deferred(mx, n, timeout):
+    """Until every queued message had its first attempt (N deferrals in the
+    daemon's log): a quiet moment comes sooner, while mail waits out the
+    5 s a refused connection marks its destination down. The log, not
+    `queue stats`: asking the daemon would change what is measured."""
+    seen, offset = [0], [0]
+
+    def deferred():
+        with open(mx.dir / "mxspool.log", "rb") as f:
+            f.seek(offset[0])
+            data = f.read()
+        cut = data.rfind(b"\n") + 1
+        seen[0] += data[:cut].count(b"status=deferred")
+        offset[0] += cut
+        return seen[0] >= n
+    try:
+        wait_until(deferred, timeout, interval=0.5, what=f"{n} deferrals")
+    except AssertionError as e:
+        log(f"  {e}; measuring anyway")
+
+
+def outage_one(args, workdir, n):
+    """One queue length: receive N messages with the primary down, look at
+    the queue, then bring the primary up and drain it."""
+    sink = Sink(workdir, free_port())
+    mx = Mxspool(Path(workdir) / f"n{n}", sink.port, args.binary,
+                 extra_options=args.mxspool_option)
+    ALL.extend([mx, sink])
+    row = {"n": n}
+    try:
+        os.sync()
+        mx.start(fresh=True)
+        with Sampler(mx) as s:
+            dt = smtp_source(mx.port, n, args.sessions, args.size, timeout=3600)
+            # The first attempts (refused, all deferred) are part of the outage.
+            wait_deferred(mx, n, timeout=600)
+            wait_quiet(mx, timeout=600)
+        row.update(accept=n / dt, peak_accept=s.peak_rss)
+        time.sleep(1)
+        row["idle"] = status_kib(mx.proc.pid, "VmRSS")
+        row["list_before"], row["list_peak"], row["list_s"], row["list_bytes"] = listing_peak(mx)
+        sink.start()
+        with Sampler(mx) as s:
+            t0 = time.monotonic()
+            mx.flush()
+            try:
+                t1 = wait_sink(sink, n, timeout=args.drain_timeout)
+                row.update(drain_s=t1 - t0, drain=n / (t1 - t0))
+            except RuntimeError as e:
+                log(f"  drain did not finish: {e}")
+                row.update(drain_s=None, drain=sink.count() / args.drain_timeout,
+                           drained=sink.count())
+        row["peak_drain"] = s.peak_rss
+    finally:
+        mx.stop()
+        sink.stop()
+    log(f"{n}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in row.items()))
+    return row
+
+
+def drain_cell(r, args):
+    if r["drain_s"] is not None:
+        return f"{r['drain_s']:.2f}"
+    return f"did not finish: {r['drained']} of {r['n']} in {args.drain_timeout:.0f} s"
+
+
+def cmd_outage(args):
+    """Peak RSS, accept and drain rate against the queue length of a long
+    outage (bench/README.md "Long outage")."""
+    workdir = tempfile.mkdtemp(prefix="mxo-", dir=args.tmp)
+    os.chmod(workdir, 0o755)
+    started = load_note()
+    rows = [outage_one(args, workdir, int(n)) for n in args.queued.split(",")]
+    mib = 1024.0
+    out = [f"mxspool long outage, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
+           f"{os.uname().nodename}, {os.cpu_count()} CPUs; {Path(args.binary).name} "
+           f"({args.binary}); {args.size} B messages over {args.sessions} sessions, "
+           f"one per connection, primary down; {started} at start, {load_note()} at end.",
+           "",
+           "| queued | accept (msg/s) | peak RSS receiving (MiB) | RSS idle, queued (MiB) "
+           "| `queue list --json`: RSS before → peak (MiB) | its time (s) | its output (MiB) "
+           "| drain (s) | drain (msg/s) | peak RSS draining (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['n']} | {r['accept']:.0f} | {r['peak_accept'] / mib:.1f} "
+                   f"| {r['idle'] / mib:.1f} | {r['list_before'] / mib:.1f} → "
+                   f"{r['list_peak'] / mib:.1f} | {r['list_s']:.2f} "
+                   f"| {r['list_bytes'] / MIB:.1f} | {drain_cell(r, args)} | {r['drain']:.0f} "
+                   f"| {r['peak_drain'] / mib:.1f} |")
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+        log("written to", args.output)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # --- callgrind -----------------------------------------------------------------------
 
 def callgrind_run(args, workdir, n):
@@ -848,6 +984,14 @@ def main():
     m.add_argument("--rounds", type=int, default=3)
     m.add_argument("--sessions", type=int, default=8)
     m.add_argument("--size-mib", type=int, default=9)
+    o = sub.add_parser("outage")
+    o.add_argument("--queued", default="1000,10000,50000",
+                   help="queue lengths to measure, comma-separated")
+    o.add_argument("--sessions", type=int, default=8)
+    o.add_argument("--size", type=int, default=4 * KIB, help="message size in bytes")
+    o.add_argument("--drain-timeout", type=float, default=300)
+    o.add_argument("--mxspool-option", action="append", default=[], metavar="NAME=VALUE")
+    o.add_argument("--output", default=None, help="also write the table to this file")
     g = sub.add_parser("callgrind")
     g.add_argument("--low", type=int, default=20)
     g.add_argument("--high", type=int, default=120)
@@ -857,6 +1001,8 @@ def main():
             return cmd_compare(args)
         if args.cmd == "mem":
             return cmd_mem(args)
+        if args.cmd == "outage":
+            return cmd_outage(args)
         return cmd_callgrind(args)
     finally:
         for x in reversed(ALL):

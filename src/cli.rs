@@ -12,7 +12,8 @@ const USAGE: &str = "usage: mxspool COMMAND [-c PATH]
 commands:
   run                       run the daemon in the foreground
   check                     validate the configuration and print the effective settings
-  queue list [--json]       list queued messages
+  queue list [--json] [--limit N] [--after ID]
+                            list queued messages (oldest first; a page of N after ID)
   queue show ID | delete ID | bounce ID
   queue flush [DOMAIN]      retry now, resetting the back-off
   queue retag DOMAIN HOST[:PORT]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_net::unix::{UnixListener, UnixStream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use super::{MAX_REQUEST, json_str, term_str};
+use super::{ListArgs, MAX_REQUEST, json_str, term_str};
 use crate::config::HostPort;
 use crate::daemon::Ctx;
 use crate::deliver::destination::Destination;
@@ -74,10 +74,18 @@ async fn handle(ctx: Rc<Ctx>, mut stream: UnixStream) {
         None
     })
     .await;
-    let answer = match req {
-        Some(r) => match run(&ctx, &r).await {
+    let answer = match req.as_deref().map(|r| (r, list_request(r))) {
+        // A listing can be long: it is written as it is read.
+        Some((_, Some(words))) => match ListArgs::parse(&words) {
+            Ok(a) => {
+                super::list::answer(&ctx, &mut stream, a, crate::clock::now()).await;
+                return;
+            }
+            Err(e) => err_line(&e),
+        },
+        Some((r, None)) => match run(&ctx, r).await {
             Ok(out) => format!("OK\n{out}"),
-            Err(e) => format!("ERR {}\n", term_str(&e.replace('\n', " "))),
+            Err(e) => err_line(&e),
         },
         None => "ERR bad request\n".to_string(),
     };
@@ -85,15 +93,25 @@ async fn handle(ctx: Rc<Ctx>, mut stream: UnixStream) {
     let _ = stream.flush().await;
 }
 
+fn err_line(e: &str) -> String {
+    format!("ERR {}\n", term_str(&e.replace('\n', " ")))
+}
+
+/// The words after `list`, when `req` is a `list` request.
+fn list_request(req: &str) -> Option<Vec<&str>> {
+    let mut words = req.split(' ').filter(|w| !w.is_empty());
+    (words.next() == Some("list")).then(|| words.collect())
+}
+
 /// One line of text output. Whole lines are escaped, so no field that came
 /// from a stranger (header, address, HELO, remote reply) can reach the
 /// operator's terminal with a control character, or break the line.
-fn line(out: &mut String, text: &str) {
+pub(super) fn line(out: &mut String, text: &str) {
     out.push_str(&term_str(text));
     out.push('\n');
 }
 
-fn age(now: u64, t: u64) -> String {
+pub(super) fn age(now: u64, t: u64) -> String {
     let s = now.saturating_sub(t);
     match s {
         0..120 => format!("{s}s"),
@@ -103,7 +121,7 @@ fn age(now: u64, t: u64) -> String {
     }
 }
 
-fn destinations(m: &Message) -> Vec<String> {
+pub(super) fn destinations(m: &Message) -> Vec<String> {
     let mut d: Vec<String> = m
         .pending()
         .map(|(_, r)| r.destination.to_string())
@@ -121,8 +139,6 @@ async fn run(ctx: &Rc<Ctx>, req: &str) -> Result<String, String> {
     // Spool time: ages and "next in" are time that really passed.
     let now = crate::clock::now();
     match words.as_slice() {
-        ["list"] => list(ctx, now, false),
-        ["list", "--json"] => list(ctx, now, true),
         ["stats"] => Ok(stats(ctx, now, false)),
         ["stats", "--json"] => Ok(stats(ctx, now, true)),
         ["flush"] => flush(ctx, Filter::All, now).await,
@@ -167,80 +183,6 @@ async fn flush(ctx: &Ctx, filter: Filter, now: u64) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     log::info!("id=NOQUEUE event=flush messages={n}");
     Ok(format!("{n} message(s) scheduled for immediate delivery\n"))
-}
-
-fn list(ctx: &Ctx, now: u64, json: bool) -> Result<String, String> {
-    let all = ctx.spool.list().map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    if json {
-        out.push('[');
-    }
-    let mut first = true;
-    for (id, m) in all {
-        let qid = spool::format_id(id);
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => {
-                if !json {
-                    line(&mut out, &format!("{qid}  DAMAGED: {e}"));
-                }
-                continue;
-            }
-        };
-        let rcpts: Vec<&str> = m.pending().map(|(_, r)| r.address.as_str()).collect();
-        let dests = destinations(&m).join(",");
-        if json {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            let rc: Vec<String> = rcpts.iter().map(|r| json_str(r)).collect();
-            let _ = write!(
-                out,
-                "{{\"id\":{},\"arrival\":{},\"age\":{},\"sender\":{},\"recipients\":[{}],\"size\":{},\"destination\":{},\"attempts\":{},\"next_attempt\":{},\"last_error\":{}}}",
-                json_str(&qid),
-                crate::clock::to_unix(m.arrival),
-                now.saturating_sub(m.arrival),
-                json_str(&m.sender),
-                rc.join(","),
-                m.size,
-                json_str(&dests),
-                m.attempts,
-                crate::clock::to_unix(m.next_attempt),
-                json_str(&m.last_error)
-            );
-        } else {
-            let next = if m.next_attempt <= now {
-                "now".to_string()
-            } else {
-                format!("in {}", age(m.next_attempt, now))
-            };
-            let text = format!(
-                "{qid}  age {}  {} bytes  from <{}>  to {}  via {}  attempts {}  next {}{}",
-                age(now, m.arrival),
-                m.size,
-                m.sender,
-                rcpts
-                    .iter()
-                    .map(|r| format!("<{r}>"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                dests,
-                m.attempts,
-                next,
-                if m.last_error.is_empty() {
-                    String::new()
-                } else {
-                    format!("  last error: {}", m.last_error)
-                }
-            );
-            line(&mut out, &text);
-        }
-    }
-    if json {
-        out.push_str("]\n");
-    }
-    Ok(out)
 }
 
 fn show(ctx: &Ctx, id: u64, now: u64) -> Result<String, String> {
@@ -360,13 +302,9 @@ fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
     let sp = ctx.spool.state();
     let oldest = ctx
         .spool
-        .list()
+        .oldest_arrival()
         .ok()
-        .and_then(|l| {
-            l.iter()
-                .filter_map(|(_, m)| m.as_ref().ok().map(|m| m.arrival))
-                .min()
-        })
+        .flatten()
         .map_or(0, |a| now.saturating_sub(a));
     if json {
         let rejected: Vec<String> = st

@@ -58,19 +58,16 @@ pub async fn run(ctx: Rc<Ctx>) {
     }
 }
 
-/// The distinct destinations of pending recipients.
+/// The distinct destinations of pending recipients (read in one pass:
+/// the queue is never loaded whole).
 fn queued_destinations(ctx: &Ctx) -> Vec<Destination> {
-    let mut set = BTreeSet::new();
-    if let Ok(list) = ctx.spool.list() {
-        for (_, m) in list {
-            if let Ok(m) = m {
-                for (_, r) in m.pending() {
-                    set.insert(r.destination.clone());
-                }
-            }
+    match ctx.spool.pending_destinations() {
+        Ok(set) => set.into_iter().collect(),
+        Err(e) => {
+            log::warn!("id=NOQUEUE event=spool_error error=\"{e}\"");
+            vec![]
         }
     }
-    set.into_iter().collect()
 }
 
 async fn check(ctx: &Ctx) {

@@ -24,8 +24,9 @@
 pub mod journal;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
@@ -77,6 +78,31 @@ const CLOCK_RECORD_EVERY: u64 = 60;
 
 /// One entry of `Spool::list`: a message, or why its record is unreadable.
 pub type Listed = (QueueId, Result<Message, String>);
+
+/// A page of the queue (`Spool::messages_after`).
+#[derive(Debug)]
+pub struct Page {
+    /// Messages after the cursor, oldest first.
+    pub items: Vec<Listed>,
+    /// Whether more messages follow the last of `items`.
+    pub more: bool,
+    /// Messages queued when the page was read (the whole queue).
+    pub total: u64,
+}
+
+/// Most entries a page reserves room for up front (a caller's huge
+/// `limit` must not allocate before anything is read).
+const MAX_PAGE: usize = 1024;
+/// Records `oldest_arrival` reads at most.
+const OLDEST_SCAN: usize = 256;
+
+/// Low bits of a queue id: a sequence within one second.
+const ID_SEQ_BITS: u32 = 20;
+
+/// The spool time (seconds) in a queue id's high bits (see `new_id`).
+fn id_time(id: QueueId) -> u64 {
+    id >> ID_SEQ_BITS
+}
 
 /// A queue id: unique, sorting by arrival. Shown as upper-case hex.
 pub type QueueId = u64;
@@ -519,7 +545,7 @@ impl Spool {
     /// even when a router without a clock boots in 1970).
     pub fn new_id(&self, now: u64) -> QueueId {
         let mut next = lock(&self.shared.next_id);
-        let candidate = now << 20;
+        let candidate = now << ID_SEQ_BITS;
         *next = (*next + 1).max(candidate);
         *next
     }
@@ -675,8 +701,10 @@ impl Spool {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Every queued message, oldest first (for `queue list`). Damaged
-    /// records are listed as errors, not skipped silently.
+    /// Every queued message, oldest first. Damaged records are listed as
+    /// errors, not skipped silently. Loads the whole queue: for tests; the
+    /// daemon reads pages (`messages_after`) so its memory does not grow
+    /// with the queue.
     pub fn list(&self) -> Result<Vec<Listed>, SpoolError> {
         let db = self.db()?;
         let tx = db.begin_read().map_err(storage)?;
@@ -690,6 +718,74 @@ impl Spool {
             ));
         }
         Ok(out)
+    }
+
+    /// At most `limit` queued messages with ids above `after` (from the
+    /// first when `None`), in id order, which is arrival order. One short
+    /// read transaction per call: a caller walks the queue page by page,
+    /// passing the last id it got, and never holds a snapshot (or the
+    /// whole queue) while it waits on something else.
+    pub fn messages_after(&self, after: Option<QueueId>, limit: usize) -> Result<Page, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        let total = t.len().map_err(storage)?;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut range = t
+            .range::<QueueId>((start, Bound::Unbounded))
+            .map_err(storage)?;
+        let mut items = Vec::with_capacity(limit.min(MAX_PAGE));
+        for e in range.by_ref().take(limit) {
+            let (k, v) = e.map_err(storage)?;
+            let m = schema::decode_message(v.value()).map_err(|e| e.to_string());
+            items.push((k.value(), m));
+        }
+        // Peeks at the key only: nothing more is decoded.
+        let more = range.next().is_some();
+        Ok(Page { items, more, total })
+    }
+
+    /// The arrival time of the oldest queued message, reading only the
+    /// head of the queue (`queue stats` must stay cheap). Ids sort by the
+    /// start of DATA (spool time in the high bits) and arrival is its end,
+    /// so a later id arrived earlier only if its DATA started before that:
+    /// the scan stops at the first id from a later second than the oldest
+    /// arrival seen, or after `OLDEST_SCAN` records (a burst).
+    pub fn oldest_arrival(&self) -> Result<Option<u64>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut oldest: Option<u64> = None;
+        for e in t.iter().map_err(storage)?.take(OLDEST_SCAN) {
+            let (k, v) = e.map_err(storage)?;
+            if oldest.is_some_and(|o| id_time(k.value()) > o) {
+                break;
+            }
+            if let Ok(m) = schema::decode_message(v.value()) {
+                oldest = Some(oldest.map_or(m.arrival, |o| o.min(m.arrival)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// The distinct destinations of pending recipients, read in one pass
+    /// without keeping the messages.
+    pub fn pending_destinations(&self) -> Result<BTreeSet<Destination>, SpoolError> {
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(storage)?;
+        let t = tx.open_table(MESSAGES).map_err(storage)?;
+        let mut set = BTreeSet::new();
+        for e in t.iter().map_err(storage)? {
+            let (_, v) = e.map_err(storage)?;
+            if let Ok(m) = schema::decode_message(v.value()) {
+                for (_, r) in m.pending() {
+                    if !set.contains(&r.destination) {
+                        set.insert(r.destination.clone());
+                    }
+                }
+            }
+        }
+        Ok(set)
     }
 
     pub fn attempts(&self, id: QueueId) -> Result<Vec<Attempt>, SpoolError> {
@@ -1926,7 +2022,7 @@ fn make_dsn(
     let headers = original_headers(tx, id, m.chunks)?;
     let dsn_id = {
         let mut next = lock(&st.shared.next_id);
-        *next = (*next + 1).max(now << 20);
+        *next = (*next + 1).max(now << ID_SEQ_BITS);
         *next
     };
     let message_id = format!("<{}.dsn@{}>", format_id(dsn_id), policy.reporting_mta);
@@ -2372,6 +2468,79 @@ mod tests {
             assert_eq!(spool.chunk(*id, 1).unwrap().unwrap(), b"body\r\n");
             // The new ids never repeat the old ones, whatever the clock says.
             assert!(spool.new_id(0) > *id);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pages_walk_the_queue_once_in_arrival_order() {
+        let dir = tmpdir("pages");
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
+            let mut ids = vec![];
+            for i in 0..10 {
+                let id = spool.new_id(1000 + i);
+                let mut env = envelope();
+                env.arrival = 1000 + i;
+                let body = b"y\r\n\r\n".to_vec();
+                spool.commit(id, env, 1, 5, Some((0, body))).await.unwrap();
+                ids.push(id);
+            }
+            let first = spool.messages_after(None, 4).unwrap();
+            assert_eq!((first.total, first.more, first.items.len()), (10, true, 4));
+            // Walking page by page from each page's last id sees every
+            // message once, in order; the last page says nothing follows.
+            let (mut seen, mut cursor) = (vec![], None);
+            loop {
+                let p = spool.messages_after(cursor, 3).unwrap();
+                assert_eq!(p.total, 10);
+                seen.extend(p.items.iter().map(|(id, m)| {
+                    assert_eq!(m.as_ref().unwrap().sender, "a@b.test");
+                    *id
+                }));
+                cursor = seen.last().copied();
+                if !p.more {
+                    break;
+                }
+            }
+            assert_eq!(seen, ids);
+            // The cursor is a position: it need not be queued any more.
+            let p = spool.messages_after(Some(ids[3] + 1), 2).unwrap();
+            assert_eq!(p.items.iter().map(|e| e.0).collect::<Vec<_>>(), ids[4..6]);
+            let p = spool.messages_after(Some(ids[9]), 5).unwrap();
+            assert!(p.items.is_empty() && !p.more);
+            let p = spool.messages_after(None, 0).unwrap();
+            assert!(p.items.is_empty() && p.more);
+            assert_eq!(spool.oldest_arrival().unwrap(), Some(1000));
+            spool.delete(ids[0]).await.unwrap();
+            assert_eq!(spool.oldest_arrival().unwrap(), Some(1001));
+            assert_eq!(
+                spool
+                    .pending_destinations()
+                    .unwrap()
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                vec![envelope().recipients[0].1.clone()]
+            );
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Ids are taken when DATA starts, arrival is its end: within the
+    /// same second a later id may have arrived first, and is found; the
+    /// scan stops at the first id from a later second.
+    #[test]
+    fn the_oldest_arrival_reads_only_the_head_of_the_queue() {
+        let dir = tmpdir("oldest");
+        with_spool(&dir, OPTS, async |spool: &Spool, _: Recovered| {
+            assert_eq!(spool.oldest_arrival().unwrap(), None);
+            for (start, arrival) in [(1000, 1005), (1000, 1003), (2000, 2000)] {
+                let id = spool.new_id(start);
+                let mut env = envelope();
+                env.arrival = arrival;
+                let body = b"y\r\n\r\n".to_vec();
+                spool.commit(id, env, 1, 5, Some((0, body))).await.unwrap();
+            }
+            assert_eq!(spool.oldest_arrival().unwrap(), Some(1003));
         });
         let _ = std::fs::remove_dir_all(&dir);
     }
