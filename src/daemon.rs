@@ -131,10 +131,10 @@ fn prepare(config: &Config) -> Result<Prepared, String> {
     std::fs::create_dir_all(&m.spool_dir)
         .map_err(|e| format!("cannot create spool_dir {}: {e}", m.spool_dir.display()))?;
     // spool_dir itself may be a link the owner made (to a USB disk): it is
-    // followed once, here; nothing inside it ever is.
+    // followed once, here; nothing inside it ever is. (Its mode is set by
+    // the spool when it opens, as the daemon's user.)
     let spool_dir = std::fs::canonicalize(&m.spool_dir)
         .map_err(|e| format!("cannot resolve spool_dir {}: {e}", m.spool_dir.display()))?;
-    crate::spool::make_private(&spool_dir, 0o700)?;
     let listeners = Listeners::bind(&m.listen)?;
     let control = crate::control::server::bind(&m.control_socket)?;
     if let Some(user) = &m.user {

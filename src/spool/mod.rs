@@ -960,7 +960,7 @@ fn open_db(
 /// Sets `path`'s mode to `mode` (0700 for the spool directory, 0600 for
 /// its files) unless it has it: queued mail is readable by the daemon's
 /// user only. Does not follow a symbolic link.
-pub fn make_private(path: &Path, mode: u32) -> Result<(), String> {
+fn make_private(path: &Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot read the mode of {}: {e}", path.display()))?;
@@ -2262,6 +2262,18 @@ mod tests {
         d
     }
 
+    /// Retries every minute, returned after ten minutes.
+    fn ten_minute_policy(smarthost: Option<Destination>) -> ReturnPolicy {
+        ReturnPolicy {
+            steps: vec![RetryStep {
+                interval: Duration::from_secs(60),
+                span: Duration::from_secs(600),
+            }],
+            reporting_mta: "mx2.test".into(),
+            smarthost,
+        }
+    }
+
     fn envelope() -> Envelope {
         Envelope {
             sender: "a@b.test".into(),
@@ -2291,14 +2303,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         };
-        let policy = ReturnPolicy {
-            steps: vec![RetryStep {
-                interval: Duration::from_secs(60),
-                span: Duration::from_secs(600),
-            }],
-            reporting_mta: "mx2.test".into(),
-            smarthost: Some(relay(26)),
-        };
+        let policy = ten_minute_policy(Some(relay(26)));
         let result = |index, outcome| RcptResult {
             index,
             outcome,
@@ -2558,14 +2563,7 @@ mod tests {
             env.recipients.push(env.recipients[0].clone());
             env.recipients[1].0 = "v@example.com".into();
             spool.commit(id, env, 1, 20, None).await.unwrap();
-            let policy = ReturnPolicy {
-                steps: vec![RetryStep {
-                    interval: Duration::from_secs(60),
-                    span: Duration::from_secs(600),
-                }],
-                reporting_mta: "mx2.test".into(),
-                smarthost: None,
-            };
+            let policy = ten_minute_policy(None);
             let report = AttemptReport {
                 time: 1010,
                 destination: envelope().recipients[0].1.clone(),
@@ -2632,14 +2630,7 @@ mod tests {
             env.sender = "d\u{ef}ana@b.test".into();
             env.flags = schema::FLAG_SMTPUTF8 | schema::FLAG_8BITMIME;
             spool.commit(id, env, 1, 30, None).await.unwrap();
-            let policy = ReturnPolicy {
-                steps: vec![RetryStep {
-                    interval: Duration::from_secs(60),
-                    span: Duration::from_secs(600),
-                }],
-                reporting_mta: "mx2.test".into(),
-                smarthost: None,
-            };
+            let policy = ten_minute_policy(None);
             let report = AttemptReport {
                 time: 1010,
                 destination: envelope().recipients[0].1.clone(),

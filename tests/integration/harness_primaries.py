@@ -78,6 +78,15 @@ class _Daemon:
     name = "server"
     proc = None
 
+    def _where(self, base, domains, users, port, hostname):
+        """What every primary here is told: its folder, address and names."""
+        self.base = Path(base)
+        self.host = LOCALHOST
+        self.port = port or free_port()
+        self.domains = [d.lower() for d in domains]
+        self.users = [u.lower() for u in users]
+        self.hostname = hostname
+
     def _spawn(self, argv, out: Path, what, timeout=20):
         if self.running:
             return
@@ -157,12 +166,7 @@ class EximServer(_Daemon):
 
     def __init__(self, base: Path, domains=("example.com",), users=("alice", "bob"),
                  port=None, hostname="exim.primary.test"):
-        self.base = Path(base)
-        self.host = LOCALHOST
-        self.port = port or free_port()
-        self.domains = [d.lower() for d in domains]
-        self.users = [u.lower() for u in users]
-        self.hostname = hostname
+        self._where(base, domains, users, port, hostname)
         self.binary = EXIM_ROOT / "usr/sbin/exim4"
         self.conf = self.base / "exim.conf"
         self.spool_dir = self.base / "spool"
@@ -274,12 +278,7 @@ class OpenSmtpd(_Daemon):
 
     def __init__(self, base: Path, domains=("example.com",), users=("alice", "bob"),
                  port=None, hostname="opensmtpd.primary.test"):
-        self.base = Path(base)
-        self.host = LOCALHOST
-        self.port = port or free_port()
-        self.domains = [d.lower() for d in domains]
-        self.users = [u.lower() for u in users]
-        self.hostname = hostname
+        self._where(base, domains, users, port, hostname)
         self.smtpd = OPENSMTPD_ROOT / "usr/sbin/smtpd"
         self.conf = self.base / "smtpd.conf"
         self.varspool = self.base / "varspool"

@@ -350,7 +350,8 @@ def wait_attempted(mx, queue_id, attempts=1, timeout=15):
 
 class SilentServer:
     """Accepts TCP connections and never says a word: a primary that hangs
-    after the handshake (the stalled peer of RFC 5321 4.5.3.2's timeouts)."""
+    after the handshake (the stalled peer of RFC 5321 4.5.3.2's timeouts).
+    Subclasses that do talk override `serve(conn)` (run on its own thread)."""
 
     def __init__(self, port=0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -371,6 +372,10 @@ class SilentServer:
             except (socket.timeout, OSError):
                 continue
             self.conns.append(c)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, conn):
+        """Says nothing: the connection stays open until close()."""
 
     def close(self):
         self._stop = True

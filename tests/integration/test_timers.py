@@ -11,12 +11,10 @@ build. Other timer tests live beside their features (the down mark and the
 primary's return in test_delivery.py, the host check in test_dns.py) and
 wait the same way."""
 
-import socket
-import threading
 import time
 
 from harness_mxspool import domain
-from harness_util import (LOCALHOST, RawSmtp, SilentServer, deferrals_logged, free_port,
+from harness_util import (RawSmtp, SilentServer, deferrals_logged, free_port,
                           make_message, send_mail, wait_deferred_in_log)
 
 
@@ -115,34 +113,16 @@ def test_callahead_budget_ends_while_the_primary_hangs(mxspool):
         silent.close()
 
 
-class TrickleServer:
+class TrickleServer(SilentServer):
     """Answers like an SMTP server, except the reply after the body, which
     it sends one byte every TRICKLE seconds: every read meets its timeout,
     the transaction never ends (the slow-drip peer of issue 17)."""
 
     def __init__(self, trickle=2.0):
         self.trickle = trickle
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((LOCALHOST, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.sessions = 0
-        self._stop = False
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__()
 
-    def _run(self):
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                c, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            self.sessions += 1
-            threading.Thread(target=self._session, args=(c,), daemon=True).start()
-
-    def _session(self, c):
+    def serve(self, c):
         try:
             f = c.makefile("rb")
             c.sendall(b"220 trickle.test ESMTP\r\n")
@@ -172,11 +152,6 @@ class TrickleServer:
             pass
         finally:
             c.close()
-
-    def close(self):
-        self._stop = True
-        self._t.join(2)
-        self.sock.close()
 
 
 def test_a_destination_that_trickles_is_given_up_on_at_the_transaction_deadline(mxspool):
