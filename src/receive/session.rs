@@ -38,6 +38,9 @@ struct Incoming {
     held: Option<Vec<u8>>,
     /// Bytes already sent with `append` (what an abort gives back).
     appended: u64,
+    /// The envelope sender, for the log line of a refusal at the end of
+    /// DATA (the machine has reset its transaction by then).
+    from: String,
 }
 
 enum Io {
@@ -274,6 +277,7 @@ pub async fn serve(
                             over_quota: false,
                             held: None,
                             appended: 0,
+                            from,
                         });
                         s.answer_data(Ok(()));
                     }
@@ -322,12 +326,13 @@ pub async fn serve(
                 s.answer_data_end(reply);
             }
             Event::DataRefused(why) => {
-                let from = s
+                let mut from = s
                     .mail_from()
                     .map(|f| f.from.to_string())
                     .unwrap_or_default();
                 if let Some(inc) = msg.take() {
                     ctx.spool.abort(inc.id, inc.appended).await;
+                    from = inc.from;
                 }
                 let reason = match why {
                     DataRefusal::BareNewline => "bare_newline",

@@ -179,6 +179,10 @@ def test_smuggling_inbound(env, eod):
     accepted = re.findall(r"id=(\S+) event=accept ", d.log_text())
     if code != 250:
         assert accepted == [], f"refused, yet accepted: {accepted}\n{log_tail(d.log_text())}"
+        # The refusal's log line names the client's sender (it once said
+        # from=<>: the transaction was already reset when it was written).
+        assert re.search(r"event=reject stage=DATA .*from=<s@example\.org> reason=",
+                         d.log_text()), log_tail(d.log_text())
         assert queue_ids(d) == []
         assert sink.messages == [], sink.messages
     else:
