@@ -128,8 +128,12 @@ fn prepare(config: &Config) -> Result<Prepared, String> {
     // the control socket at bind) is for its own user only, with no window
     // in which another local user could open it.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    std::fs::create_dir_all(&m.spool_dir)
-        .map_err(|e| format!("cannot create spool_dir {}: {e}", m.spool_dir.display()))?;
+    if crate::spool::make_spool_dir(&m.spool_dir)? {
+        log::info!(
+            "id=NOQUEUE event=spool_created dir={}",
+            m.spool_dir.display()
+        );
+    }
     // spool_dir itself may be a link the owner made (to a USB disk): it is
     // followed once, here; nothing inside it ever is. (Its mode is set by
     // the spool when it opens, as the daemon's user.)

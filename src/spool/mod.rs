@@ -452,9 +452,7 @@ impl Spool {
         wake: Sender<()>,
         backend: Option<BackendFactory>,
     ) -> Result<(Spool, SpoolThread, Recovered), SpoolError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            SpoolError::Storage(format!("cannot create spool_dir {}: {e}", dir.display()))
-        })?;
+        make_spool_dir(dir).map_err(SpoolError::Storage)?;
         let path = dir.join(SPOOL_FILE);
         let journal_path = dir.join(JOURNAL_FILE);
         let existed = path.exists() && journal_path.exists();
@@ -1197,9 +1195,46 @@ pub fn volatile_fs(dir: &Path) -> Option<&'static str> {
     }
 }
 
+/// Creates the spool directory if it is missing, but only its last
+/// component: a spool on a USB disk that is not mounted (yet, or any more)
+/// must not be started afresh on the router's flash beneath the empty
+/// mount point, where its mail would be hidden once the disk is mounted
+/// again. Returns whether it was created.
+pub fn make_spool_dir(dir: &Path) -> Result<bool, String> {
+    if dir.is_dir() {
+        return Ok(false);
+    }
+    check_parent(dir)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(false),
+        Err(e) => Err(format!("cannot create spool_dir {}: {e}", dir.display())),
+    }
+}
+
+/// The spool directory exists, or its parent does (so that it can be made).
+fn check_parent(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(format!(
+            "option 'spool_dir': {} does not exist, nor does {}: if the spool is on a USB \
+             disk, the disk is not mounted (mxspool does not start a new spool on the flash \
+             beneath an empty mount point); otherwise create {}",
+            dir.display(),
+            parent.display(),
+            parent.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a spool in RAM unless the owner allowed it: the message names
-/// the problem and both ways out.
+/// the problem and both ways out. Refuses too a spool_dir that could only
+/// be made with its parents (see `make_spool_dir`).
 pub fn check_durable_dir(dir: &Path, allow_volatile: bool) -> Result<(), String> {
+    check_parent(dir)?;
     match volatile_fs(dir) {
         Some(fs) if !allow_volatile => Err(format!(
             "option 'spool_dir': {} is on {fs} (RAM): queued mail would be lost at the next \

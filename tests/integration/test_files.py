@@ -55,6 +55,36 @@ def test_root_never_follows_a_link_inside_spool_dir(mxspool, workdir):
     assert mx.stop() == 0
 
 
+def test_a_spool_on_an_unmounted_disk_is_not_started_on_flash(workdir, mxspool_cmd):
+    """spool_dir on a USB disk that is not mounted: the mount point's parent
+    path is missing (or the mount point is empty). mxspool never makes the
+    missing parents, which would start a new spool on the router's flash
+    beneath the mount point and hide it once the disk is mounted: `check`
+    and `run` exit 2 naming the file, the line and the likely cause, and
+    nothing is created. Once the disk is there, the daemon makes the spool
+    directory itself (its last component only)."""
+    from harness_mxspool import Mxspool
+    usb = workdir / "mnt" / "usb"
+    mx = Mxspool(workdir / "mx", [domain("example.com", free_port())],
+                 spool_dir=str(usb / "mxspool"))
+    assert not (workdir / "mnt").exists()
+    r = mxspool_cmd("check", "-c", str(mx.config_path))
+    assert r.returncode == 2, r
+    assert f"{mx.config_path}:" in r.stderr and "not mounted" in r.stderr, r.stderr
+    r = mxspool_cmd("run", "-c", str(mx.config_path), timeout=30)
+    assert r.returncode == 2, r
+    assert "not mounted" in r.stderr, r.stderr
+    assert not (workdir / "mnt").exists(), "run made the missing parents"
+    usb.mkdir(parents=True)
+    mx.start()
+    assert (usb / "mxspool").is_dir()
+    assert stat.S_IMODE((usb / "mxspool").stat().st_mode) == 0o700
+    assert "event=spool_created" in mx.log(), mx.log()
+    msg, _ = make_message()
+    assert send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg).accepted
+    assert mx.stop() == 0
+
+
 def test_a_spool_in_ram_is_refused_unless_allowed(workdir, mxspool_cmd):
     """On OpenWrt /tmp and /var are RAM: a spool there loses all queued mail
     at the next reboot. `check` and `run` refuse a spool_dir on tmpfs with
