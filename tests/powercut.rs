@@ -57,6 +57,13 @@ enum Mode {
     /// write torn at every page boundary (a disk writes pages, not calls:
     /// a multi-page journal frame or redb run may survive in part).
     Subset,
+    /// Before the cut, the disk fails every write and sync for a while
+    /// (a USB stick that drops off the bus and comes back, a full disk that
+    /// is cleared) and then works again: the spool must reopen and go on
+    /// taking mail, and the cut that ends the round must find everything
+    /// acknowledged before, during and after the failures (writes lost as
+    /// in Drop).
+    Recovering,
 }
 
 /// The database and the journal.
@@ -90,6 +97,10 @@ struct DiskState {
     /// The operation at which the power goes.
     cut_at: u64,
     dead: bool,
+    /// Operations in this range fail without taking effect (Recovering).
+    failing: std::ops::Range<u64>,
+    /// How many failed so.
+    failed: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -105,8 +116,15 @@ fn power_is_out() -> io::Error {
     io::Error::other("power cut")
 }
 
+fn disk_failed() -> io::Error {
+    io::Error::other("I/O error (the disk comes back later)")
+}
+
 impl Disk {
     fn new(images: Images, cut_at: u64) -> Arc<Disk> {
+        Disk::failing(images, cut_at, 0..0)
+    }
+    fn failing(images: Images, cut_at: u64, failing: std::ops::Range<u64>) -> Arc<Disk> {
         let files = images.map(|image| FileState {
             current: image.clone(),
             synced: image,
@@ -115,6 +133,7 @@ impl Disk {
         Arc::new(Disk(Mutex::new(DiskState {
             files,
             cut_at,
+            failing,
             ..DiskState::default()
         })))
     }
@@ -132,6 +151,10 @@ impl Disk {
         if s.ops >= s.cut_at {
             s.dead = true;
             return Err(power_is_out());
+        }
+        if s.failing.contains(&s.ops) {
+            s.failed += 1;
+            return Err(disk_failed());
         }
         Ok(())
     }
@@ -283,11 +306,24 @@ struct Book {
     acked: BTreeSet<u64>,
     /// Delete returned Ok: must never come back.
     deleted: BTreeSet<u64>,
+    /// Commits acknowledged in a session after one of its operations had
+    /// failed (Recovering): the spool reopened and went on.
+    acked_after_failure: usize,
 }
 
 /// One session: sends messages until the power goes or `n` are done.
-async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, now: u64) {
-    for _ in 0..n {
+/// `persist`: after a refused message go on with the next (a client that
+/// got 4xx tries again), as the disk may come back.
+async fn session(
+    spool: Spool,
+    book: Rc<RefCell<Book>>,
+    mut rng: Rng,
+    n: usize,
+    now: u64,
+    persist: bool,
+) {
+    let mut failed = false;
+    'message: for _ in 0..n {
         // Sometimes delete an acknowledged message (a delivery finishing).
         if rng.below(4) == 0 {
             let victim = {
@@ -297,6 +333,14 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, 
             };
             if let Some(Some(id)) = victim {
                 if spool.delete(id).await.is_err() {
+                    // A delete that failed may still have taken effect (its
+                    // commit written, its sync failed, a later sync carrying
+                    // it): it is not owed to anyone, either way.
+                    book.borrow_mut().acked.remove(&id);
+                    if persist {
+                        failed = true;
+                        continue 'message;
+                    }
                     return;
                 }
                 let mut b = book.borrow_mut();
@@ -326,6 +370,11 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, 
                 break;
             }
             if spool.append(id, chunks, c.to_vec()).await.is_err() {
+                spool.abort(id, u64::from(chunks) * CHUNK as u64).await;
+                if persist {
+                    failed = true;
+                    continue 'message;
+                }
                 return;
             }
             chunks += 1;
@@ -350,8 +399,11 @@ async fn session(spool: Spool, book: Rc<RefCell<Book>>, mut rng: Rng, n: usize, 
         };
         match spool.commit(id, env, chunks, len as u64, last).await {
             Ok(()) => {
-                book.borrow_mut().acked.insert(id);
+                let mut b = book.borrow_mut();
+                b.acked.insert(id);
+                b.acked_after_failure += usize::from(failed);
             }
+            Err(_) if persist => failed = true,
             Err(_) => return,
         }
     }
@@ -419,14 +471,28 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
     let mut max_ops = 200u64;
     let mut acked_total = 0usize;
     let mut cuts_mid_io = 0u64;
+    let mut failures = 0u64;
+    let mut after_failure = 0usize;
     for round in 0..rounds {
         let journal_size = JOURNALS[round as usize % JOURNALS.len()];
         let ctx = format!("mode {mode:?} seed {seed} round {round} journal {journal_size}");
         let cut_at = 1 + rng.below(max_ops);
-        let disk = Disk::new(images.clone(), cut_at);
+        // Recovering: the cut is set once the spool is open.
+        let recovering = mode == Mode::Recovering;
+        let disk = Disk::new(images.clone(), if recovering { u64::MAX } else { cut_at });
         let (wake, _wake_rx) = smol::channel::bounded(1);
         let opened = Spool::open_with_backend(&dir, opts(journal_size), wake, factory(&disk));
         if let Ok((spool, thread, _)) = opened {
+            if recovering {
+                // Failures somewhere in the round after the open, then the
+                // disk works again for a while before the cut (sometimes
+                // past the round's end: then it ends without one).
+                let mut s = disk.lock();
+                let from = s.ops + rng.below(max_ops / 2);
+                let until = from + 1 + rng.below(max_ops / 8 + 1);
+                s.failing = from..until;
+                s.cut_at = until + 1 + rng.below(max_ops);
+            }
             let ex = smol::LocalExecutor::new();
             let book_rc = Rc::new(RefCell::new(std::mem::take(&mut book)));
             let before = book_rc.borrow().acked.len();
@@ -436,9 +502,10 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
                     spool.clone(),
                     book_rc.clone(),
                     Rng(rng.next()),
-                    1 + rng.below(6) as usize,
+                    1 + rng.below(if mode == Mode::Recovering { 12 } else { 6 }) as usize,
                     // The clock moves on between boots (queue ids embed it).
                     1_700_000_000 + round,
+                    mode == Mode::Recovering,
                 ));
                 t.detach();
             }
@@ -453,14 +520,19 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
                 .expect("sessions done")
                 .into_inner();
             acked_total += book.acked.len().saturating_sub(before);
+            after_failure += std::mem::take(&mut book.acked_after_failure);
             drop(spool);
             thread.join();
         }
         // Learn how many operations a round takes, so cuts spread over it.
         let ops = disk.ops();
+        let failed = disk.lock().failed > 0;
+        if failed {
+            failures += 1;
+        }
         if disk.lock().dead {
             cuts_mid_io += 1;
-        } else {
+        } else if !failed {
             // Aim a little past a typical round: most cuts land inside it.
             max_ops = (max_ops * 3 + ops + ops / 8) / 4;
         }
@@ -479,6 +551,19 @@ fn run(mode: Mode, rounds: u64, seed: u64) -> (u64, usize, u64) {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if mode == Mode::Recovering {
+        assert!(
+            failures > rounds / 4,
+            "too few rounds had failed writes ({failures} of {rounds}): the test would prove little"
+        );
+        eprintln!(
+            "powercut recovering: {failures} rounds with failed writes, {after_failure} messages acknowledged after a failure"
+        );
+        assert!(
+            after_failure > 0,
+            "no message was acknowledged after a failure: reopen-and-continue went untested"
+        );
+    }
     (rounds, acked_total, cuts_mid_io)
 }
 
@@ -516,5 +601,15 @@ fn power_cut_with_reordered_write_cache_loses_nothing() {
         "powercut subset: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost"
     );
     assert!(mid > r / 4, "too few cuts landed during I/O ({mid} of {r})");
+    assert!(acked > 0);
+}
+
+#[test]
+fn a_disk_that_fails_and_recovers_loses_nothing() {
+    let (rounds, seed) = params();
+    let (r, acked, mid) = run(Mode::Recovering, rounds, seed ^ 0x5A5A);
+    eprintln!(
+        "powercut recovering: {r} rounds survived, {acked} messages acknowledged, {mid} cuts during I/O, 0 lost"
+    );
     assert!(acked > 0);
 }
