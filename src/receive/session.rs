@@ -38,6 +38,8 @@ struct Incoming {
     held: Option<Vec<u8>>,
     /// Bytes already sent with `append` (what an abort gives back).
     appended: u64,
+    /// The body had an octet over 127 (declared with BODY=8BITMIME or not).
+    eight_bit: bool,
     /// The envelope sender, for the log line of a refusal at the end of
     /// DATA (the machine has reset its transaction by then).
     from: String,
@@ -277,6 +279,7 @@ pub async fn serve(
                             over_quota: false,
                             held: None,
                             appended: 0,
+                            eight_bit: false,
                             from,
                         });
                         s.answer_data(Ok(()));
@@ -424,6 +427,11 @@ fn refusal(
 }
 
 async fn append(ctx: &Ctx, inc: &mut Incoming, chunk: Vec<u8>) {
+    // Clients that send 8-bit text without BODY=8BITMIME are common (RFC
+    // 6152 forbids it): the message is 8-bit all the same, so that it is
+    // converted, not sent raw, to a server without 8BITMIME (as Postfix
+    // decides by content too).
+    inc.eight_bit = inc.eight_bit || !chunk.is_ascii();
     let chunk = match inc.header.take() {
         // A small message is one chunk, our Received header first.
         Some(mut h) if h.len() + chunk.len() <= BODY_CHUNK => {
@@ -502,7 +510,7 @@ async fn commit(
     let mail = s.mail_from();
     let sender = mail.map(|f| f.from.to_string()).unwrap_or_default();
     let mut flags = 0;
-    if mail.is_some_and(|f| f.body == BodyType::EightBitMime) {
+    if inc.eight_bit || mail.is_some_and(|f| f.body == BodyType::EightBitMime) {
         flags |= spool::schema::FLAG_8BITMIME;
     }
     if mail.is_some_and(|f| f.smtputf8) {

@@ -326,20 +326,24 @@ def decoded_body(part) -> bytes:
     return part.get_payload(decode=True).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["BODY=8BITMIME", "undeclared"])
 def test_8bit_body_goes_quoted_printable_to_a_destination_without_8bitmime(mxspool,
-                                                                          sink_factory):
+                                                                          sink_factory,
+                                                                          declared):
     """Protects RFC 6152 3 (the field bug: 8-bit sent raw): a message
     received with BODY=8BITMIME whose body has UTF-8 goes to a server that
     does not offer 8BITMIME without BODY=8BITMIME, 7-bit clean, as
     quoted-printable (MIME-Version and the encoding header added), and
-    decodes back to exactly the original text; SIZE= is the converted size."""
+    decodes back to exactly the original text; SIZE= is the converted size.
+    The same when the client sent the 8-bit body without declaring it
+    (common, though RFC 6152 forbids it): it is 8-bit all the same."""
     import email
     import email.policy
     sink = sink_factory(eightbitmime=False, smtputf8=False, size=10_000_000)
     mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
     msg, mid = make_message(body=TRICKY_BODY)
     res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg,
-                    mail_options=["BODY=8BITMIME"])
+                    mail_options=["BODY=8BITMIME"] if declared else [])
     assert res.accepted, res
     (t,) = sink.wait_for_messages(1, timeout=10)
     assert "8BITMIME" not in t.mail_params.upper(), t.mail_params
@@ -381,6 +385,20 @@ def test_8bit_multipart_converts_only_its_8bit_parts(mxspool, sink_factory):
     assert ASCII_PART in t.content
     assert b"AAECAwQFBgcICQ==\r\n--=_outer--\r\n" in t.content
     assert parts[2].get_payload(decode=True) == bytes(range(10))
+
+
+def test_undeclared_8bit_body_is_declared_to_a_server_with_8bitmime(mxspool, sink_factory):
+    """An 8-bit body the client did not declare goes, unchanged, to a server
+    that offers 8BITMIME with BODY=8BITMIME (RFC 6152: the sender of 8-bit
+    data declares it)."""
+    sink = sink_factory(eightbitmime=True)
+    mx = mxspool([domain("example.com", sink.port)], retry="1s 1h")
+    msg, _ = make_message(body=TRICKY_BODY)
+    res = send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg)
+    assert res.accepted, res
+    (t,) = sink.wait_for_messages(1, timeout=10)
+    assert "BODY=8BITMIME" in t.mail_params.upper(), t.mail_params
+    assert t.content.endswith(msg)
 
 
 def test_all_7bit_message_declared_8bitmime_goes_unchanged(mxspool, sink_factory):
