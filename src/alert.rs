@@ -11,7 +11,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::daemon::Ctx;
+use smol::LocalExecutor;
+
+use crate::config::Config;
 
 /// One alert of a kind per this many seconds.
 pub const RATE_SECS: u64 = 3600;
@@ -76,13 +78,20 @@ impl Alerts {
 
 /// Raises an alert: logs it, and runs `alert_command` unless one of this
 /// kind went out within the hour. `vars` become `MXSPOOL_ALERT_<NAME>`.
-pub fn raise(ctx: &Ctx, kind: Kind, text: &str, vars: &[(&str, String)]) {
+/// (Callers use `Ctx::alert`.)
+pub fn raise(
+    alerts: &Alerts,
+    cfg: &Config,
+    ex: &LocalExecutor<'static>,
+    kind: Kind,
+    text: &str,
+    vars: &[(&str, String)],
+) {
     let now = crate::clock::now();
-    if !ctx.alerts.allow(kind, now) {
+    if !alerts.allow(kind, now) {
         return;
     }
     log::warn!("event=alert kind={} text=\"{text}\"", kind.name());
-    let cfg = ctx.config();
     let Some(argv) = cfg.main.alert_command.clone() else {
         return;
     };
@@ -112,7 +121,7 @@ pub fn raise(ctx: &Ctx, kind: Kind, text: &str, vars: &[(&str, String)]) {
         }
     };
     let program = argv[0].clone();
-    ctx.spawn(async move {
+    ex.spawn(async move {
         // Looked at once a second: an alert command is short and rare.
         let started = std::time::Instant::now();
         let done = loop {
@@ -135,7 +144,8 @@ pub fn raise(ctx: &Ctx, kind: Kind, text: &str, vars: &[(&str, String)]) {
                 log::warn!("event=alert_command_failed command={program} error=\"still running after {}s: killed\"", COMMAND_TIMEOUT.as_secs());
             }
         }
-    });
+    })
+    .detach();
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! session, the scheduler and the deliveries on one single-threaded smol
 //! executor. Blocking disk work lives on the spool thread only.
 
-use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -12,60 +11,12 @@ use futures_lite::StreamExt;
 use smol::LocalExecutor;
 
 use crate::config::Config;
-use crate::control::Stats;
-use crate::deliver::Deliverer;
+use crate::ctx::{Ctx, Parts};
 use crate::receive::Listeners;
 use crate::spool::Spool;
 
 /// How long a stopping daemon waits for sessions and commits in flight.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// What every task shares. Lives for the whole run.
-pub struct Ctx {
-    pub config: RefCell<Arc<Config>>,
-    pub spool: Spool,
-    pub stats: RefCell<Stats>,
-    pub ex: Rc<LocalExecutor<'static>>,
-    pub deliverer: Deliverer,
-    pub listeners: Listeners,
-    /// Set once SIGTERM/SIGINT arrived.
-    pub stopping: Cell<bool>,
-    /// Dropped at stop: every `stopped()` waiter wakes up.
-    stop_tx: RefCell<Option<smol::channel::Sender<()>>>,
-    stop_rx: smol::channel::Receiver<()>,
-    /// STARTTLS for our listeners, when a certificate is configured.
-    pub tls_server: RefCell<Option<Arc<rustls::ServerConfig>>>,
-    /// Opportunistic TLS for deliveries and call-ahead.
-    pub tls_client: Arc<rustls::ClientConfig>,
-    /// The DNS resolver (rebuilt on reload).
-    pub resolver: RefCell<crate::dns::Resolver>,
-    /// Call-ahead probes in flight, bounded.
-    pub probes: async_lock::Semaphore,
-    /// Domain → last random-address check (call-ahead).
-    pub random_checks: RefCell<std::collections::HashMap<String, u64>>,
-    /// What the owner was last alerted of (see `alert`).
-    pub alerts: crate::alert::Alerts,
-}
-
-impl Ctx {
-    pub fn config(&self) -> Arc<Config> {
-        self.config.borrow().clone()
-    }
-    pub fn spawn(&self, f: impl std::future::Future<Output = ()> + 'static) {
-        self.ex.spawn(f).detach();
-    }
-
-    /// Resolves when the daemon begins to stop (for tasks that wait on
-    /// the network and must answer 421 promptly).
-    pub async fn stopped(&self) {
-        let _ = self.stop_rx.recv().await;
-    }
-
-    fn begin_stop(&self) {
-        self.stopping.set(true);
-        self.stop_tx.borrow_mut().take();
-    }
-}
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns the exit status.
 pub fn run(config_path: &Path) -> i32 {
@@ -193,30 +144,18 @@ async fn start(
         recovered.leftovers,
         recovered.replayed
     );
-    let config_for_resolver = config.clone();
-    let (stop_tx, stop_rx) = smol::channel::bounded(1);
     let control = async_net::unix::UnixListener::try_from(prepared.control)
         .map_err(|e| format!("control socket: {e}"))?;
-    let ctx = Rc::new(Ctx {
-        config: RefCell::new(Arc::new(config)),
+    let resolver = make_resolver(&config);
+    let ctx = Rc::new(Ctx::new(Parts {
+        config,
         spool,
-        stats: RefCell::new(Stats {
-            started: crate::clock::now(),
-            ..Stats::default()
-        }),
         ex: ex.clone(),
-        deliverer: Deliverer::default(),
         listeners: prepared.listeners,
-        stopping: Cell::new(false),
-        stop_tx: RefCell::new(Some(stop_tx)),
-        stop_rx,
-        tls_server: RefCell::new(prepared.tls_server),
+        tls_server: prepared.tls_server,
         tls_client: crate::tls::client_config()?,
-        resolver: RefCell::new(make_resolver(&config_for_resolver)),
-        probes: async_lock::Semaphore::new(config_for_resolver.main.callahead_max_probes),
-        random_checks: RefCell::new(Default::default()),
-        alerts: Default::default(),
-    });
+        resolver,
+    }));
     crate::receive::start(&ctx);
     ctx.spawn(crate::deliver::scheduler(ctx.clone(), wake_rx));
     ctx.spawn(crate::deliver::hostcheck::run(ctx.clone()));

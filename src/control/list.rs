@@ -14,7 +14,7 @@ use futures_lite::AsyncWriteExt;
 
 use super::server::{age, destinations, line};
 use super::{ListArgs, json_str};
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::spool::{self, Message, QueueId};
 
 /// Messages read per read transaction.

@@ -12,7 +12,6 @@ mod list;
 pub mod server;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,29 +27,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// after `OK` is copied as it comes, unbounded: a listing of a long queue.
 const MAX_STATUS: u64 = 64 * 1024;
 
-/// Counters since start (`queue stats`).
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub accepted: u64,
-    /// Reason → count (`relay`, `size`, `bare_newline`, `hops`, ...).
-    pub rejected: BTreeMap<&'static str, u64>,
-    pub delivered: u64,
-    pub deferred: u64,
-    pub bounced: u64,
-    pub guard_refusals: u64,
-    /// Call-ahead results: `accepted`, `rejected`, `policy_refusal`,
-    /// `null_sender_refused`, `tempfail`, `unreachable`, `cache_*`, and the
-    /// primary warnings by kind.
-    pub callahead: BTreeMap<&'static str, u64>,
-    /// Started, unix seconds.
-    pub started: u64,
-}
-
-impl Stats {
-    pub fn reject(&mut self, reason: &'static str) {
-        *self.rejected.entry(reason).or_insert(0) += 1;
-    }
-}
+pub use crate::ctx::Stats;
 
 /// Text that may come from strangers (headers, addresses, HELO names,
 /// remote replies) made safe for an operator's terminal: every control

@@ -11,7 +11,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ListArgs, MAX_REQUEST, json_str, term_str};
 use crate::config::HostPort;
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::deliver::destination::Destination;
 use crate::spool::{self, AttemptReport, Filter, Message, Outcome, RcptResult, RcptState};
 

@@ -17,7 +17,7 @@ use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};
 use crate::alert::Kind;
 use crate::config::{Config, DeliverTo, Domain};
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::smtp::Reply;
 use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
 use crate::smtp::downgrade::{Converter, Plan, Scanner};
@@ -273,8 +273,7 @@ fn guard_refusal(ctx: &Ctx, dest: &Destination, t: &Target, why: &str) {
         "id=NOQUEUE event=guard_refusal destination={dest} address={} reason=\"{why}\"",
         t.addr
     );
-    crate::alert::raise(
-        ctx,
+    ctx.alert(
         Kind::GuardRefusal,
         &format!("mail for {dest} was not handed to {}: {why}", t.addr),
         &[
@@ -295,8 +294,7 @@ fn note_unreachable(ctx: &Ctx, dest: &Destination, reason: &str, now: u64) {
             "{name} has been unreachable for {}: {reason}",
             crate::config::fmt_duration(Duration::from_secs(now.saturating_sub(since)))
         );
-        crate::alert::raise(
-            ctx,
+        ctx.alert(
             Kind::DestinationUnreachable,
             &text,
             &[("destination", name), ("reason", reason.to_string())],

@@ -13,7 +13,7 @@ pub fn check_address(
     addr: SocketAddr,
     own: &[SocketAddr],
 ) -> Result<(), String> {
-    let ip = crate::receive::canonical_ip(addr.ip());
+    let ip = crate::net::canonical_ip(addr.ip());
     if let Some(d) = domain
         && d.offline_address.contains(&ip)
     {
@@ -21,8 +21,7 @@ pub fn check_address(
     }
     let ours = own.iter().any(|l| {
         l.port() == addr.port()
-            && (crate::receive::canonical_ip(l.ip()) == ip
-                || (l.ip().is_unspecified() && is_local(ip)))
+            && (crate::net::canonical_ip(l.ip()) == ip || (l.ip().is_unspecified() && is_local(ip)))
     });
     if ours {
         return Err(format!("{addr} is one of our own listen addresses"));

@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use super::destination::Destination;
 use super::route;
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::spool::Filter;
 
 /// Destination → the address set it last resolved to.

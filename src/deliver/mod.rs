@@ -11,7 +11,6 @@
 
 pub mod client;
 pub mod destination;
-pub mod down;
 pub mod dsn;
 pub mod eightbit;
 pub mod guard;
@@ -19,14 +18,13 @@ pub mod hostcheck;
 pub mod retry;
 pub mod route;
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
 use smol::channel::Receiver;
 
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
 use destination::Destination;
 
@@ -37,43 +35,12 @@ pub const MAX_JOBS: usize = 512;
 /// step (NTP on a router without RTC) cannot make it oversleep.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 
-/// One message's pending recipients for one destination.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: QueueId,
-    /// (index into the message's recipients, address).
-    pub rcpts: Vec<(usize, String)>,
-}
-
-#[derive(Default)]
-struct DestQueue {
-    jobs: VecDeque<Job>,
-    workers: usize,
-    /// Due messages that found `jobs` at `max_destination_queue`: they wait
-    /// here (ids only) and move into `jobs` as it drains, so a slow
-    /// destination holds no more job slots than that, and the scheduler
-    /// passes over them to other destinations' mail.
-    parked: VecDeque<QueueId>,
-}
-
 /// Parked message ids, all destinations together: past this, more due mail
 /// for full destinations stays in the schedule until room frees up.
 pub const MAX_PARKED: usize = 20_000;
 
 /// The delivery side's in-memory state.
-#[derive(Default)]
-pub struct Deliverer {
-    /// Message → jobs of it still running.
-    in_flight: RefCell<HashMap<QueueId, usize>>,
-    /// Message → destinations it is parked for (see `DestQueue::parked`).
-    parked: RefCell<HashMap<QueueId, usize>>,
-    queues: RefCell<HashMap<Destination, DestQueue>>,
-    /// Destination → the addresses it last resolved to, for delivery,
-    /// call-ahead or the host check (see `hostcheck`).
-    pub resolved: RefCell<hostcheck::Known>,
-    /// Destinations a delivery could not reach just now (see `down`).
-    pub down: RefCell<down::Marks>,
-}
+pub use crate::ctx::{Deliverer, DestQueue, Job};
 
 impl Deliverer {
     fn jobs(&self) -> usize {
@@ -315,7 +282,7 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
             && let Some((_, a)) = job.rcpts.iter().find(|(i, _)| *i == r.index)
         {
             let domain = a.rsplit_once('@').map_or("", |(_, d)| d);
-            crate::receive::callahead::note_deferral(ctx, domain, &r.reply);
+            note_deferral(ctx, domain, &r.reply);
         }
     }
     match ctx.spool.finish(job.id, report, return_policy(ctx)).await {
@@ -329,8 +296,7 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
                     spool::format_id(dsn),
                     f.failed.join(",")
                 );
-                crate::alert::raise(
-                    ctx,
+                ctx.alert(
                     crate::alert::Kind::Returned,
                     &format!(
                         "message {qid} was returned to its sender for {}",
@@ -366,4 +332,17 @@ pub async fn record(ctx: &Ctx, job: &Job, report: AttemptReport, arrival: u64) {
 async fn worker(ctx: Rc<Ctx>, dest: Destination) {
     client::run_worker(&ctx, &dest).await;
     worker_done(&ctx, &dest);
+}
+
+/// Deliveries call this on a 4xx: a primary that greylists its own backup
+/// delays every message a retry interval.
+pub fn note_deferral(ctx: &Ctx, domain: &str, reply: &str) {
+    let l = reply.to_ascii_lowercase();
+    if l.contains("greylist") || l.contains("graylist") || l.contains("greylisted") {
+        ctx.primary_warning(
+            domain,
+            "greylist",
+            "the primary greylists mail from its backup MX; whitelist the backup's address in its greylisting",
+        );
+    }
 }

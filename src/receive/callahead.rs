@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::{Domain, OnTempfail};
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::deliver::client::{self, Conn};
 use crate::deliver::destination::Destination;
 use crate::smtp::client::Event;
@@ -162,8 +162,7 @@ fn count(ctx: &Ctx, what: &'static str) {
 }
 
 fn warn(ctx: &Ctx, domain: &str, kind: &'static str, text: &str) {
-    count(ctx, kind);
-    log::warn!("id=NOQUEUE event=primary_warning domain={domain} kind={kind} advice=\"{text}\"");
+    ctx.primary_warning(domain, kind, text);
 }
 
 /// Verifies `addr` (lower-case) of `domain` at `dest`. Ok: accept.
@@ -473,20 +472,6 @@ async fn random_check(
         ),
         Ok(_) => {}
         Err(_) => prober.conn = None,
-    }
-}
-
-/// Deliveries call this on a 4xx: a primary that greylists its own backup
-/// delays every message a retry interval.
-pub fn note_deferral(ctx: &Ctx, domain: &str, reply: &str) {
-    let l = reply.to_ascii_lowercase();
-    if l.contains("greylist") || l.contains("graylist") || l.contains("greylisted") {
-        warn(
-            ctx,
-            domain,
-            "greylist",
-            "the primary greylists mail from its backup MX; whitelist the backup's address in its greylisting",
-        );
     }
 }
 

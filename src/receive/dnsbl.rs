@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::policy::{self, Refusal};
 use crate::config::Config;
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::dns::{DnsError, Resolver};
 use crate::smtp::Reply;
 

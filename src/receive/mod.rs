@@ -10,38 +10,15 @@ pub mod received;
 pub mod scan;
 pub mod session;
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 use async_net::{TcpListener, TcpStream};
 use futures_lite::AsyncWriteExt;
 
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 
-/// The bound listening sockets and the live connection counts.
-#[derive(Default)]
-pub struct Listeners {
-    entries: RefCell<Vec<Entry>>,
-    active: Cell<usize>,
-    per_ip: RefCell<HashMap<IpAddr, usize>>,
-    closed: Cell<bool>,
-}
-
-struct Entry {
-    /// The configured address (what a reload compares).
-    addr: SocketAddr,
-    /// The bound address (differs when the port was 0).
-    local: SocketAddr,
-    /// Bound but not yet accepting. A std socket on purpose: registering
-    /// it with the async reactor starts the reactor's thread, and that must
-    /// not happen before the privilege drop (the ids of a thread started
-    /// earlier stay root).
-    socket: Option<std::net::TcpListener>,
-    /// Ends the accept loop.
-    stop: Option<smol::channel::Sender<()>>,
-}
+pub use crate::ctx::{Entry, Listeners};
 
 impl Listeners {
     /// Binds every `listen` address (before any privilege drop).
@@ -266,13 +243,4 @@ async fn refuse(mut stream: TcpStream, host: String) {
     .await;
 }
 
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 client it stands for.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
+pub use crate::net::canonical_ip;

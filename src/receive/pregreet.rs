@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::smtp::Reply;
 use crate::tls::Stream;
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{HostPort, Score};
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::smtp::Reply;
 use crate::spool::{self, QueueId};
 

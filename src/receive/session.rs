@@ -10,7 +10,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::policy;
 use super::received::{ReceivedInfo, received_header};
-use crate::daemon::Ctx;
+use crate::ctx::Ctx;
 use crate::deliver::destination::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{BODY_CHUNK, BodyType, DataRefusal, Event, Params, Session};
@@ -491,8 +491,7 @@ fn spool_level_alert(ctx: &Ctx) {
     let max = ctx.config().main.max_spool_size;
     let bytes = ctx.spool.state().bytes;
     if max > 0 && bytes.saturating_mul(5) >= max.saturating_mul(4) {
-        crate::alert::raise(
-            ctx,
+        ctx.alert(
             crate::alert::Kind::SpoolNearlyFull,
             &format!("the spool holds {bytes} bytes of its {max} (max_spool_size)"),
             &[("bytes", bytes.to_string()), ("max", max.to_string())],

@@ -222,7 +222,7 @@ pub struct Envelope {
     pub client: String,
     pub arrival: u64,
     /// When the first delivery attempt is due: `arrival`, or later when
-    /// the destination is known to be down (see `deliver::down`).
+    /// the destination is known to be down (see `ctx::down`).
     pub first_attempt: u64,
     /// Why the first attempt waits (shown as the last error until then).
     pub note: String,
