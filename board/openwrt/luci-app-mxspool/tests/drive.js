@@ -40,6 +40,7 @@ async function confirmModal() {
  * says and the configured DOMAINS. */
 async function everyCommand(answers, domains) {
 	const seen = [];
+	seen.missing = [];
 	const run = async (rel, act) => {
 		luci.reset();
 		Object.assign(luci.env.exec, answers);
@@ -52,6 +53,8 @@ async function everyCommand(answers, domains) {
 		await settle();
 		for (const e of luci.env.recorded.execs)
 			seen.push(Object.assign({ view: rel }, e));
+		for (const m of luci.env.recorded.missing)
+			seen.missing.push(`${rel}: ${m}`);
 	};
 	await run('view/mxspool/queue', async ({ node }) => {
 		const q = node;

@@ -195,15 +195,19 @@ class LMap {
 
 const env = {
 	recorded: null,
+	/* when set: (cmd, args) -> Promise of { code, stdout, stderr }, for
+	 * every command (the live tests run the real CLI through it) */
+	execHandler: null,
 	/* command line -> { code, stdout, stderr } or a function of the args */
 	exec: {},
 	uci: {}
 };
 
 function reset() {
-	env.recorded = { execs: [], polls: [], modals: [], notifications: [], maps: [], uciLoads: [] };
+	env.recorded = { execs: [], polls: [], modals: [], notifications: [], maps: [], uciLoads: [], missing: [] };
 	env.exec = {};
 	env.uci = {};
+	env.execHandler = null;
 }
 reset();
 
@@ -227,6 +231,8 @@ const modules = {
 		exec(cmd, args) {
 			const line = [cmd].concat(args || []).join(' ');
 			env.recorded.execs.push({ cmd, args: args || [], line });
+			if (env.execHandler)
+				return env.execHandler(cmd, args || []);
 			let r = env.exec[line];
 			if (r === undefined)
 				for (const key of Object.keys(env.exec))
@@ -305,6 +311,23 @@ const L = {
 	env: {}
 };
 
+/* JSON.parse for the views: the parsed value records every read of a
+ * field it does not have (a view reading a field the daemon's JSON lacks). */
+const NOT_FIELDS = new Set(['then', 'toJSON']);
+function track(v, where) {
+	if (v === null || typeof v !== 'object')
+		return v;
+	return new Proxy(v, {
+		get(t, k, r) {
+			if (typeof k === 'string' && !NOT_FIELDS.has(k) && !(k in t))
+				env.recorded.missing.push(`${where}.${k}`);
+			const x = Reflect.get(t, k, r);
+			return (typeof k === 'string' && Object.prototype.hasOwnProperty.call(t, k)) ? track(x, Array.isArray(t) ? `${where}[]` : `${where}.${k}`) : x;
+		}
+	});
+}
+const trackingJSON = { parse: s => track(JSON.parse(s), '$'), stringify: JSON.stringify };
+
 /* The leading 'require X' / 'require X as Y' strings of a LuCI class file. */
 function requires(source) {
 	const out = [];
@@ -333,7 +356,7 @@ function load(rel) {
 		if (!(r.module in modules))
 			throw new Error(`${rel}: 'require ${r.module}' has no stand-in`);
 	const names = reqs.map(r => r.as);
-	const context = vm.createContext({ L, E, _: s => s, N_: (n, s, p) => (n == 1 ? s : p), console, Promise, JSON, Math, Object, String, Number, Array, Error, RegExp });
+	const context = vm.createContext({ L, E, _: s => s, N_: (n, s, p) => (n == 1 ? s : p), console, Promise, JSON: trackingJSON, Math, Object, String, Number, Array, Error, RegExp });
 	const fn = vm.runInContext(`(function(${names.join(', ')}) {\n${source}\n})`, context, { filename: file, lineOffset: -1 });
 	return fn(...reqs.map(r => modules[r.module]));
 }

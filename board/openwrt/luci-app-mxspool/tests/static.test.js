@@ -140,7 +140,7 @@ test('every example on the settings page passes its own validation, and bad valu
 				continue;
 			}
 			assert.ok(o.placeholder, `${s.sectiontype}.${o.option} has an example`);
-			s.setForm('x', { user: ['alice'], tls_cert: '/etc/mxspool/cert.pem' });
+			s.setForm('x', { user: ['alice'], tls_cert: '/etc/mxspool/cert.pem', name: 'example.com' });
 			assert.equal(o.check('x', o.placeholder), true, `${o.option}: its example ${o.placeholder}`);
 			s.setForm('x', { user: [], tls_cert: '' });
 			assert.equal(o.check('x', ''), true, `${o.option}: empty (unset) is allowed`);
@@ -167,4 +167,9 @@ test('every view is a strict LuCI class whose requires all have stand-ins', () =
 		assert.ok(drive.luci.requires(src).length > 0, `${f} requires something`);
 		drive.luci.load('view/' + f);
 	}
+});
+
+test('the views read no field the made-up answers lack', async () => {
+	const runs = await drive.everyCommand(MADE_UP, ['example.com']);
+	assert.deepEqual(runs.missing, []);
 });

@@ -218,7 +218,10 @@ var check = {
 		return v === '' || msg(v.length <= 32 && /^[A-Za-z0-9_.][A-Za-z0-9_.-]*$/.test(v), _('Expecting a user name'));
 	},
 	user: function(sid, v) {
-		return v === '' || msg(isUser(v), _('Expecting a local part (alice) or an address in this domain'));
+		var at = v.lastIndexOf('@');
+		var name = String(this.section.formvalue(sid, 'name') || '').toLowerCase().replace(/\.$/, '');
+		return v === '' || msg(isUser(v) && (at < 0 || v.slice(at + 1).toLowerCase().replace(/\.$/, '') === name),
+			_('Expecting a local part (alice) or an address in this domain'));
 	},
 	senderPattern: function(sid, v) {
 		return v === '' || msg(isSenderPattern(v), _('Expecting a domain, .domain (its subdomains) or an address'));
