@@ -91,7 +91,7 @@ pub fn main(args: Vec<String>) -> i32 {
         ["check"] => check(&args.config),
         ["queue", rest @ ..] => crate::control::queue_command(&args.config, rest),
         ["dnscheck", domain] | ["dnscheck", domain, "--json"] | ["dnscheck", "--json", domain]
-            if !domain.starts_with('-') =>
+            if crate::control::domain_arg(domain).is_ok() =>
         {
             let json = words.contains(&"--json");
             match Config::load(&args.config) {

@@ -20,8 +20,8 @@ const MENU = 'root/usr/share/luci/menu.d/luci-app-mxspool.json';
 
 /* Answers that make every button of every view appear. */
 const MADE_UP = {
-	'/usr/sbin/mxspool queue list --json --limit 100': { code: 0, stdout: JSON.stringify({ total: 1, next: null, messages: [{ id: '6921A3F200001', arrival: 1000, age: 60, sender: 's@x.test', recipients: ['a@example.com'], size: 10, destination: 'mail.example.com:25', attempts: 1, next_attempt: 1100, last_error: 'x' }] }) },
-	'/usr/sbin/mxspool queue stats --json': { code: 0, stdout: JSON.stringify({ accepted: 1, rejected: {}, delivered: 0, deferred: 1, bounced: 0, queued: 1, oldest_age: 60, spool_bytes: 10, max_spool_size: 1024, guard_refusals: 0, callahead: {}, unreachable: {}, uptime: 5 }) },
+	'/usr/sbin/mxspool queue list --json --limit 50 -c /etc/config/mxspool': { code: 0, stdout: JSON.stringify({ total: 1, next: null, messages: [{ id: '6921A3F200001', arrival: 1000, age: 60, sender: 's@x.test', recipients: ['a@example.com'], size: 10, destination: 'mail.example.com:25', attempts: 1, next_attempt: 1100, last_error: 'x' }] }) },
+	'/usr/sbin/mxspool queue stats --json -c /etc/config/mxspool': { code: 0, stdout: JSON.stringify({ accepted: 1, rejected: {}, delivered: 0, deferred: 1, bounced: 0, queued: 1, oldest_age: 60, spool_bytes: 10, max_spool_size: 1024, guard_refusals: 0, callahead: {}, unreachable: {}, uptime: 5 }) },
 	'/usr/sbin/mxspool queue *': { code: 0, stdout: 'ok\n', stderr: '' },
 	'/usr/sbin/mxspool dnscheck *': { code: 0, stdout: JSON.stringify({ domain: 'example.com', hostname: 'mx2.test', mx: [], problems: [], advice: [], error: null }) },
 	'/sbin/logread -e mxspool': { code: 0, stdout: 'a line\n' }
@@ -72,15 +72,22 @@ test('the ACL grants exactly the commands the views run, and uci mxspool only', 
 	}
 	for (const p of granted)
 		assert.ok(runs.some(r => fnmatch(p, r.line)), `the ACL grants '${p}', which no view runs`);
+	/* rpcd grants an executable alone with any arguments: never that. And
+	 * every mxspool line ends with the config, so a '*' cannot replace it. */
+	for (const p of granted) {
+		assert.ok(p.includes(' '), `${p}: an executable without its arguments`);
+		if (p.startsWith('/usr/sbin/mxspool '))
+			assert.ok(p.endsWith(' -c /etc/config/mxspool'), `${p} does not end with -c /etc/config/mxspool`);
+	}
 	/* Only changes need write access. */
 	for (const p of Object.keys(acl.read.file))
 		assert.ok(!/ (flush|delete|bounce|retag)\b/.test(p), `${p} changes the queue: it belongs under write`);
 	/* The queue actions: the exact CLI syntax of the contract. */
 	const lines = runs.map(r => r.line);
-	for (const want of ['/usr/sbin/mxspool queue flush', '/usr/sbin/mxspool queue flush example.com',
-		'/usr/sbin/mxspool queue delete 6921A3F200001', '/usr/sbin/mxspool queue bounce 6921A3F200001',
-		'/usr/sbin/mxspool queue retag example.com mail.example.com:2525',
-		'/usr/sbin/mxspool dnscheck example.com --json', '/usr/sbin/mxspool dnscheck example.org --json'])
+	for (const want of ['/usr/sbin/mxspool queue flush -c /etc/config/mxspool', '/usr/sbin/mxspool queue flush example.com -c /etc/config/mxspool',
+		'/usr/sbin/mxspool queue delete 6921A3F200001 -c /etc/config/mxspool', '/usr/sbin/mxspool queue bounce 6921A3F200001 -c /etc/config/mxspool',
+		'/usr/sbin/mxspool queue retag example.com mail.example.com:2525 -c /etc/config/mxspool',
+		'/usr/sbin/mxspool dnscheck example.com --json -c /etc/config/mxspool', '/usr/sbin/mxspool dnscheck example.org --json -c /etc/config/mxspool'])
 		assert.ok(lines.includes(want), `no view ran '${want}':\n${lines.join('\n')}`);
 });
 

@@ -117,7 +117,7 @@ if (PHASE === 'up') {
 			assert.ok(s.textContent.includes(EXPECT.hostname + ' (this router)'), `${domain}: our MX row`);
 		}
 		assert.deepEqual(rec.missing, []);
-		assert.deepEqual(rec.execs.map(e => e.line).sort(), EXPECT.domains.map(d => `/usr/sbin/mxspool dnscheck ${d} --json`).sort());
+		assert.deepEqual(rec.execs.map(e => e.line).sort(), EXPECT.domains.map(d => `/usr/sbin/mxspool dnscheck ${d} --json -c /etc/config/mxspool`).sort());
 	});
 
 	test('the log page shows the daemon log lines', async () => {

@@ -35,7 +35,7 @@ return view.extend({
 
 	check: function(domain, out) {
 		dom.content(out, E('p', { 'class': 'spinning' }, _('Asking the DNS about ') + domain + '...'));
-		return fs.exec(MXSPOOL, ['dnscheck', domain, '--json']).then(function(res) {
+		return fs.exec(MXSPOOL, ['dnscheck', domain, '--json', '-c', '/etc/config/mxspool']).then(function(res) {
 			var r;
 			try {
 				r = JSON.parse(res.stdout);

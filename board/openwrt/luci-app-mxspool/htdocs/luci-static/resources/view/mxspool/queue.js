@@ -7,14 +7,18 @@
 'require dom';
 
 /*
- * The queue: `mxspool queue list --json --limit 100` and `queue stats
+ * The queue: `mxspool queue list --json --limit 50` and `queue stats
  * --json`, polled; flush (all or one domain), delete, bounce and retag,
  * each after a confirmation. Every command here is granted one by one in
  * root/usr/share/rpcd/acl.d/luci-app-mxspool.json.
  */
 
 var MXSPOOL = '/usr/sbin/mxspool';
-var PAGE = '100';
+/* Last on every command line: the ACL's wildcards (rpcd's fnmatch '*' spans
+ * spaces) cannot then point mxspool at another file, as the last -c wins. */
+var CONFIG = ['-c', '/etc/config/mxspool'];
+/* rpcd's file.exec buffers the whole answer: a page, not the whole queue. */
+var PAGE = '50';
 
 /* 90 -> "1m 30s", 7200 -> "2h 0m": the two largest units. */
 function duration(s) {
@@ -38,7 +42,7 @@ function bytes(n) {
  * `down`: the daemon is not running (the CLI exits 1 and says so when its
  * control socket is absent). */
 function mxspool(args, json) {
-	return fs.exec(MXSPOOL, args).then(function(res) {
+	return fs.exec(MXSPOOL, args.concat(CONFIG)).then(function(res) {
 		var out = { ok: res.code === 0, down: false, json: null, text: res.stdout || '', error: (res.stderr || '').trim() };
 		if (res.code === 1 && /is not running/.test(out.error))
 			out.down = true;

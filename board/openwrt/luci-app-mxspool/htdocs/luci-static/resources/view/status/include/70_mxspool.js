@@ -19,7 +19,7 @@ return baseclass.extend({
 	title: _('Mail relay'),
 
 	load: function() {
-		return L.resolveDefault(fs.exec('/usr/sbin/mxspool', ['queue', 'stats', '--json']), null);
+		return L.resolveDefault(fs.exec('/usr/sbin/mxspool', ['queue', 'stats', '--json', '-c', '/etc/config/mxspool']), null);
 	},
 
 	render: function(res) {
