@@ -27,9 +27,9 @@ return baseclass.extend({
 		if (!res)
 			return null;
 		if (res.code !== 0) {
-			var down = /is not running/.test(res.stderr || '');
+			var stopped = /is not running/.test(res.stderr || '');
 			return E('div', { 'class': 'cbi-section' }, E('p', {},
-				down ? _('mxspool is not running.') : _('mxspool did not answer: ') + (res.stderr || '').trim()));
+				stopped ? _('mxspool is not running.') : _('mxspool did not answer: ') + (res.stderr || '').trim()));
 		}
 		var st;
 		try {
