@@ -70,6 +70,19 @@ impl Alerts {
             .or_insert(now)
     }
 
+    /// The destinations that could not be reached at their last attempt,
+    /// with since when (sorted by name): `queue stats` shows them.
+    pub fn unreachable_now(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .unreachable_since
+            .borrow()
+            .iter()
+            .map(|(d, t)| (d.clone(), *t))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// `dest` answered: its outage is over.
     pub fn reachable(&self, dest: &str) {
         self.unreachable_since.borrow_mut().remove(dest);

@@ -18,7 +18,7 @@ commands:
   queue flush [DOMAIN]      retry now, resetting the back-off
   queue retag DOMAIN HOST[:PORT]
   queue stats [--json]      counters since start
-  dnscheck DOMAIN           check a domain's MX setup
+  dnscheck DOMAIN [--json]  check a domain's MX setup
   version                   print the version and target";
 
 /// The parsed command line: `-c PATH` may stand anywhere.
@@ -90,13 +90,22 @@ pub fn main(args: Vec<String>) -> i32 {
         ["run"] => crate::daemon::run(&args.config),
         ["check"] => check(&args.config),
         ["queue", rest @ ..] => crate::control::queue_command(&args.config, rest),
-        ["dnscheck", domain] => match Config::load(&args.config) {
-            Ok(c) => crate::dnscheck::run(&c, domain),
-            Err(e) => {
-                eprintln!("{e}");
-                2
+        ["dnscheck", domain] | ["dnscheck", domain, "--json"] | ["dnscheck", "--json", domain]
+            if crate::control::domain_arg(domain).is_ok() =>
+        {
+            let json = words.contains(&"--json");
+            match Config::load(&args.config) {
+                Ok(c) => crate::dnscheck::run(&c, domain, json),
+                Err(e) => {
+                    eprintln!("{e}");
+                    2
+                }
             }
-        },
+        }
+        ["dnscheck", ..] => {
+            eprintln!("mxspool: usage: dnscheck DOMAIN [--json]");
+            2
+        }
         [] => {
             eprintln!("mxspool: no command given\n{USAGE}");
             2

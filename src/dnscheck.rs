@@ -1,12 +1,14 @@
-//! `mxspool dnscheck DOMAIN`: reads the domain's MX setup through the
-//! configured resolver and explains each finding with its fix, in words a
-//! domain owner can act on. Exit 1 if there is a problem, 0 if there is
-//! only advice or nothing.
+//! `mxspool dnscheck DOMAIN [--json]`: reads the domain's MX setup through
+//! the configured resolver and explains each finding with its fix, in words
+//! a domain owner can act on. Exit 1 if there is a problem, 0 if there is
+//! only advice or nothing. Each finding has a stable machine code (`CODES`)
+//! that `--json` prints next to the words, for LuCI and scripts.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::config::Config;
+use crate::control::json_str;
 use crate::deliver::route::literal;
 use crate::dns::{DnsError, Mx, Resolver};
 
@@ -19,9 +21,26 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     pub severity: Severity,
+    /// Stable machine name of the rule (one of `CODES`).
+    pub code: &'static str,
     pub what: String,
     pub fix: String,
 }
+
+/// Every finding's code, with its severity. Scripts and the LuCI page key
+/// on these: a code is never renamed, only added.
+pub const CODES: &[(&str, Severity)] = &[
+    ("domain_not_found", Severity::Problem),
+    ("null_mx", Severity::Problem),
+    ("not_listed", Severity::Problem),
+    ("best_mx", Severity::Problem),
+    ("only_mx", Severity::Problem),
+    ("ip_literal_mx", Severity::Problem),
+    ("mx_unresolvable", Severity::Problem),
+    ("mx_no_address", Severity::Problem),
+    ("cname_mx", Severity::Advice),
+    ("primary_not_below", Severity::Advice),
+];
 
 /// What the lookups found for one MX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +51,19 @@ pub struct HostInfo {
     pub cname: Option<String>,
 }
 
-fn problem(what: String, fix: String) -> Finding {
+fn problem(code: &'static str, what: String, fix: String) -> Finding {
     Finding {
         severity: Severity::Problem,
+        code,
         what,
         fix,
     }
 }
 
-fn advice(what: String, fix: String) -> Finding {
+fn advice(code: &'static str, what: String, fix: String) -> Finding {
     Finding {
         severity: Severity::Advice,
+        code,
         what,
         fix,
     }
@@ -58,6 +79,7 @@ pub fn analyze(
     let mut out = vec![];
     if records.len() == 1 && records[0].exchange.is_empty() {
         out.push(problem(
+            "null_mx",
             format!("{domain} publishes a null MX (RFC 7505): it declares that it accepts no mail at all"),
             format!("remove the '{domain}. MX 0 .' record, list your own mail server (e.g. MX 10 mail.{domain}.) and {our} below it (MX 20 {our}.)"),
         ));
@@ -70,6 +92,7 @@ pub fn analyze(
         .min();
     match ours {
         None => out.push(problem(
+            "not_listed",
             format!("{our} is not listed as an MX of {domain}: senders will never use this backup"),
             format!(
                 "add a record '{domain}. MX {} {our}.' with a larger number than your primary's",
@@ -85,6 +108,7 @@ pub fn analyze(
             if better == 0 {
                 let only = records.iter().all(|m| m.exchange.eq_ignore_ascii_case(our));
                 out.push(problem(
+                    if only { "only_mx" } else { "best_mx" },
                     format!(
                         "{our} is the {} MX of {domain}: mail would loop back to itself, so mxspool refuses it",
                         if only { "only" } else { "best (lowest preference)" }
@@ -107,6 +131,7 @@ pub fn analyze(
                         .first()
                         .map_or("your primary", |m| m.exchange.as_str());
                     out.push(advice(
+                        "primary_not_below",
                         format!("your primary is not listed again below {our}"),
                         format!("add '{domain}. MX {} {first}.' (primary-secondary-primary): spammers who target the lowest-priority MX then reach the primary, which filters best", p.saturating_add(10)),
                     ));
@@ -123,6 +148,7 @@ pub fn analyze(
         seen.push(&m.exchange);
         if literal(&m.exchange).is_some() {
             out.push(problem(
+                "ip_literal_mx",
                 format!("the MX record 'MX {} {}' names an IP address, not a host (RFC 5321 5.1); mxspool refuses mail for {domain} while it is there", m.preference, m.exchange),
                 format!("create a host record such as 'mail.{domain}. A {}' and point the MX at mail.{domain}.", m.exchange),
             ));
@@ -133,6 +159,7 @@ pub fn analyze(
         };
         match &info.addrs {
             Err(e) => out.push(problem(
+                "mx_unresolvable",
                 format!("the MX host {} does not resolve: {e}", m.exchange),
                 format!(
                     "add A (and AAAA) records for {}, or remove that MX record",
@@ -140,6 +167,7 @@ pub fn analyze(
                 ),
             )),
             Ok(0) => out.push(problem(
+                "mx_no_address",
                 format!("the MX host {} has no address", m.exchange),
                 format!(
                     "add A (and AAAA) records for {}, or remove that MX record",
@@ -150,6 +178,7 @@ pub fn analyze(
         }
         if let Some(c) = &info.cname {
             out.push(advice(
+                "cname_mx",
                 format!("the MX host {} is an alias (CNAME) of {c}; mxspool follows it, but many senders do not (RFC 2181 10.3)", m.exchange),
                 format!("point the MX record at {c} directly"),
             ));
@@ -192,30 +221,126 @@ pub fn report(domain: &str, records: &[Mx], findings: &[Finding]) -> String {
     out
 }
 
+/// The `--json` form: one object with the domain, our hostname, the MX
+/// hosts found (with what their lookups gave), and the findings split into
+/// `problems` and `advice`, each `{code, text, fix}`. `error` is null, or
+/// why the MX records could not be read at all (exit 1, nothing checked).
+pub fn report_json(
+    domain: &str,
+    our: &str,
+    records: &[Mx],
+    hosts: &HashMap<String, HostInfo>,
+    findings: &[Finding],
+    error: Option<&str>,
+) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "{{\"domain\":{},\"hostname\":{},\"mx\":[",
+        json_str(domain),
+        json_str(our)
+    );
+    for (i, m) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let info = hosts.get(&m.exchange);
+        let addresses = match info.map(|h| &h.addrs) {
+            Some(Ok(n)) => n.to_string(),
+            _ => "null".into(),
+        };
+        let lookup_error = match info.map(|h| &h.addrs) {
+            Some(Err(e)) => json_str(e),
+            _ => "null".into(),
+        };
+        let cname = info
+            .and_then(|h| h.cname.as_deref())
+            .map_or("null".into(), json_str);
+        let host = if m.exchange.is_empty() {
+            "."
+        } else {
+            &m.exchange
+        };
+        let _ = write!(
+            out,
+            "{{\"preference\":{},\"host\":{},\"ours\":{},\"ip_literal\":{},\"addresses\":{addresses},\"cname\":{cname},\"error\":{lookup_error}}}",
+            m.preference,
+            json_str(host),
+            m.exchange.eq_ignore_ascii_case(our),
+            literal(&m.exchange).is_some(),
+        );
+    }
+    out.push(']');
+    for (key, severity) in [
+        ("problems", Severity::Problem),
+        ("advice", Severity::Advice),
+    ] {
+        let _ = write!(out, ",\"{key}\":[");
+        for (i, f) in findings
+            .iter()
+            .filter(|f| f.severity == severity)
+            .enumerate()
+        {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"code\":{},\"text\":{},\"fix\":{}}}",
+                json_str(f.code),
+                json_str(&f.what),
+                json_str(&f.fix)
+            );
+        }
+        out.push(']');
+    }
+    let _ = writeln!(
+        out,
+        ",\"error\":{}}}",
+        error.map_or("null".into(), json_str)
+    );
+    out
+}
+
 /// The command. Returns the exit status.
-pub fn run(config: &Config, domain: &str) -> i32 {
+pub fn run(config: &Config, domain: &str, json: bool) -> i32 {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let our = config.main.hostname.as_str();
+    let fail = |e: String| {
+        eprintln!("mxspool: {e}");
+        if json {
+            print!(
+                "{}",
+                report_json(&domain, our, &[], &HashMap::new(), &[], Some(&e))
+            );
+        }
+        1
+    };
     let servers = match crate::dns::system_nameservers(config.main.resolver) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("mxspool: {e}");
-            return 1;
-        }
+        Err(e) => return fail(e.to_string()),
     };
     let resolver = Resolver::new(servers, crate::dns::Options::default());
     smol::block_on(async {
         let records = match resolver.mx(&domain).await {
             Ok(a) => a.records,
             Err(DnsError::NxDomain) => {
-                println!(
-                    "PROBLEM: {domain} does not exist in the DNS\n  fix: check the spelling, or register/delegate the domain"
+                let f = problem(
+                    "domain_not_found",
+                    format!("{domain} does not exist in the DNS"),
+                    "check the spelling, or register/delegate the domain".into(),
                 );
+                if json {
+                    print!(
+                        "{}",
+                        report_json(&domain, our, &[], &HashMap::new(), &[f], None)
+                    );
+                } else {
+                    println!("PROBLEM: {}\n  fix: {}", f.what, f.fix);
+                }
                 return 1;
             }
-            Err(e) => {
-                eprintln!("mxspool: cannot read the MX records of {domain}: {e}");
-                return 1;
-            }
+            Err(e) => return fail(format!("cannot read the MX records of {domain}: {e}")),
         };
         let mut hosts = HashMap::new();
         for m in &records {
@@ -234,8 +359,15 @@ pub fn run(config: &Config, domain: &str) -> i32 {
             };
             hosts.insert(m.exchange.clone(), info);
         }
-        let findings = analyze(&domain, &config.main.hostname, &records, &hosts);
-        print!("{}", report(&domain, &records, &findings));
+        let findings = analyze(&domain, our, &records, &hosts);
+        if json {
+            print!(
+                "{}",
+                report_json(&domain, our, &records, &hosts, &findings, None)
+            );
+        } else {
+            print!("{}", report(&domain, &records, &findings));
+        }
         i32::from(findings.iter().any(|f| f.severity == Severity::Problem))
     })
 }
@@ -366,5 +498,84 @@ mod tests {
         );
         assert_eq!(severities(&f), vec![Severity::Advice]);
         assert!(f[0].fix.contains("real.e.com"));
+    }
+
+    #[test]
+    fn every_code_used_is_listed_with_its_severity() {
+        let mut h = ok(&["mx2.test"]);
+        h.insert(
+            "alias.e.com".into(),
+            HostInfo {
+                addrs: Ok(1),
+                cname: Some("real.e.com".into()),
+            },
+        );
+        h.insert(
+            "gone.e.com".into(),
+            HostInfo {
+                addrs: Err("no such domain".into()),
+                cname: None,
+            },
+        );
+        h.insert(
+            "empty.e.com".into(),
+            HostInfo {
+                addrs: Ok(0),
+                cname: None,
+            },
+        );
+        let layouts: [&[Mx]; 5] = [
+            &[mx(0, "")],
+            &[mx(10, "mx2.test")],
+            &[mx(10, "mx2.test"), mx(20, "alias.e.com")],
+            &[mx(10, "alias.e.com")],
+            &[
+                mx(10, "192.0.2.1"),
+                mx(11, "gone.e.com"),
+                mx(12, "empty.e.com"),
+                mx(20, "mx2.test"),
+            ],
+        ];
+        let mut seen = vec![];
+        for r in layouts {
+            for f in analyze("e.com", "mx2.test", r, &h) {
+                let listed = CODES.iter().find(|(c, _)| *c == f.code);
+                assert_eq!(listed.map(|l| l.1), Some(f.severity), "{}", f.code);
+                seen.push(f.code);
+            }
+        }
+        for (c, _) in CODES {
+            assert!(
+                *c == "domain_not_found" || seen.contains(c),
+                "{c} never produced"
+            );
+        }
+    }
+
+    #[test]
+    fn json_report_splits_problems_and_advice_and_lists_the_hosts() {
+        let mut h = ok(&["mx2.test"]);
+        h.insert(
+            "gone.e.com".into(),
+            HostInfo {
+                addrs: Err("no \"such\" domain".into()),
+                cname: None,
+            },
+        );
+        let r = [mx(10, "gone.e.com"), mx(20, "mx2.test")];
+        let f = analyze("e.com", "mx2.test", &r, &h);
+        let j = report_json("e.com", "mx2.test", &r, &h, &f, None);
+        assert!(j.starts_with("{\"domain\":\"e.com\",\"hostname\":\"mx2.test\",\"mx\":["));
+        assert!(j.contains("{\"preference\":10,\"host\":\"gone.e.com\",\"ours\":false,\"ip_literal\":false,\"addresses\":null,\"cname\":null,\"error\":\"no \\\"such\\\" domain\"}"), "{j}");
+        assert!(j.contains("\"ours\":true"), "{j}");
+        assert!(
+            j.contains("\"problems\":[{\"code\":\"mx_unresolvable\""),
+            "{j}"
+        );
+        assert!(
+            j.contains("\"advice\":[{\"code\":\"primary_not_below\""),
+            "{j}"
+        );
+        assert!(j.ends_with(",\"error\":null}\n"), "{j}");
     }
 }

@@ -4,13 +4,15 @@
 # On a fresh Debian 12 machine with only the Rust toolchain and python3:
 #   1. installs the apt packages the integration tests need (postfix, swaks,
 #      util-linux for script(1), nsd, openssl for the tests' self-signed
-#      certificates, postgrey) when missing, unpacks Exim and OpenSMTPD under
+#      certificates, postgrey, nodejs and lua5.1 for the LuCI app and the
+#      metrics collector) when missing, unpacks Exim and OpenSMTPD under
 #      /var/tmp (tests/integration/real_peers.sh), and pytest when missing;
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
 #   3. cargo build (debug), cargo test (unit tests);
 #   4. python3 -m pytest -q tests/integration against the built binary (skip
 #      reasons printed, -rsfE; the skip count goes to the closing summary);
-#   5. the OpenWrt package checks (init script under stub procd, shellcheck)
+#   5. the OpenWrt package checks (init script under stub procd, shellcheck;
+#      the LuCI app and the metrics collector: lint, node --test, lua5.1)
 #      and the mips32 source lint;
 #   6. for each MXSPOOL_CROSS target: cross/setup.sh (pinned zig, nightly,
 #      qemu-user), the unit tests (debug) under qemu, then this whole
@@ -80,8 +82,9 @@ install_packages() {
 	# move the daemon's wall clock (libfaketime); postgrey: the greylisting
 	# policy daemon of a test primary (test_primaries.py); strace: the
 	# durability test reads the order of fsync and the 250 reply from a
-	# syscall trace.
-	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime postgrey strace) missing=() p
+	# syscall trace; nodejs: the LuCI views run under node --test with
+	# stand-ins for LuCI; lua5.1: the Prometheus collector runs under it.
+	local pkgs=(postfix swaks util-linux shellcheck dnsmasq-base spamassassin spamd clamav-daemon nsd openssl faketime postgrey strace nodejs lua5.1) missing=() p
 	for p in "${pkgs[@]}"; do
 		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 	done
@@ -208,6 +211,10 @@ step "integration tests" integration_tests "${MXSPOOL_TEST_LABEL:-native}" "$@"
 
 if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
 	step "OpenWrt init script and shell checks" sh board/openwrt/tests/test-init.sh
+	# JSON/JS/Lua lint, the LuCI app's ACL/menu/settings checks and the
+	# collector on sample stats; the views and the collector fed by the real
+	# daemon run in the integration suite (test_openwrt_ui.py).
+	step "OpenWrt LuCI app and metrics collector" sh board/openwrt/tests/test-luci.sh
 	step "mips32 source lint" cross/lint-mips32.sh
 	unit_targets=" ${MXSPOOL_CROSS_UNIT:-mips-unknown-linux-musl} "
 	for t in ${MXSPOOL_CROSS:-mips-unknown-linux-musl mipsel-unknown-linux-musl}; do

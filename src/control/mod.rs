@@ -138,6 +138,22 @@ fn parse_limit(v: &str) -> Result<u64, String> {
     }
 }
 
+/// A DOMAIN argument: letters, digits, dots and hyphens, not starting with
+/// '-' (configured domains are ASCII, IDNs in their xn-- form). Checked
+/// before the configuration is read, so words glued together by a caller
+/// (LuCI's ACL wildcards span spaces) are refused as usage errors.
+pub fn domain_arg(d: &str) -> Result<(), String> {
+    let ok = !d.is_empty()
+        && !d.starts_with('-')
+        && d.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("'{}' is not a domain name", term_str(d)))
+    }
+}
+
 /// Checks the words of a `queue` command before anything is sent, so bad
 /// usage is exit 2 even with no daemon running.
 pub fn validate(words: &[&str]) -> Result<(), String> {
@@ -145,13 +161,17 @@ pub fn validate(words: &[&str]) -> Result<(), String> {
     match words {
         ["list", rest @ ..] => ListArgs::parse(rest).map(|_| ()),
         ["stats", rest @ ..] if json_ok(rest) => Ok(()),
-        ["flush"] | ["flush", _] => Ok(()),
+        ["flush"] => Ok(()),
+        ["flush", domain] => domain_arg(domain),
         ["show", id] | ["delete", id] | ["bounce", id] => crate::spool::parse_id(id)
             .map(|_| ())
             .ok_or_else(|| format!("'{id}' is not a queue id")),
-        ["retag", _domain, dest] => crate::config::HostPort::parse(dest, 25)
-            .map(|_| ())
-            .map_err(|e| format!("bad destination '{dest}': {e}")),
+        ["retag", domain, dest] => {
+            domain_arg(domain)?;
+            crate::config::HostPort::parse(dest, 25)
+                .map(|_| ())
+                .map_err(|e| format!("bad destination '{}': {e}", term_str(dest)))
+        }
         [] => {
             Err("queue needs a subcommand: list, show, flush, delete, bounce, retag, stats".into())
         }
@@ -348,6 +368,16 @@ mod tests {
         assert!(validate(&["list", "--bogus"]).is_err());
         assert!(validate(&["show", "ZZZ"]).is_err());
         assert!(validate(&["retag", "example.com"]).is_err());
+        assert!(validate(&["flush", "example.com"]).is_ok());
+        assert!(validate(&["flush", "Example.COM."]).is_ok());
+        for bad in ["x -c /etc/shadow", "-c", "", "a b", "é.example"] {
+            assert!(validate(&["flush", bad]).is_err(), "{bad:?}");
+            assert!(
+                validate(&["retag", bad, "mail.example.com"]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(validate(&["retag", "example.com", "x -c /etc/shadow"]).is_err());
         assert!(validate(&["frobnicate"]).is_err());
         assert!(validate(&[]).is_err());
     }

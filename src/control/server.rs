@@ -317,8 +317,16 @@ fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
             .iter()
             .map(|(k, v)| format!("{}:{v}", json_str(k)))
             .collect();
+        // Destination → seconds since its outage began (the LuCI status
+        // and the metrics say "primary unreachable" from this).
+        let unreachable: Vec<String> = ctx
+            .alerts
+            .unreachable_now()
+            .iter()
+            .map(|(d, since)| format!("{}:{}", json_str(d), now.saturating_sub(*since)))
+            .collect();
         format!(
-            "{{\"accepted\":{},\"rejected\":{{{}}},\"delivered\":{},\"deferred\":{},\"bounced\":{},\"queued\":{},\"oldest_age\":{oldest},\"spool_bytes\":{},\"guard_refusals\":{},\"callahead\":{{{}}},\"uptime\":{}}}\n",
+            "{{\"accepted\":{},\"rejected\":{{{}}},\"delivered\":{},\"deferred\":{},\"bounced\":{},\"queued\":{},\"oldest_age\":{oldest},\"spool_bytes\":{},\"max_spool_size\":{},\"guard_refusals\":{},\"callahead\":{{{}}},\"unreachable\":{{{}}},\"uptime\":{}}}\n",
             st.accepted,
             rejected.join(","),
             st.delivered,
@@ -326,8 +334,10 @@ fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
             st.bounced,
             sp.messages,
             sp.bytes,
+            ctx.config().main.max_spool_size,
             st.guard_refusals,
             callahead.join(","),
+            unreachable.join(","),
             now.saturating_sub(st.started)
         )
     } else {
@@ -348,6 +358,9 @@ fn stats(ctx: &Ctx, now: u64, json: bool) -> String {
         let _ = writeln!(out, "guard refusals: {}", st.guard_refusals);
         for (k, v) in &st.callahead {
             let _ = writeln!(out, "call-ahead {k}: {v}");
+        }
+        for (d, since) in ctx.alerts.unreachable_now() {
+            let _ = writeln!(out, "unreachable: {d} for {}", age(now, since));
         }
         out
     }
