@@ -25,13 +25,29 @@ impl Listeners {
     pub fn bind(addrs: &[SocketAddr]) -> Result<Listeners, String> {
         let l = Listeners::default();
         for a in addrs {
-            l.add(*a)?;
+            match bind_one(*a) {
+                Ok(s) => l.push(*a, s),
+                // The default configuration listens on [::]:25 and
+                // 0.0.0.0:25: a router kernel built without IPv6 still
+                // gets its IPv4 listener.
+                Err(e) if no_ipv6(a, &e) && addrs.iter().any(|o| o.is_ipv4()) => {
+                    log::warn!(
+                        "id=NOQUEUE event=listen_skipped addr={a} reason=\"this kernel has no IPv6\""
+                    );
+                }
+                Err(e) => return Err(format!("cannot listen on {a}: {e}")),
+            }
         }
         Ok(l)
     }
 
     fn add(&self, a: SocketAddr) -> Result<(), String> {
         let s = bind_one(a).map_err(|e| format!("cannot listen on {a}: {e}"))?;
+        self.push(a, s);
+        Ok(())
+    }
+
+    fn push(&self, a: SocketAddr, s: std::net::TcpListener) {
         let local = s.local_addr().unwrap_or(a);
         self.entries.borrow_mut().push(Entry {
             addr: a,
@@ -39,7 +55,6 @@ impl Listeners {
             socket: Some(s),
             stop: None,
         });
-        Ok(())
     }
 
     pub fn active(&self) -> usize {
@@ -92,6 +107,12 @@ const BACKLOG: i32 = 128;
 /// Binds (as root: port 25) but does not listen yet: `start` does, once the
 /// daemon is ready, so a client (procd, a test) that sees the port accept
 /// knows the spool is open and SIGHUP/SIGTERM are handled.
+/// Whether binding `addr` failed because the kernel has no IPv6 at all
+/// (built without it, or booted with ipv6.disable=1).
+fn no_ipv6(addr: &SocketAddr, e: &std::io::Error) -> bool {
+    addr.is_ipv6() && e.raw_os_error() == Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error())
+}
+
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let family = if addr.is_ipv6() {
         rustix::net::AddressFamily::INET6
@@ -244,3 +265,17 @@ async fn refuse(mut stream: TcpStream, host: String) {
 }
 
 pub use crate::net::canonical_ip;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_kernel_without_ipv6_lets_an_ipv6_listener_be_skipped() {
+        let v6: std::net::SocketAddr = "[::]:25".parse().unwrap();
+        let v4: std::net::SocketAddr = "0.0.0.0:25".parse().unwrap();
+        let afno = std::io::Error::from_raw_os_error(rustix::io::Errno::AFNOSUPPORT.raw_os_error());
+        let inuse = std::io::Error::from_raw_os_error(rustix::io::Errno::ADDRINUSE.raw_os_error());
+        assert!(super::no_ipv6(&v6, &afno));
+        assert!(!super::no_ipv6(&v6, &inuse), "a port in use is an error");
+        assert!(!super::no_ipv6(&v4, &afno));
+    }
+}

@@ -4,6 +4,8 @@ spool_dir (the daemon's user could plant one to be handed any file)."""
 
 import os
 import pwd
+import re
+import shutil
 import stat
 
 import pytest
@@ -80,6 +82,31 @@ def test_a_spool_on_an_unmounted_disk_is_not_started_on_flash(workdir, mxspool_c
     assert (usb / "mxspool").is_dir()
     assert stat.S_IMODE((usb / "mxspool").stat().st_mode) == 0o700
     assert "event=spool_created" in mx.log(), mx.log()
+    msg, _ = make_message()
+    assert send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg).accepted
+    assert mx.stop() == 0
+
+
+@pytest.mark.skipif(bool(os.environ.get("MXSPOOL_RUNNER")),
+                    reason="strace's fault injection would hit qemu-user's own calls")
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+def test_a_kernel_without_ipv6_still_gets_the_ipv4_listener(mxspool, workdir):
+    """The default OpenWrt configuration listens on [::]:25 and 0.0.0.0:25.
+    A kernel without IPv6 (socket(AF_INET6) fails with EAFNOSUPPORT, made
+    here by strace's fault injection on the first socket call, the IPv6
+    listener's) must not stop the daemon: the IPv6 listener is skipped with
+    a log line, and mail is taken on IPv4."""
+    port = free_port()
+    mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d")
+    mx.main["listen"] = [f"[::1]:{port}", f"127.0.0.1:{mx.port}"]
+    mx.write_config()
+    trace = workdir / "strace.txt"
+    mx.wrapper = [shutil.which("strace"), "-f", "-o", str(trace), "-e", "trace=socket",
+                  "-e", "inject=socket:error=EAFNOSUPPORT:when=1"]
+    mx.start()
+    first = next(line for line in trace.read_text().splitlines() if "socket(" in line)
+    assert "AF_INET6" in first and "EAFNOSUPPORT" in first, first
+    assert re.search(rf"event=listen_skipped addr=\[::1\]:{port} ", mx.log()), mx.log()
     msg, _ = make_message()
     assert send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg).accepted
     assert mx.stop() == 0
