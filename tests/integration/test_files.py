@@ -3,6 +3,7 @@ daemon's user only, and root never follows a symbolic link inside
 spool_dir (the daemon's user could plant one to be handed any file)."""
 
 import os
+from pathlib import Path
 import pwd
 import re
 import shutil
@@ -33,6 +34,49 @@ def test_spool_and_control_socket_are_private(mxspool):
     for name in files:
         assert mode(mx.spool_dir / name) == 0o600, (name, oct(mode(mx.spool_dir / name)))
     assert mode(mx.control_socket) & 0o077 == 0, oct(mode(mx.control_socket))
+
+
+def privileged_free_port():
+    import socket
+    for port in range(600, 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    pytest.skip("no free port below 1024")
+
+
+def test_the_shipped_openwrt_config_runs_the_daemon_as_its_user(mxspool, workdir):
+    """The OpenWrt package runs mxspool as its own user: the shipped
+    configuration says `option user 'mxspool'` (the package's USERID makes
+    the user). Started as root with that configuration (the user here:
+    nobody, as this machine has no mxspool user; the listener: a port below
+    1024, as 25 is), the daemon binds the privileged port before it drops
+    root, then runs with no uid 0 left (real, effective, saved, fs), and
+    takes mail into a spool only it can read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    if os.environ.get("MXSPOOL_RUNNER"):
+        pytest.skip("privilege drop cannot be checked under an emulator (MXSPOOL_RUNNER)")
+    root = Path(__file__).resolve().parents[2]
+    shipped = (root / "board/openwrt/files/mxspool.config").read_text()
+    assert re.search(r"^\s*option user 'mxspool'", shipped, re.M), "the shipped config runs as root"
+    makefile = (root / "board/openwrt/Makefile").read_text()
+    assert re.search(r"USERID:=mxspool=\d+:mxspool=\d+", makefile), "the package makes no mxspool user"
+    port = privileged_free_port()
+    mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d",
+                 user="nobody", port=port)
+    mx.start()
+    status = Path(f"/proc/{mx.proc.pid}/status").read_text()
+    for field in ("Uid", "Gid"):
+        ids = re.search(rf"^{field}:\s+(.*)$", status, re.M).group(1).split()
+        assert "0" not in ids, f"{field}: {ids}"
+    msg, _ = make_message()
+    assert send_mail(mx.port, "s@sender.test", ["alice@example.com"], msg).accepted
+    assert os.stat(mx.spool_dir).st_uid == pwd.getpwnam("nobody").pw_uid
+    assert mx.stop() == 0
 
 
 def test_root_never_follows_a_link_inside_spool_dir(mxspool, workdir):

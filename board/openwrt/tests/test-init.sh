@@ -78,18 +78,29 @@ extra_command() { record extra_command "$@"; }
 procd_send_signal() { record procd_send_signal "$@"; }
 procd_kill() { record procd_kill "$@"; }
 procd_running() { record procd_running "$@"; [ "$RUNNING" = 1 ]; }
+procd_add_restart_mount_trigger() { record procd_add_restart_mount_trigger "$@"; }
+logger() { record logger "$@"; }
 start() { record start "$@"; start_service "$@"; }
 stop() { record stop "$@"; }
 # shellcheck disable=SC1090
 . "$INIT"
+# `mxspool check`: a stand-in that records its arguments and exits CHECK_RC.
+PROG=$STUB_PROG
 EOF
+cat >"$TMP/mxspool" <<'EOF'
+#!/bin/sh
+line=mxspool; for a in "$@"; do line="$line <$a>"; done
+printf '%s\n' "$line" >>"$CALLS"
+[ "${CHECK_RC:-0}" = 0 ] || { echo "/etc/config/mxspool:9: option 'hostname': missing" >&2; exit "$CHECK_RC"; }
+EOF
+chmod +x "$TMP/mxspool"
 
 run() { # CONFIG_FILE RUNNING ACTION... -> calls in $TMP/calls, output in
 	# $TMP/run.out, the exit status of the (last) action in $TMP/status
 	cfg=$1; running=$2; shift 2
 	: >"$TMP/calls"
 	actions=$*
-	INIT=$INIT CONFIG_FILE=$cfg CALLS=$TMP/calls RUNNING=$running \
+	INIT=$INIT CONFIG_FILE=$cfg CALLS=$TMP/calls RUNNING=$running STUB_PROG=$TMP/mxspool \
 		$SH -c ". \"$TMP/harness.sh\"; $actions; rc=\$?; echo \"START=\$START STOP=\$STOP USE_PROCD=\$USE_PROCD\" >\"$TMP/vars\"; exit \$rc" \
 		>"$TMP/run.out" 2>&1
 	echo $? >"$TMP/status"
@@ -106,10 +117,14 @@ order() { # A B: first line starting with A comes before first line starting wit
 	echo "want '$1' before '$2'"; cat "$TMP/calls"; return 1
 }
 
-# Config variants derived from the shipped default.
-sed "s/option enabled '0'/option enabled '1'/" "$CONFIG" >"$TMP/enabled.conf"
-sed "s/option enabled '0'/option enabled 'yes'/" "$CONFIG" >"$TMP/enabled-yes.conf"
-grep -v "option enabled" "$CONFIG" >"$TMP/no-enabled.conf"
+# Config variants derived from the shipped default, with spool_dir where
+# this machine has it (the shipped /usr/var/spool/mxspool is the router's).
+mkdir -p "$TMP/mnt/usb"
+sed "s|option spool_dir '.*'|option spool_dir '$TMP/mnt/usb/mxspool'|" "$CONFIG" >"$TMP/here.conf"
+sed "s/option enabled '0'/option enabled '1'/" "$TMP/here.conf" >"$TMP/enabled.conf"
+sed "s/option enabled '0'/option enabled 'yes'/" "$TMP/here.conf" >"$TMP/enabled-yes.conf"
+grep -v "option enabled" "$TMP/here.conf" >"$TMP/no-enabled.conf"
+sed "s|option spool_dir '.*'|option spool_dir '$TMP/mnt/sdb/mxspool'|" "$TMP/enabled.conf" >"$TMP/unmounted.conf"
 
 # --- header variables -----------------------------------------------------------
 check "init: first line is '#!/bin/sh /etc/rc.common'" \
@@ -123,8 +138,11 @@ check "start_service (enabled): runs cleanly" test ! -s "$TMP/run.out"
 check "start_service (enabled): returns 0" status_is 0
 check "start_service: loads the mxspool config" has "config_load <mxspool>"
 check "start_service: opens instance mxspool" has "procd_open_instance <mxspool>"
+# (PROG is the stand-in in these runs: the real path is checked on the file.)
+check "init: PROG=/usr/sbin/mxspool" grep -Fx "PROG=/usr/sbin/mxspool" "$INIT"
 check "start_service: exact command line" \
-	has "procd_set_param <command> </usr/sbin/mxspool> <run> <-c> </etc/config/mxspool>"
+	has "procd_set_param <command> <$TMP/mxspool> <run> <-c> </etc/config/mxspool>"
+check "start_service: checks the configuration first" order "mxspool <check> <-c> </etc/config/mxspool>" "procd_open_instance"
 check "start_service: respawn" has "procd_set_param <respawn>"
 check "start_service: file param (restart on config change)" has "procd_set_param <file> </etc/config/mxspool>"
 check "start_service: stdout to syslog" has "procd_set_param <stdout> <1>"
@@ -152,6 +170,8 @@ check "start_service (no enabled option): starts, as the daemon default is 1" ha
 # --- triggers and reload ----------------------------------------------------------
 run "$TMP/enabled.conf" 1 service_triggers
 check "service_triggers: reload trigger on config mxspool" has "procd_add_reload_trigger <mxspool>"
+check "service_triggers: restart when spool_dir's disk is mounted" \
+	has "procd_add_restart_mount_trigger <$TMP/mnt/usb/mxspool>"
 check "service_triggers: flush 5 s after wan comes up" \
 	has "procd_add_interface_trigger <delay=5000> <interface.*.up> <wan> </etc/init.d/mxspool> <flush>"
 check "service_triggers: flush 5 s after wan6 comes up" \
@@ -170,6 +190,21 @@ check "flush (running): runs cleanly" test ! -s "$TMP/run.out"
 run "$TMP/enabled.conf" 0 "PROG=$TMP/fake-mxspool; flush"
 check "flush (not running): runs nothing" hasnt "mxspool <queue>"
 check "init: declares the flush command" has "extra_command <flush> <Retry all queued mail now>"
+
+# --- spool_dir on a disk that is not mounted; a configuration check that fails --
+run "$TMP/unmounted.conf" 0 start_service
+check "start_service (spool disk not mounted): starts nothing" hasnt "procd_open_instance"
+check "start_service (spool disk not mounted): says so in the log" \
+	grep -F "logger <-t> <mxspool> <-p> <daemon.warn> <spool_dir $TMP/mnt/sdb/mxspool is not there (disk not mounted?): mxspool starts when it is mounted>" "$TMP/calls"
+check "start_service (spool disk not mounted): returns 0 (the mount trigger starts it)" status_is 0
+mkdir -p "$TMP/mnt/sdb"
+run "$TMP/unmounted.conf" 0 start_service
+check "start_service (disk mounted, spool_dir not made yet): starts" has "procd_open_instance <mxspool>"
+CHECK_RC=2 run "$TMP/enabled.conf" 0 start_service
+check "start_service (check fails): starts nothing" hasnt "procd_open_instance"
+check "start_service (check fails): one log line with check's message" \
+	has "logger <-t> <mxspool> <-p> <daemon.err> <not started: /etc/config/mxspool:9: option 'hostname': missing>"
+check "start_service (check fails): returns 1" status_is 1
 run "$TMP/enabled.conf" 1 reload_service
 check "reload_service (running): SIGHUP via procd_send_signal" has "procd_send_signal <mxspool> <*> <HUP>"
 check "reload_service (running): no restart" hasnt "procd_open_instance"
