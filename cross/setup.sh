@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cross/setup.sh — install the cross-build tools for mxspool, from registries only.
 #
-#   apt:     qemu-user (qemu-mips, qemu-mipsel, qemu-arm, qemu-aarch64), shellcheck
+#   apt:     qemu-user (qemu-mips, qemu-mipsel, qemu-arm, qemu-aarch64), shellcheck,
+#            llvm (llvm-strip for the router builds)
 #   PyPI:    ziglang==0.17.1       (zig: linker, musl libc, libunwind, C compiler for the target)
 #   crates:  cargo-zigbuild 0.24.1 (cargo install --locked)
 #   rustup:  stable + x86_64/aarch64 musl targets; pinned nightly with rust-src (-Zbuild-std)
@@ -32,6 +33,7 @@ for b in qemu-mips qemu-mipsel qemu-arm qemu-aarch64; do
 	command -v "$b" >/dev/null 2>&1 || { apt_missing+=(qemu-user); break; }
 done
 command -v shellcheck >/dev/null 2>&1 || apt_missing+=(shellcheck)
+command -v llvm-strip >/dev/null 2>&1 || apt_missing+=(llvm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
 	say "apt-get install ${apt_missing[*]}"
 	as_root apt-get update
