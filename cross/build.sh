@@ -84,7 +84,8 @@ build)
 	BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$T/$DIR/mxspool
 	[ -f "$BIN" ] || { echo "cross/build.sh: built, but $BIN is missing" >&2; exit 1; }
 	echo "binary $BIN"
-	# Strip in place as a package build does. The linker's strip (strip=true)
+	# Strip in place as OpenWrt's package build does (its default for musl
+	# builds, sstrip, drops all that no segment loads). The linker's strip (strip=true)
 	# keeps sections nothing loads: on MIPS .pdr, one procedure descriptor
 	# per function (199 KB of the mipsel build), and .comment. llvm-strip
 	# --strip-all drops them; done in place, so the binary the tests run
