@@ -69,7 +69,7 @@ fn advice(code: &'static str, what: String, fix: String) -> Finding {
     }
 }
 
-/// The rules of CONTRACT.md "DNS rules", as a pure function.
+/// The DNS rules of `deliver_to 'mx'` that `dnscheck` reports, as a pure function.
 pub fn analyze(
     domain: &str,
     our: &str,

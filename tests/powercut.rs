@@ -1,4 +1,4 @@
-//! Power-cut simulation of the spool (issue 9).
+//! Power-cut simulation of the spool.
 //!
 //! The spool's redb database and its commit journal run on an in-memory
 //! disk (two files) that behaves like a real one under a power cut: writes

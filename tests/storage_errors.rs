@@ -1,4 +1,4 @@
-//! Storage errors that go away (issue 17, part 3): a sync fails once (EIO,
+//! Storage errors that go away: a sync fails once (EIO,
 //! ENOSPC), the spool reopens at its last durable state and goes on.
 //!
 //! What it protects: no message gets a `250` with a part of its body

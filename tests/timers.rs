@@ -1,4 +1,5 @@
-//! The reactor's timers fire on every target (issue 20).
+//! The reactor's timers fire on every target (on 32-bit MIPS musl they
+//! once never did: cross/repro/rustix-timerfd).
 //!
 //! polling (under async-io, under smol) arms a timerfd for each wait and
 //! then sleeps in epoll with no timeout of its own. On 32-bit MIPS musl,

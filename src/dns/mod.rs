@@ -1,4 +1,4 @@
-//! The DNS resolver (issue 3): a caching stub resolver for MX, A/AAAA, TXT,
+//! The DNS resolver: a caching stub resolver for MX, A/AAAA, TXT,
 //! PTR, asking the configured recursive name servers.
 //!
 //! Layout: `wire` (sans-IO: build, parse, validate, interpret), `cache`
