@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use mxspool::deliver::destination::Destination;
+use mxspool::spool::Destination;
 use mxspool::spool::{
     Attempt, CacheEntry, Message, QueueId, RcptState, Recipient, Spool, SpoolOptions, format_id,
 };

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mxspool::deliver::dsn::{self, Action, DsnInput, RecipientReport};
-use mxspool::receive::received::{ReceivedInfo, received_header};
+use mxspool::compose::dsn::{self, Action, DsnInput, RecipientReport};
+use mxspool::compose::received::{ReceivedInfo, received_header};
 
 #[path = "common.rs"]
 mod common;

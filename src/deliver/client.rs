@@ -11,7 +11,7 @@ use async_net::TcpStream;
 use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use super::destination::Destination;
+use crate::spool::Destination;
 use super::eightbit::{self, Decision, Traits};
 use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::destination::Destination;
+use crate::spool::Destination;
 use super::route;
 use crate::daemon::Ctx;
 use crate::spool::Filter;

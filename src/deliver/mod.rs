@@ -10,13 +10,10 @@
 //! waiting for it at once (one connection attempt, not one per message).
 
 pub mod client;
-pub mod destination;
 pub mod down;
-pub mod dsn;
 pub mod eightbit;
 pub mod guard;
 pub mod hostcheck;
-pub mod retry;
 pub mod route;
 
 use std::cell::RefCell;
@@ -28,7 +25,7 @@ use smol::channel::Receiver;
 
 use crate::daemon::Ctx;
 use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
-use destination::Destination;
+use crate::spool::Destination;
 
 /// Jobs (message, destination) held in memory at most; more due mail waits
 /// in the spool's schedule until some finish.

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::destination::Destination;
+use crate::spool::Destination;
 use crate::dns::{DnsError, Mx, Resolver};
 
 /// One address to try, with the name it was found under (for the log and

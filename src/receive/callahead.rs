@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Domain, OnTempfail};
 use crate::daemon::Ctx;
 use crate::deliver::client::{self, Conn};
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 use crate::smtp::client::Event;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::CacheEntry;

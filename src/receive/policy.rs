@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Config, DeliverTo, Verify};
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{MailFrom, RcptTo};
 use crate::spool::Spool;

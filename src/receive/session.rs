@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::policy;
-use super::received::{ReceivedInfo, received_header};
+use crate::compose::received::{ReceivedInfo, received_header};
 use crate::daemon::Ctx;
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{BODY_CHUNK, BodyType, DataRefusal, Event, Params, Session};
 use crate::spool::{self, Envelope, QueueId};

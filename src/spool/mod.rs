@@ -21,7 +21,9 @@
 //! own read transactions from any thread; redb serves them from a snapshot
 //! without waiting for the writer.
 
+pub mod destination;
 pub mod journal;
+pub mod retry;
 pub mod schema;
 
 use std::collections::{BTreeSet, HashSet};
@@ -36,9 +38,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use smol::channel::{Receiver, Sender, bounded};
 
 use crate::config::RetryStep;
-use crate::deliver::destination::Destination;
-use crate::deliver::dsn;
-use crate::deliver::retry::{self, Next};
+use crate::compose::dsn;
+pub use destination::Destination;
+use retry::Next;
 pub use schema::CacheEntry;
 use schema::{ATTEMPTS, CALLAHEAD, CALLAHEAD_EXPIRY, CHUNKS, INCOMING, MESSAGES, META, SCHEDULE};
 pub use schema::{Attempt, Message, RcptState, Recipient};

@@ -17,7 +17,7 @@
 
 use redb::TableDefinition;
 
-use crate::deliver::destination::Destination;
+use super::Destination;
 
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 pub const CHUNKS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("chunks");
