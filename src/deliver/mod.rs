@@ -24,8 +24,8 @@ use std::time::Duration;
 use smol::channel::Receiver;
 
 use crate::daemon::Ctx;
-use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
 use crate::spool::Destination;
+use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
 
 /// Jobs (message, destination) held in memory at most; more due mail waits
 /// in the spool's schedule until some finish.
