@@ -26,6 +26,8 @@ pub(super) fn status_of(reply: &str) -> Option<String> {
     }
 }
 
+/// Queues the DSN for the recipients of `m` that failed (`failed`: refused
+/// for good, `expired`: out of time); returns its id.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn make_dsn(
     tx: &redb::WriteTransaction,
@@ -42,28 +44,15 @@ pub(super) fn make_dsn(
         let Some(r) = m.recipients.get(i) else {
             continue;
         };
-        reports.push(dsn::RecipientReport {
-            address: r.address.clone(),
-            action: dsn::Action::Failed,
-            status: status_of(&r.last_reply).unwrap_or_else(|| "5.0.0".into()),
-            diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
-            remote_mta: remote_host(&r.remote),
-            last_attempt: (r.last_attempt > 0).then(|| crate::clock::to_unix(r.last_attempt)),
-        });
+        let status = status_of(&r.last_reply).unwrap_or_else(|| "5.0.0".into());
+        reports.push(report(r, status));
     }
     for &i in expired {
         let Some(r) = m.recipients.get(i) else {
             continue;
         };
-        reports.push(dsn::RecipientReport {
-            address: r.address.clone(),
-            action: dsn::Action::Failed,
-            // RFC 3463 X.4.7: delivery time expired.
-            status: "5.4.7".into(),
-            diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
-            remote_mta: remote_host(&r.remote),
-            last_attempt: (r.last_attempt > 0).then(|| crate::clock::to_unix(r.last_attempt)),
-        });
+        // RFC 3463 X.4.7: delivery time expired.
+        reports.push(report(r, "5.4.7".into()));
     }
     let headers = original_headers(tx, id, m.chunks)?;
     let dsn_id = {
@@ -86,6 +75,32 @@ pub(super) fn make_dsn(
         message_id: &message_id,
         utf8: m.flags & schema::FLAG_SMTPUTF8 != 0,
     });
+    queue_dsn(tx, st, dsn_id, m, &body, policy, now)?;
+    Ok(dsn_id)
+}
+
+/// One failed recipient, as the DSN reports it.
+fn report(r: &Recipient, status: String) -> dsn::RecipientReport {
+    dsn::RecipientReport {
+        address: r.address.clone(),
+        action: dsn::Action::Failed,
+        status,
+        diagnostic: (!r.last_reply.is_empty()).then(|| r.last_reply.clone()),
+        remote_mta: remote_host(&r.remote),
+        last_attempt: (r.last_attempt > 0).then(|| crate::clock::to_unix(r.last_attempt)),
+    }
+}
+
+/// Stores the DSN `body` as message `dsn_id` from `<>` to the sender of `m`.
+fn queue_dsn(
+    tx: &redb::WriteTransaction,
+    st: &mut ThreadState,
+    dsn_id: QueueId,
+    m: &Message,
+    body: &[u8],
+    policy: &ReturnPolicy,
+    now: u64,
+) -> Result<(), SpoolError> {
     // RFC 6533: to an SMTPUTF8 sender the DSN goes with SMTPUTF8 (its
     // address may need it); 8-bit text goes with BODY=8BITMIME.
     let mut flags = schema::FLAG_DSN | (m.flags & schema::FLAG_SMTPUTF8);
@@ -112,25 +127,20 @@ pub(super) fn make_dsn(
         }
     }
     let size = body.len() as u64;
-    commit_message(
-        tx,
-        dsn_id,
-        Envelope {
-            sender: String::new(),
-            recipients: vec![(m.sender.clone(), destination)],
-            flags,
-            client: "mxspool (delivery status notification)".into(),
-            arrival: now,
-            first_attempt: now,
-            note: String::new(),
-        },
-        chunks,
-        size,
-    )?;
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![(m.sender.clone(), destination)],
+        flags,
+        client: "mxspool (delivery status notification)".into(),
+        arrival: now,
+        first_attempt: now,
+        note: String::new(),
+    };
+    commit_message(tx, dsn_id, envelope, chunks, size)?;
     st.bytes_delta += size as i64;
     st.messages_delta += 1;
     st.wake = true;
-    Ok(dsn_id)
+    Ok(())
 }
 
 pub(super) fn remote_host(remote: &str) -> Option<String> {

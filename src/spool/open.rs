@@ -78,81 +78,24 @@ impl Spool {
         let journal_path = dir.join(JOURNAL_FILE);
         let existed = path.exists() && journal_path.exists();
         if backend.is_none() {
-            // Spools made by older versions (or another umask) were 0755/0644.
-            // The directory may be a link to the real one (followed); its
-            // files are never followed (make_private skips links).
-            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-            for (p, mode) in [
-                (real.as_path(), 0o700),
-                (path.as_path(), 0o600),
-                (journal_path.as_path(), 0o600),
-            ] {
-                if p.exists() {
-                    make_private(p, mode).map_err(SpoolError::Storage)?;
-                }
-            }
+            make_files_private(dir, &path, &journal_path)?;
         }
         let cache_size = usize::try_from(opts.cache_size).unwrap_or(usize::MAX);
         let db = open_db(&path, cache_size, backend.as_ref())?;
-        let mut journal = open_journal(&journal_path, opts.journal_size, backend.as_ref())?;
+        let journal = open_journal(&journal_path, opts.journal_size, backend.as_ref())?;
         if !existed && backend.is_none() {
             // The new files' directory entries must survive a power cut too.
             sync_dir(dir);
         }
-        let replayed = match journal
-            .as_mut()
-            .map(|j| replay_journal(&db, j))
-            .transpose()?
-        {
-            Some(Ok(n)) => n,
-            None => 0,
-            Some(Err(e)) => {
-                // A journal that cannot be read (EIO) must not stop every
-                // start (procd would restart into the same error forever):
-                // its bytes are kept aside for recovery, a new one is used.
-                journal = None;
-                let aside = dir.join(format!("{JOURNAL_FILE}.unreadable"));
-                let kept = backend.is_none() && std::fs::rename(&journal_path, &aside).is_ok();
-                log::error!(
-                    "event=journal_unreadable path={} error=\"{e}\" kept_as={}",
-                    journal_path.display(),
-                    if kept {
-                        aside.display().to_string()
-                    } else {
-                        "none".into()
-                    }
-                );
-                if kept {
-                    journal = open_journal(&journal_path, opts.journal_size, None)?;
-                }
-                0
-            }
-        };
+        let on_disk = backend.is_none();
+        let (journal, replayed) =
+            replay_at_open(&db, journal, &journal_path, opts.journal_size, on_disk)?;
         // Replayed and recorded: from here on the journal's content is
         // history, and it can be resized, or retired.
-        if let Some(mut j) = journal.take() {
-            let size = opts.journal_size;
-            let usable = size > 0
-                && j.prepare(size)
-                    .inspect_err(|e| {
-                        // A nearly full disk: run without it rather than
-                        // not at all (every message a durable commit).
-                        log::warn!(
-                            "event=journal_unavailable path={} size={size} error=\"{e}\"",
-                            journal_path.display()
-                        );
-                    })
-                    .is_ok();
-            if usable {
-                journal = Some(j);
-            } else if backend.is_none() {
-                drop(j);
-                let _ = std::fs::remove_file(&journal_path);
-            } else {
-                j.retire()
-                    .map_err(|e| SpoolError::Storage(format!("cannot retire the journal: {e}")))?;
-            }
-        }
+        let journal = match journal {
+            Some(j) => resize_journal(j, &journal_path, opts.journal_size, on_disk)?,
+            None => None,
+        };
         let (mut recovered, max_id) = recover(&db)?;
         recovered.replayed = replayed;
         // Spool time continues from what this spool saw (see `clock`).
@@ -184,6 +127,95 @@ impl Spool {
             recovered,
         ))
     }
+}
+
+/// Spools made by older versions (or another umask) were 0755/0644.
+/// The directory may be a link to the real one (followed); its files are
+/// never followed (make_private skips links).
+fn make_files_private(dir: &Path, path: &Path, journal_path: &Path) -> Result<(), SpoolError> {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for (p, mode) in [
+        (real.as_path(), 0o700),
+        (path, 0o600),
+        (journal_path, 0o600),
+    ] {
+        if p.exists() {
+            make_private(p, mode).map_err(SpoolError::Storage)?;
+        }
+    }
+    Ok(())
+}
+
+/// Replays the journal found at start-up, if any; returns it (or its
+/// replacement) and the number of messages restored. `on_disk`: the journal
+/// is the file `journal_path` (not a test backend).
+fn replay_at_open(
+    db: &Database,
+    journal: Option<journal::Journal>,
+    journal_path: &Path,
+    size: u64,
+    on_disk: bool,
+) -> Result<(Option<journal::Journal>, u64), SpoolError> {
+    let Some(mut j) = journal else {
+        return Ok((None, 0));
+    };
+    let e = match replay_journal(db, &mut j)? {
+        Ok(n) => return Ok((Some(j), n)),
+        Err(e) => e,
+    };
+    // A journal that cannot be read (EIO) must not stop every start
+    // (procd would restart into the same error forever): its bytes are
+    // kept aside for recovery, a new one is used.
+    drop(j);
+    let aside = journal_path.with_file_name(format!("{JOURNAL_FILE}.unreadable"));
+    let kept = on_disk && std::fs::rename(journal_path, &aside).is_ok();
+    log::error!(
+        "event=journal_unreadable path={} error=\"{e}\" kept_as={}",
+        journal_path.display(),
+        if kept {
+            aside.display().to_string()
+        } else {
+            "none".into()
+        }
+    );
+    let fresh = if kept {
+        open_journal(journal_path, size, None)?
+    } else {
+        None
+    };
+    Ok((fresh, 0))
+}
+
+/// Brings the journal to the configured size, or retires it (size 0, or
+/// no room for it).
+fn resize_journal(
+    mut j: journal::Journal,
+    journal_path: &Path,
+    size: u64,
+    on_disk: bool,
+) -> Result<Option<journal::Journal>, SpoolError> {
+    let usable = size > 0
+        && j.prepare(size)
+            .inspect_err(|e| {
+                // A nearly full disk: run without it rather than
+                // not at all (every message a durable commit).
+                log::warn!(
+                    "event=journal_unavailable path={} size={size} error=\"{e}\"",
+                    journal_path.display()
+                );
+            })
+            .is_ok();
+    if usable {
+        return Ok(Some(j));
+    }
+    if on_disk {
+        drop(j);
+        let _ = std::fs::remove_file(journal_path);
+    } else {
+        j.retire()
+            .map_err(|e| SpoolError::Storage(format!("cannot retire the journal: {e}")))?;
+    }
+    Ok(None)
 }
 
 pub(super) fn open_db(

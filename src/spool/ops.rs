@@ -195,27 +195,7 @@ pub(super) fn finish(
     let old_next = m.next_attempt;
     let now = report.time;
     let mut out = Finished::default();
-    let mut newly_failed: Vec<usize> = vec![];
-    for r in &report.results {
-        let Some(rcpt) = m.recipients.get_mut(r.index) else {
-            continue;
-        };
-        if rcpt.state != RcptState::Pending {
-            continue;
-        }
-        rcpt.last_reply = r.reply.clone();
-        rcpt.remote = r.remote.clone();
-        rcpt.last_attempt = now;
-        match r.outcome {
-            Outcome::Delivered => rcpt.state = RcptState::Delivered,
-            Outcome::Deferred => m.last_error = r.reply.clone(),
-            Outcome::Failed => {
-                rcpt.state = RcptState::Failed;
-                m.last_error = r.reply.clone();
-                newly_failed.push(r.index);
-            }
-        }
-    }
+    let newly_failed = apply_results(&mut m, &report, now);
     record_attempt(
         tx,
         id,
@@ -228,27 +208,11 @@ pub(super) fn finish(
         },
     )?;
     m.attempts = m.attempts.saturating_add(1);
-    let mut expired: Vec<usize> = vec![];
-    if m.has_pending() {
-        match retry::next_attempt(&policy.steps, m.arrival, m.backoff_base, now) {
-            Next::At(t) => m.next_attempt = t,
-            Next::Expired => {
-                // Only this attempt's recipients: another destination's job
-                // may be delivering the others right now (they expire when
-                // their own attempt reports, at once: see below).
-                let ours: HashSet<usize> = report.results.iter().map(|r| r.index).collect();
-                for (i, r) in m.recipients.iter_mut().enumerate() {
-                    if r.state == RcptState::Pending && ours.contains(&i) {
-                        r.state = RcptState::Failed;
-                        expired.push(i);
-                    }
-                }
-                // What is left belongs to other destinations: their last
-                // attempt is due now.
-                m.next_attempt = now;
-            }
-        }
-    }
+    let expired = if m.has_pending() {
+        schedule_next(&mut m, &report, policy, now)
+    } else {
+        vec![]
+    };
     if !newly_failed.is_empty() || !expired.is_empty() {
         out.failed = newly_failed
             .iter()
@@ -272,6 +236,64 @@ pub(super) fn finish(
         out.removed = true;
     }
     Ok(out)
+}
+
+/// Marks each pending recipient of the report with its outcome; returns
+/// those refused for good.
+fn apply_results(m: &mut Message, report: &AttemptReport, now: u64) -> Vec<usize> {
+    let mut newly_failed = vec![];
+    for r in &report.results {
+        let Some(rcpt) = m.recipients.get_mut(r.index) else {
+            continue;
+        };
+        if rcpt.state != RcptState::Pending {
+            continue;
+        }
+        rcpt.last_reply = r.reply.clone();
+        rcpt.remote = r.remote.clone();
+        rcpt.last_attempt = now;
+        match r.outcome {
+            Outcome::Delivered => rcpt.state = RcptState::Delivered,
+            Outcome::Deferred => m.last_error = r.reply.clone(),
+            Outcome::Failed => {
+                rcpt.state = RcptState::Failed;
+                m.last_error = r.reply.clone();
+                newly_failed.push(r.index);
+            }
+        }
+    }
+    newly_failed
+}
+
+/// Sets the next attempt of a message with pending recipients by the
+/// retry rule; once it has expired, fails this attempt's recipients and
+/// returns them.
+fn schedule_next(
+    m: &mut Message,
+    report: &AttemptReport,
+    policy: &ReturnPolicy,
+    now: u64,
+) -> Vec<usize> {
+    let mut expired = vec![];
+    match retry::next_attempt(&policy.steps, m.arrival, m.backoff_base, now) {
+        Next::At(t) => m.next_attempt = t,
+        Next::Expired => {
+            // Only this attempt's recipients: another destination's job
+            // may be delivering the others right now (they expire when
+            // their own attempt reports, at once: see below).
+            let ours: HashSet<usize> = report.results.iter().map(|r| r.index).collect();
+            for (i, r) in m.recipients.iter_mut().enumerate() {
+                if r.state == RcptState::Pending && ours.contains(&i) {
+                    r.state = RcptState::Failed;
+                    expired.push(i);
+                }
+            }
+            // What is left belongs to other destinations: their last
+            // attempt is due now.
+            m.next_attempt = now;
+        }
+    }
+    expired
 }
 
 pub(super) fn cache_put(
