@@ -11,7 +11,7 @@ use crate::compose::dsn;
 
 /// The enhanced status of a reply line such as `550 5.1.1 no such user`,
 /// or one made from its basic code.
-pub(super) fn status_of(reply: &str) -> Option<String> {
+fn status_of(reply: &str) -> Option<String> {
     let mut it = reply.split_whitespace();
     let code = it.next()?;
     if let Some(enh) = it.next()
@@ -143,13 +143,13 @@ fn queue_dsn(
     Ok(())
 }
 
-pub(super) fn remote_host(remote: &str) -> Option<String> {
+fn remote_host(remote: &str) -> Option<String> {
     let host = remote.split('[').next().unwrap_or("").trim();
     (!host.is_empty()).then(|| host.to_string())
 }
 
 /// The original message's header section, up to the empty line, capped.
-pub(super) fn original_headers(
+fn original_headers(
     tx: &redb::WriteTransaction,
     id: QueueId,
     chunks: u32,
@@ -178,6 +178,6 @@ pub(super) fn original_headers(
     Ok(out)
 }
 
-pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

@@ -18,7 +18,7 @@ use super::*;
 
 /// Hands a boxed backend to redb, which takes `impl StorageBackend`.
 #[derive(Debug)]
-pub(super) struct BoxedBackend(Box<dyn redb::StorageBackend>);
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
 
 impl redb::StorageBackend for BoxedBackend {
     fn len(&self) -> std::io::Result<u64> {
@@ -273,7 +273,7 @@ pub(super) fn open_db(
 /// Sets `path`'s mode to `mode` (0700 for the spool directory, 0600 for
 /// its files) unless it has it: queued mail is readable by the daemon's
 /// user only. Does not follow a symbolic link.
-pub(super) fn make_private(path: &Path, mode: u32) -> Result<(), String> {
+fn make_private(path: &Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::symlink_metadata(path)
         .map_err(|e| format!("cannot read the mode of {}: {e}", path.display()))?;
@@ -288,7 +288,7 @@ pub(super) fn make_private(path: &Path, mode: u32) -> Result<(), String> {
     })
 }
 
-pub(super) fn random_u64() -> u64 {
+fn random_u64() -> u64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
     if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
@@ -303,7 +303,7 @@ pub(super) fn random_u64() -> u64 {
 
 /// Opens the commit journal as found, for replay (None when there is none
 /// and `journal_size` is 0).
-pub(super) fn open_journal(
+fn open_journal(
     path: &Path,
     size: u64,
     backend: Option<&BackendFactory>,
@@ -401,7 +401,7 @@ pub(super) fn replay_journal(
     Ok(Ok(n))
 }
 
-pub(super) fn sync_dir(dir: &Path) {
+fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }
@@ -441,7 +441,7 @@ pub fn make_spool_dir(dir: &Path) -> Result<bool, String> {
 }
 
 /// The spool directory exists, or its parent does (so that it can be made).
-pub(super) fn check_parent(dir: &Path) -> Result<(), String> {
+fn check_parent(dir: &Path) -> Result<(), String> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -480,7 +480,7 @@ pub(super) fn free_disk(dir: &Path) -> Option<u64> {
 
 /// Removes half-received bodies, rebuilds the schedule index from the
 /// messages (so the two can never disagree after a crash), and counts.
-pub(super) fn recover(db: &Database) -> Result<(Recovered, u64), SpoolError> {
+fn recover(db: &Database) -> Result<(Recovered, u64), SpoolError> {
     let tx = db.begin_write().map_err(storage)?;
     let mut rec = Recovered::default();
     let mut max_id = 0u64;

@@ -114,13 +114,13 @@ pub(super) fn commit_message(
     Ok(encoded)
 }
 
-pub(super) fn load(tx: &redb::WriteTransaction, id: QueueId) -> Result<Message, SpoolError> {
+fn load(tx: &redb::WriteTransaction, id: QueueId) -> Result<Message, SpoolError> {
     let t = tx.open_table(MESSAGES).map_err(storage)?;
     let v = t.get(id).map_err(storage)?.ok_or(SpoolError::NotFound)?;
     schema::decode_message(v.value()).map_err(|e| SpoolError::Damaged(e.to_string()))
 }
 
-pub(super) fn store(
+fn store(
     tx: &redb::WriteTransaction,
     id: QueueId,
     old_next: u64,
@@ -165,7 +165,7 @@ pub(super) fn delete_message(
     Ok(())
 }
 
-pub(super) fn record_attempt(
+fn record_attempt(
     tx: &redb::WriteTransaction,
     id: QueueId,
     n: u32,
@@ -328,7 +328,7 @@ pub(super) fn cache_put(
     Ok(())
 }
 
-pub(super) fn domain_of(address: &str) -> &str {
+fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
@@ -370,7 +370,7 @@ pub(super) fn reschedule(
 /// edits each message and says whether it applies; those it applies to are
 /// due `now` with their back-off reset. Stops after `QUEUE_WIDE_BATCH`
 /// changes or `QUEUE_WIDE_SCAN` messages looked at.
-pub(super) fn change_batch(
+fn change_batch(
     tx: &redb::WriteTransaction,
     from: QueueId,
     now: u64,

@@ -89,7 +89,7 @@ pub(super) enum Request {
 }
 
 /// Replies owed after the batch's commit.
-pub(super) enum Owed {
+enum Owed {
     Unit(Sender<Result<(), SpoolError>>, Result<(), SpoolError>),
     Finished(
         Sender<Result<Finished, SpoolError>>,
@@ -286,7 +286,7 @@ struct Applying {
     owed: Vec<Owed>,
 }
 
-pub(super) fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
+fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
     let Some(db) = current_db(shared, st) else {
         fail_batch(st, batch, &SpoolError::Storage("spool unavailable".into()));
         return;
@@ -590,7 +590,7 @@ fn committed(shared: &Shared, st: &mut ThreadState, run: Applying) {
     }
 }
 
-pub(super) fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
+fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolError) {
     st.broken.extend(st.receiving.iter().copied());
     for req in batch {
         match req {
@@ -622,7 +622,7 @@ pub(super) fn fail_batch(st: &mut ThreadState, batch: Vec<Request>, e: &SpoolErr
 /// After a failed write (a full disk), redb refuses every later operation
 /// until the database is reopened. Wait for readers to let go of the old
 /// handle, then open the file again; what was committed before is intact.
-pub(super) fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
+fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
     let old = shared
         .db
         .write()
@@ -682,7 +682,7 @@ pub(super) fn reopen(shared: &Shared, journal: Option<&mut journal::Journal>) {
 /// If the commit then fails, `saved` names a record that is not there; the
 /// next one follows within CLOCK_RECORD_EVERY, and the arrivals and
 /// attempts scanned at start bound the loss meanwhile.
-pub(super) fn record_clock(
+fn record_clock(
     tx: &redb::WriteTransaction,
     saved: &mut Option<(u64, i64)>,
 ) -> Result<(), SpoolError> {
