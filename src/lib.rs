@@ -2,14 +2,16 @@
 //!
 //! Module map (one concern each): `config` (UCI parse, typed model),
 //! `smtp` (protocol, sans-IO state machines), `receive` (listener, session
-//! driver, policy), `spool` (redb schema, spool thread), `deliver`
-//! (scheduler, destinations, client driver, DSNs), `dns` (resolver),
+//! driver, policy), `spool` (redb schema, spool thread, the stored
+//! destination tag and the retry rule), `deliver` (scheduler, routes,
+//! client driver), `compose` (the text we write: DSNs, Received), `dns` (resolver),
 //! `control` (control socket, `queue` commands), `log`, `cli`, `clock`
 //! (spool time: ages and retries that survive a router's clock steps).
 
 pub mod alert;
 pub mod cli;
 pub mod clock;
+pub mod compose;
 pub mod config;
 pub mod control;
 pub mod ctx;

@@ -26,7 +26,7 @@ use std::io;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use mxspool::deliver::destination::Destination;
+use mxspool::spool::Destination;
 use mxspool::spool::{BackendFactory, Envelope, Spool, SpoolOptions, Store};
 
 // ---------------------------------------------------------------- PRNG

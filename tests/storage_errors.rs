@@ -17,7 +17,7 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use mxspool::deliver::destination::Destination;
+use mxspool::spool::Destination;
 use mxspool::spool::{BackendFactory, CacheEntry, Envelope, Spool, SpoolOptions, Store};
 
 #[derive(Debug, Default)]

@@ -1,5 +1,5 @@
-//! DSN building (deliver::dsn::build) and the Received header
-//! (receive::received::received_header) with arbitrary original headers,
+//! DSN building (compose::dsn::build) and the Received header
+//! (compose::received::received_header) with arbitrary original headers,
 //! HELO names, addresses and remote replies. Invariants: no panic; output
 //! is whole CRLF lines with no bare CR or LF, each under 1000 octets with
 //! its CRLF (RFC 5322 2.1.1); the Received header is one header field
@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mxspool::deliver::dsn::{self, Action, DsnInput, RecipientReport};
-use mxspool::receive::received::{ReceivedInfo, received_header};
+use mxspool::compose::dsn::{self, Action, DsnInput, RecipientReport};
+use mxspool::compose::received::{ReceivedInfo, received_header};
 
 #[path = "common.rs"]
 mod common;

@@ -12,7 +12,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use super::{ListArgs, MAX_REQUEST, json_str, term_str};
 use crate::config::HostPort;
 use crate::ctx::Ctx;
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 use crate::spool::{self, AttemptReport, Filter, Message, Outcome, RcptResult, RcptState};
 
 /// A control client gets this long to send its request.

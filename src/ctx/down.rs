@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 
 /// How long a destination stays marked down after a failed connection.
 pub const DOWN_RECHECK_SECS: u64 = 5;

@@ -18,7 +18,7 @@ use smol::LocalExecutor;
 
 use crate::alert::{Alerts, Kind};
 use crate::config::Config;
-use crate::deliver::destination::Destination;
+use crate::spool::Destination;
 use crate::spool::{QueueId, Spool};
 
 /// What every task shares. Lives for the whole run.

@@ -11,7 +11,6 @@ use async_net::TcpStream;
 use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use super::destination::Destination;
 use super::eightbit::{self, Decision, Traits};
 use super::route::{self, RouteError, Target};
 use super::{Job, guard, job_done, next_job, record};
@@ -21,6 +20,7 @@ use crate::ctx::Ctx;
 use crate::smtp::Reply;
 use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
 use crate::smtp::downgrade::{Converter, Plan, Scanner};
+use crate::spool::Destination;
 use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, Message, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 

@@ -12,9 +12,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::destination::Destination;
 use super::route;
 use crate::ctx::Ctx;
+use crate::spool::Destination;
 use crate::spool::Filter;
 
 /// Destination → the address set it last resolved to.

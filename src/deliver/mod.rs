@@ -10,12 +10,9 @@
 //! waiting for it at once (one connection attempt, not one per message).
 
 pub mod client;
-pub mod destination;
-pub mod dsn;
 pub mod eightbit;
 pub mod guard;
 pub mod hostcheck;
-pub mod retry;
 pub mod route;
 
 use std::collections::HashSet;
@@ -25,8 +22,8 @@ use std::time::Duration;
 use smol::channel::Receiver;
 
 use crate::ctx::Ctx;
+use crate::spool::Destination;
 use crate::spool::{self, AttemptReport, Outcome, QueueId, ReturnPolicy};
-use destination::Destination;
 
 /// Jobs (message, destination) held in memory at most; more due mail waits
 /// in the spool's schedule until some finish.

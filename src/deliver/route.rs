@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::destination::Destination;
 use crate::dns::{DnsError, Mx, Resolver};
+use crate::spool::Destination;
 
 /// One address to try, with the name it was found under (for the log and
 /// the guard).

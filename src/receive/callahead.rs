@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use crate::config::{Domain, OnTempfail};
 use crate::ctx::Ctx;
 use crate::deliver::client::{self, Conn};
-use crate::deliver::destination::Destination;
 use crate::smtp::client::Event;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::CacheEntry;
+use crate::spool::Destination;
 
 /// A cached answer is asked again after this fraction of its lifetime
 /// (`callahead_positive_ttl`, `callahead_negative_ttl`): Postfix's

@@ -6,7 +6,6 @@ pub mod callahead;
 pub mod dnsbl;
 pub mod policy;
 pub mod pregreet;
-pub mod received;
 pub mod scan;
 pub mod session;
 

@@ -6,9 +6,9 @@
 use std::net::IpAddr;
 
 use crate::config::{Config, DeliverTo, Verify};
-use crate::deliver::destination::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{MailFrom, RcptTo};
+use crate::spool::Destination;
 use crate::spool::Spool;
 
 /// Why a command was refused, for the stats and the log.

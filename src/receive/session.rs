@@ -9,11 +9,11 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::policy;
-use super::received::{ReceivedInfo, received_header};
+use crate::compose::received::{ReceivedInfo, received_header};
 use crate::ctx::Ctx;
-use crate::deliver::destination::Destination;
 use crate::smtp::Reply;
 use crate::smtp::server::{BODY_CHUNK, BodyType, DataRefusal, Event, Params, Session};
+use crate::spool::Destination;
 use crate::spool::{self, Envelope, QueueId};
 use crate::tls::Stream;
 

@@ -1,30 +1,8 @@
-//! The commit journal: how a small message becomes durable with one short
-//! sequential write instead of a durable redb commit.
-//!
-//! Why: a durable redb commit of one 4 KiB message writes about eleven
-//! scattered pages (chunk, message and schedule leaves, their branches,
-//! the table and free trees, the header) and fsyncs them; on the disks
-//! measured here the fsync's cost grows with every scattered page. With
-//! one SMTP session that latency is the whole accept rate.
-//!
-//! How: a message whose body is one chunk and rides with its commit is
-//! applied to redb in a non-durable transaction, then written here as a
-//! record inside a frame (one frame per group commit, page-aligned, whole
-//! pages, in a file preallocated with written zeros so the fsync changes
-//! no metadata), and the client gets its 250 after that frame's fsync.
-//! Every durable redb commit (bookkeeping sync within 2 s, a queue
-//! command, a large message, the journal filling up) stores the last frame
-//! generation in the `meta` table in the same transaction, and the
-//! journal starts again at offset 0.
-//!
-//! At start (and when the database is reopened after an I/O error) every
-//! frame after that generation is replayed: a message missing from redb
-//! is inserted again. Frames carry a per-database epoch, consecutive
-//! generations and a CRC-32C, so a torn frame, a frame left over from an
-//! earlier cycle or a journal that belongs to a deleted database is never
-//! replayed. A message delivered after its frame but before the next
-//! durable commit may be delivered again after a crash: at-least-once,
-//! as for delivery bookkeeping, never a loss.
+//! The commit journal: a message whose whole body rides with its commit
+//! becomes durable with one short sequential write (a frame) instead of a
+//! durable redb commit of scattered pages; the database catches up within
+//! 2 s. The frame layout, the generations and epochs, and replay are
+//! described in docs/spool-format.md.
 
 use std::io;
 
@@ -443,7 +421,7 @@ mod tests {
         assert_eq!(ids(&j, 7, 12), (vec![], 12));
     }
 
-    /// Issue 17: a frame damaged in the middle of the journal (a bad
+    /// A frame damaged in the middle of the journal (a bad
     /// sector, a bit flip) no longer hides the intact frames after it.
     #[test]
     fn frames_after_a_damaged_one_are_still_replayed() {

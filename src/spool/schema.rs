@@ -1,23 +1,11 @@
 //! The spool's on-disk schema: redb tables and the byte encoding of their
-//! records. Every integer is written little-endian explicitly, so a spool
-//! copied between a big-endian MIPS router and an ARM one reads the same.
-//!
-//! Tables:
-//! - `messages`:   id → [`Message`] (envelope, per-recipient state)
-//! - `chunks`:     (id, seq) → body bytes, in order, at most `BODY_CHUNK` each
-//! - `schedule`:   (next_attempt, id) → () : the index the scheduler sleeps on
-//! - `attempts`:   (id, n) → [`Attempt`] : the last `MAX_ATTEMPT_RECORDS` attempts
-//! - `incoming`:   id → start time : bodies being received, not yet committed;
-//!   whatever is still here at start-up is a crash leftover and is removed
-//! - `meta`:       name → u64 : `schema` version; `journal_epoch` (random,
-//!   names this database in its commit journal's frames) and `journal_gen`
-//!   (the last journal frame this database's durable state includes)
-//! - `callahead`:  address → [`CacheEntry`] : call-ahead answers
-//! - `callahead_expiry`: (expire, address) → () : evicts the oldest first
+//! records (every integer little-endian, whatever the host). The tables
+//! and record layouts are described in docs/spool-format.md: a change here
+//! is a change there, and of `SCHEMA_VERSION`.
 
 use redb::TableDefinition;
 
-use crate::deliver::destination::Destination;
+use super::Destination;
 
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 pub const CHUNKS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("chunks");
@@ -29,6 +17,8 @@ pub const CALLAHEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("callah
 pub const CALLAHEAD_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("callahead_expiry");
 
+/// `meta["schema"]`: a spool with another version is refused at open
+/// (the upgrade policy: docs/spool-format.md).
 pub const SCHEMA_VERSION: u64 = 1;
 /// Attempt records kept per message (older ones are dropped): enough to
 /// see a pattern in `queue show`, bounded for a 10-day queue.

@@ -13,7 +13,7 @@ host libc's, so the same LD_PRELOAD on qemu moves the router build's wall
 clock. Each test proves the move reached the daemon (the date in the
 Received header it wrote), so a clock that did not move fails the test
 instead of passing it trivially. The clock arithmetic itself is also
-unit-tested on every target (src/clock.rs, src/deliver/retry.rs)."""
+unit-tested on every target (src/clock.rs, src/spool/retry.rs)."""
 
 import json
 import re

@@ -4,6 +4,7 @@
 //! (RFC 6533: `message/global-delivery-status`, `message/global-headers`,
 //! `utf-8` address type, UTF-8 text).
 
+use super::token;
 use crate::time::rfc5322;
 
 /// What happened to one recipient, for the report.
@@ -403,17 +404,6 @@ fn address(s: &str) -> String {
         .chars()
         .filter(|&c| c != ' ' && c != '<' && c != '>')
         .collect()
-}
-
-/// Atom characters only (host names, queue ids); `unknown` if none. Also
-/// used for the Received header, whose tokens end up in a header line too.
-pub(crate) fn token(s: &str, max: usize) -> String {
-    let t: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .take(max)
-        .collect();
-    if t.is_empty() { "unknown".into() } else { t }
 }
 
 /// Non-ASCII replaced by `?`, for fields and text declared us-ascii.

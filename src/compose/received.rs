@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 // Our own tokens (hostname, protocol, queue id) come from config and code,
 // but they end up in a header line too: keep only atom characters.
-use crate::deliver::dsn::token;
+use super::token;
 
 pub struct ReceivedInfo<'a> {
     /// HELO/EHLO argument as the client gave it (None if it gave none).
