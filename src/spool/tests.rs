@@ -484,3 +484,30 @@ fn dsn_to_an_smtputf8_sender_is_smtputf8() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A power cut while the spool file was first created leaves it with its
+/// length set and parts of its header written, but not redb's magic
+/// number (written last). redb refuses such a file for ever ("not a redb
+/// database"): the daemon could never start. It holds nothing (no commit
+/// without the header), so the spool creates it afresh and works.
+#[test]
+fn a_spool_file_cut_while_first_created_is_made_afresh() {
+    let dir = tmpdir("never-initialised");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut image = vec![0u8; 73_728];
+    image[9..16].copy_from_slice(&[4, 0, 0, 0, 16, 0, 0]);
+    std::fs::write(dir.join(SPOOL_FILE), &image).unwrap();
+    with_spool(&dir, OPTS, async |spool: &Spool, rec: Recovered| {
+        assert_eq!(rec.messages, 0);
+        let id = spool.new_id(1000);
+        let body = b"Subject: x\r\n\r\nx\r\n".to_vec();
+        spool
+            .commit(id, envelope(), 1, body.len() as u64, Some((0, body)))
+            .await
+            .unwrap();
+    });
+    with_spool(&dir, OPTS, async |_: &Spool, rec: Recovered| {
+        assert_eq!(rec.messages, 1, "the new spool keeps its mail");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
