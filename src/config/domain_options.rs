@@ -109,19 +109,7 @@ pub(super) static DOMAIN_OPTIONS: &[OptionSpec<Domain>] = &[
 
 /// Reads one domain section: the table, then the rules between options.
 pub(super) fn parse(o: &Options) -> Result<Domain, ConfigError> {
-    let blank = Domain {
-        line: o.section.line,
-        name: String::new(),
-        deliver_to: DeliverTo::Mx,
-        port: 0,
-        verify: Verify::None,
-        users: Vec::new(),
-        on_tempfail: OnTempfail::Accept,
-        offline_address: Vec::new(),
-        expect_greeting: None,
-        tls_pin: None,
-    };
-    let domain = parse_section(o, DOMAIN_OPTIONS, blank)?;
+    let domain = parse_section(o, DOMAIN_OPTIONS, blank(o.section.line))?;
     if let (DeliverTo::Relay(_), Some(item)) = (&domain.deliver_to, o.get("port")) {
         return Err(o.bad(
             item,
@@ -138,6 +126,23 @@ pub(super) fn parse(o: &Options) -> Result<Domain, ConfigError> {
         ));
     }
     Ok(domain)
+}
+
+/// What the table's defaults and the file's values are written into:
+/// every field is set by its option before `parse` returns.
+pub(super) fn blank(line: usize) -> Domain {
+    Domain {
+        line,
+        name: String::new(),
+        deliver_to: DeliverTo::Mx,
+        port: 0,
+        verify: Verify::None,
+        users: Vec::new(),
+        on_tempfail: OnTempfail::Accept,
+        offline_address: Vec::new(),
+        expect_greeting: None,
+        tls_pin: None,
+    }
 }
 
 fn deliver_to(v: &str) -> Result<DeliverTo, String> {

@@ -90,7 +90,7 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "resolver",
         form: Single(""),
         doc: doc(
-            "DNS server `IP[:PORT]`; empty: the first nameserver of `/tmp/resolv.conf.d/resolv.conf.auto`, else of `/etc/resolv.conf`",
+            "DNS server `IP[:PORT]`; empty: the nameservers listed in `/tmp/resolv.conf.d/resolv.conf.auto`, else in `/etc/resolv.conf`",
         ),
         parse: |m, v| set(&mut m.resolver, parse_resolver(v)),
         print: |m| unset(m.resolver),
@@ -442,7 +442,7 @@ pub(super) fn parse(o: &Options) -> Result<Main, ConfigError> {
 
 /// What the table's defaults and the file's values are written into:
 /// every field is set by its option before `parse` returns.
-fn blank(line: usize) -> Main {
+pub(super) fn blank(line: usize) -> Main {
     let zero = Duration::ZERO;
     Main {
         line,

@@ -281,7 +281,9 @@ pub enum DeliverTo {
     Relay(HostPort),
 }
 
-/// A `config domain` section.
+/// A `config domain` section. Each field is the option of its name (the
+/// list `user` is `users`); what it means and its default are in
+/// `domain_options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
     /// Line of the `config domain` line.
@@ -289,7 +291,7 @@ pub struct Domain {
     /// Lower-case, no trailing dot.
     pub name: String,
     pub deliver_to: DeliverTo,
-    /// Port for `mx` deliveries (default 25).
+    /// Used for `DeliverTo::Mx` only.
     pub port: u16,
     pub verify: Verify,
     /// Local parts or full addresses in this domain, lower-cased.
@@ -303,28 +305,24 @@ pub struct Domain {
     pub tls_pin: Option<String>,
 }
 
-/// `config mxspool` (the one main section).
+/// `config mxspool` (the one main section). Each field is the option of
+/// its name; what it means and its default are in `main_options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Main {
+    /// Line of the `config mxspool` line.
     pub line: usize,
     /// Lower-case, no trailing dot.
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub spool_dir: PathBuf,
-    /// A spool_dir in RAM (tmpfs, ramfs) is refused unless this is set
-    /// (`allow_volatile_spool`, default 0): OpenWrt's /tmp and /var are
-    /// RAM, and queued mail there is lost at the next reboot.
     pub allow_volatile_spool: bool,
-    /// Program (and arguments, split on white space, no shell) run on
-    /// alert events (`alert_command`; see `alert`).
+    /// The program and its arguments; None: no alerts run.
     pub alert_command: Option<Vec<String>>,
-    /// A destination unreachable this long is an alert (`alert_after`, 1h).
     pub alert_after: Duration,
-    /// Read by the OpenWrt init script, not the daemon: retry queued mail
-    /// when the WAN comes up (`flush_on_ifup`, default 1).
+    /// Read by the OpenWrt init script, not the daemon.
     pub flush_on_ifup: bool,
     pub control_socket: PathBuf,
-    /// None: read the resolv.conf files named in the contract.
+    /// None: the nameserver of the resolv.conf files (see `dns`).
     pub resolver: Option<SocketAddr>,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -332,15 +330,8 @@ pub struct Main {
     pub max_connections_per_ip: usize,
     pub max_spool_size: u64,
     pub callahead_timeout: Duration,
-    /// How long the primary's 2xx for an address is remembered
-    /// (`callahead_positive_ttl`, extra, default 31d; asked again after a
-    /// quarter of it).
     pub callahead_positive_ttl: Duration,
-    /// How long its 5xx is remembered (`callahead_negative_ttl`, extra,
-    /// default 3d; asked again after a 24th of it, 3h by default).
     pub callahead_negative_ttl: Duration,
-    /// Call-ahead probes in flight at once (`callahead_max_probes`, extra,
-    /// default 8).
     pub callahead_max_probes: usize,
     pub retry: Vec<RetryStep>,
     pub host_check_interval: Duration,
@@ -348,11 +339,10 @@ pub struct Main {
     pub smarthost: Option<HostPort>,
     pub user: Option<String>,
     pub syslog: bool,
-    /// `enabled` (extra, default 1): read by the OpenWrt init script, which
-    /// starts nothing while it is 0 (the package ships it at 0 until the
-    /// owner has set hostname and domains).
+    /// Read by the OpenWrt init script, not the daemon.
     pub enabled: bool,
     pub log_level: log::LevelFilter,
+    /// Both or neither (checked).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub dnsbl: Vec<String>,
@@ -361,51 +351,28 @@ pub struct Main {
     /// Lower-case `domain`, `.domain` (its subdomains) or `local@domain`.
     pub sender_allow: Vec<String>,
     pub sender_deny: Vec<String>,
-
-    // Extras beyond the contract (documented in the README).
-    /// redb page cache (`cache_size`, default 4M).
     pub cache_size: u64,
-    /// The spool's commit journal (`journal_size`, default 4M; 0: none).
+    /// 0: no journal.
     pub journal_size: u64,
-    /// Server: wait for a command (`command_timeout`, default 5m, RFC 5321 4.5.3.2.7).
     pub command_timeout: Duration,
-    /// Server: wait for the next block of message text (`data_timeout`, default 3m).
     pub data_timeout: Duration,
-    /// Error replies before 421 and close (`max_errors`, default 10).
     pub max_errors: usize,
-    /// Parallel connections per destination (`max_destination_connections`, default 2).
     pub max_destination_connections: usize,
-    /// Client: TCP connect budget (`connect_timeout`, default 30s).
     pub connect_timeout: Duration,
-    /// Client: one whole transaction, MAIL to the reply after the body
-    /// (`transaction_timeout`, default 30m): a destination that trickles
-    /// a byte every few minutes meets every per-read timeout.
     pub transaction_timeout: Duration,
-    /// Jobs (message, destination) waiting in memory for one destination
-    /// (`max_destination_queue`, default 128): a slow destination cannot
-    /// take every job slot from the others.
     pub max_destination_queue: usize,
-    /// Client: how long to wait for the greeting (`greeting_timeout`, default 5m, RFC 5321 4.5.3.2.1).
     pub greeting_timeout: Duration,
-
-    // The relay front door (issue 6; README).
-    /// Wait this long before our 220; a client that talks first is refused
-    /// (`greet_pause`, default 0s: off).
+    /// Zero: off.
     pub greet_pause: Duration,
-    /// Budget of one DNSBL zone's lookup (`dnsbl_timeout`, default 5s).
     pub dnsbl_timeout: Duration,
-    /// SpamAssassin's spamd, SPAMC over TCP (`spamd`, default empty: off).
+    /// None: no spam check.
     pub spamd: Option<HostPort>,
-    /// At or above: X-Spam-Flag YES (`spam_tag_score`, default 5.0).
     pub spam_tag_score: Score,
-    /// At or above: 554 at end of DATA (`spam_reject_score`, default 10.0).
+    /// Not below `spam_tag_score` (checked).
     pub spam_reject_score: Score,
-    /// ClamAV's clamd, INSTREAM over TCP (`clamd`, default empty: off).
+    /// None: no virus scan.
     pub clamd: Option<HostPort>,
-    /// A scanner down or timed out: 451 instead of accepting unscanned
-    /// (`scan_required`, default 0).
     pub scan_required: bool,
-    /// The whole exchange with one scanner (`scan_timeout`, default 30s).
     pub scan_timeout: Duration,
 }
 
@@ -487,7 +454,7 @@ impl Config {
                 }
             }
         }
-        // Not about one line; line 1 keeps the contract's PATH:LINE: form.
+        // Not about one line; line 1 keeps the PATH:LINE: form.
         let main = main.ok_or_else(|| {
             at(
                 1,
@@ -497,25 +464,7 @@ impl Config {
             )
         })?;
         let mut main = main;
-        // A relative path is relative to the configuration file, never to
-        // the working directory (procd starts us in /).
-        let base = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_default();
-        for p in [&mut main.spool_dir, &mut main.control_socket] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        for p in [&mut main.tls_cert, &mut main.tls_key]
-            .into_iter()
-            .flatten()
-        {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        main.resolve_paths(path);
         Ok(Config {
             path: path.to_path_buf(),
             main,
@@ -526,6 +475,30 @@ impl Config {
     /// The domain section for `domain` (lower-case, no trailing dot).
     pub fn domain(&self, domain: &str) -> Option<&Domain> {
         self.domains.iter().find(|d| d.name == domain)
+    }
+}
+
+impl Main {
+    /// A relative path is relative to the configuration file `config`,
+    /// never to the working directory (procd starts us in /).
+    fn resolve_paths(&mut self, config: &Path) {
+        let base = std::path::absolute(config)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        for p in [&mut self.spool_dir, &mut self.control_socket] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [&mut self.tls_cert, &mut self.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
     }
 }
 
