@@ -20,7 +20,8 @@ pub(super) static DOMAIN_OPTIONS: &[OptionSpec<Domain>] = &[
         name: "deliver_to",
         form: Single("mx"),
         doc: doc(
-            "`mx`: backup MX, deliver to this domain's MX hosts that rank above our hostname; `HOST[:PORT]`: relay, always deliver there",
+            "`mx`: backup MX, deliver to this domain's MX hosts that rank above our hostname; \
+             `HOST[:PORT]`: relay, always deliver there",
         ),
         parse: |d, v| set(&mut d.deliver_to, deliver_to(v)),
         print: |d| match &d.deliver_to {
@@ -56,7 +57,8 @@ pub(super) static DOMAIN_OPTIONS: &[OptionSpec<Domain>] = &[
         name: "user",
         form: List(&[]),
         doc: doc(
-            "local part or full address; with `users` the only ones accepted, with `callahead` accepted without asking",
+            "local part or full address; with `users` the only ones accepted, with `callahead` \
+             accepted without asking",
         ),
         parse: |d, v| {
             let user = domain_user(v)?;

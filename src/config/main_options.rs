@@ -42,7 +42,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "allow_volatile_spool",
         form: Single("0"),
         doc: doc(
-            "a `spool_dir` on tmpfs or ramfs is refused by `check` and `run` (exit 2, naming the line) unless this is `1`",
+            "a `spool_dir` on tmpfs or ramfs is refused by `check` and `run` (exit 2, naming \
+             the line) unless this is `1`",
         ),
         parse: |m, v| set(&mut m.allow_volatile_spool, parse_bool(v)),
         print: |m| flag(m.allow_volatile_spool),
@@ -51,7 +52,13 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "alert_command",
         form: Single(""),
         doc: doc(
-            "a program (absolute path, then arguments split on spaces; no shell) run on alert events, with `MXSPOOL_ALERT_EVENT` (`destination_unreachable`, `spool_nearly_full`, `guard_refusal`, `returned`), `MXSPOOL_ALERT_TEXT`, `MXSPOOL_ALERT_HOSTNAME`, `MXSPOOL_ALERT_TIME` and per event `MXSPOOL_ALERT_DESTINATION`, `_REASON`, `_ADDRESS`, `_QUEUE_ID`, `_RECIPIENTS`, `_BYTES`, `_MAX`; at most one per kind per hour (every alert is logged as `event=alert`); killed after 30 s",
+            "a program (absolute path, then arguments split on spaces; no shell) run on alert \
+             events, with `MXSPOOL_ALERT_EVENT` (`destination_unreachable`, \
+             `spool_nearly_full`, `guard_refusal`, `returned`), `MXSPOOL_ALERT_TEXT`, \
+             `MXSPOOL_ALERT_HOSTNAME`, `MXSPOOL_ALERT_TIME` and per event \
+             `MXSPOOL_ALERT_DESTINATION`, `_REASON`, `_ADDRESS`, `_QUEUE_ID`, `_RECIPIENTS`, \
+             `_BYTES`, `_MAX`; at most one per kind per hour (every alert is logged as \
+             `event=alert`); killed after 30 s",
         ),
         parse: |m, v| set(&mut m.alert_command, alert_command(v)),
         print: |m| {
@@ -74,7 +81,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "flush_on_ifup",
         form: Single("1"),
         doc: doc(
-            "for the OpenWrt init script: retry all queued mail 5 s after the `wan` or `wan6` interface comes up (a procd interface trigger running `/etc/init.d/mxspool flush`)",
+            "for the OpenWrt init script: retry all queued mail 5 s after the `wan` or `wan6` \
+             interface comes up (a procd interface trigger running `/etc/init.d/mxspool \
+             flush`)",
         ),
         parse: |m, v| set(&mut m.flush_on_ifup, parse_bool(v)),
         print: |m| flag(m.flush_on_ifup),
@@ -89,9 +98,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
     OptionSpec {
         name: "resolver",
         form: Single(""),
-        doc: doc(
-            "DNS server `IP[:PORT]`; empty: the nameservers listed in `/tmp/resolv.conf.d/resolv.conf.auto`, else in `/etc/resolv.conf`",
-        ),
+        doc: doc("DNS server `IP[:PORT]`; empty: the nameservers listed in \
+             `/tmp/resolv.conf.d/resolv.conf.auto`, else in `/etc/resolv.conf`"),
         parse: |m, v| set(&mut m.resolver, parse_resolver(v)),
         print: |m| unset(m.resolver),
     },
@@ -141,7 +149,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "callahead_positive_ttl",
         form: Single("31d"),
         doc: doc(
-            "how long the primary's 2xx for an address is cached (asked again after a quarter of it) (extra)",
+            "how long the primary's 2xx for an address is cached (asked again after a quarter \
+             of it) (extra)",
         ),
         parse: |m, v| set(&mut m.callahead_positive_ttl, positive_duration(v)),
         print: |m| dur(m.callahead_positive_ttl),
@@ -150,7 +159,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "callahead_negative_ttl",
         form: Single("3d"),
         doc: doc(
-            "how long its \"no such address\" (5.1.x) is cached (asked again after a 24th: 3h) (extra)",
+            "how long its \"no such address\" (5.1.x) is cached (asked again after a 24th: 3h) \
+             (extra)",
         ),
         parse: |m, v| set(&mut m.callahead_negative_ttl, positive_duration(v)),
         print: |m| dur(m.callahead_negative_ttl),
@@ -205,7 +215,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "enabled",
         form: Single("1"),
         doc: doc(
-            "`0`: the OpenWrt init script starts nothing (extra option; the package ships `0` until configured)",
+            "`0`: the OpenWrt init script starts nothing (extra option; the package ships `0` \
+             until configured)",
         ),
         parse: |m, v| set(&mut m.enabled, parse_bool(v)),
         print: |m| flag(m.enabled),
@@ -242,7 +253,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "dnsbl",
         form: List(&[]),
         doc: doc(
-            "DNS blocklists for clients (IPv4 and IPv6), all zones asked in parallel at connect; a listed client is refused at MAIL with `554 5.7.1` and the zone's TXT reason (a `sender_allow` sender is not refused)",
+            "DNS blocklists for clients (IPv4 and IPv6), all zones asked in parallel at \
+             connect; a listed client is refused at MAIL with `554 5.7.1` and the zone's TXT \
+             reason (a `sender_allow` sender is not refused)",
         ),
         parse: |m, v| push(&mut m.dnsbl, domain_name(v, 2)),
         print: |m| each(&m.dnsbl),
@@ -286,7 +299,14 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "journal_size",
         form: Single("4M"),
         doc: doc(
-            "the spool's commit journal (`SPOOL_DIR/journal`, preallocated with zeros): a message whose body fits one 32 KiB chunk is made durable by one short sequential write there, and the database catches up within 2 s or when the journal is full (a bigger journal: fewer catch-ups; 1M accepted ~20% less at 8 sessions here); `0`: no journal, every message is a durable database commit (a journal left from before is replayed once and removed); otherwise 64K to 1G; without room for it on the disk, mxspool logs `event=journal_unavailable` and runs without; takes effect at restart (extra option)",
+            "the spool's commit journal (`SPOOL_DIR/journal`, preallocated with zeros): a \
+             message whose body fits one 32 KiB chunk is made durable by one short sequential \
+             write there, and the database catches up within 2 s or when the journal is full \
+             (a bigger journal: fewer catch-ups; 1M accepted ~20% less at 8 sessions here); \
+             `0`: no journal, every message is a durable database commit (a journal left from \
+             before is replayed once and removed); otherwise 64K to 1G; without room for it on \
+             the disk, mxspool logs `event=journal_unavailable` and runs without; takes effect \
+             at restart (extra option)",
         ),
         parse: |m, v| set(&mut m.journal_size, journal_size(v)),
         print: |m| size(m.journal_size),
@@ -330,7 +350,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "transaction_timeout",
         form: Single("30m"),
         doc: doc(
-            "client: one whole transaction, MAIL FROM to the reply after the body; a destination that trickles its replies is given up on and the mail deferred (extra)",
+            "client: one whole transaction, MAIL FROM to the reply after the body; a \
+             destination that trickles its replies is given up on and the mail deferred \
+             (extra)",
         ),
         parse: |m, v| set(&mut m.transaction_timeout, positive_duration(v)),
         print: |m| dur(m.transaction_timeout),
@@ -339,7 +361,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "max_destination_queue",
         form: Single("128"),
         doc: doc(
-            "jobs waiting for one destination; more due mail for it waits as ids (up to 20,000 in all) and joins the queue as it drains, so a slow destination cannot hold every job slot and other destinations' mail goes ahead (extra)",
+            "jobs waiting for one destination; more due mail for it waits as ids (up to 20,000 \
+             in all) and joins the queue as it drains, so a slow destination cannot hold every \
+             job slot and other destinations' mail goes ahead (extra)",
         ),
         parse: |m, v| set(&mut m.max_destination_queue, count(v)),
         print: |m| one(m.max_destination_queue),
@@ -355,7 +379,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "greet_pause",
         form: Single("0s"),
         doc: doc(
-            "wait this long before the `220` (`0s`: off); a client that talks first gets `554 5.5.1` and is closed (postscreen's pregreet test; 1-3s is typical, at most 30s; `client_allow` clients are not made to wait) (extra)",
+            "wait this long before the `220` (`0s`: off); a client that talks first gets `554 \
+             5.5.1` and is closed (postscreen's pregreet test; 1-3s is typical, at most 30s; \
+             `client_allow` clients are not made to wait) (extra)",
         ),
         parse: |m, v| set(&mut m.greet_pause, greet_pause(v)),
         print: |m| dur(m.greet_pause),
@@ -364,7 +390,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "dnsbl_timeout",
         form: Single("5s"),
         doc: doc(
-            "budget of one `dnsbl` zone's lookup; a zone that does not answer in time is skipped (fail open) and logged (extra)",
+            "budget of one `dnsbl` zone's lookup; a zone that does not answer in time is \
+             skipped (fail open) and logged (extra)",
         ),
         parse: |m, v| set(&mut m.dnsbl_timeout, positive_duration(v)),
         print: |m| dur(m.dnsbl_timeout),
@@ -373,7 +400,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "spamd",
         form: Single(""),
         doc: doc(
-            "SpamAssassin `spamd` as `HOST[:PORT]` (port 783): every message is checked with SPAMC over TCP before it is queued; empty: off (extra)",
+            "SpamAssassin `spamd` as `HOST[:PORT]` (port 783): every message is checked with \
+             SPAMC over TCP before it is queued; empty: off (extra)",
         ),
         parse: |m, v| {
             set(
@@ -387,7 +415,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "spam_tag_score",
         form: Single("5.0"),
         doc: doc(
-            "at or above: `X-Spam-Flag: YES`, `X-Spam-Score` and `X-Spam-Status: Yes, ...` headers are added; below: `X-Spam-Status: No, ...` (extra)",
+            "at or above: `X-Spam-Flag: YES`, `X-Spam-Score` and `X-Spam-Status: Yes, ...` \
+             headers are added; below: `X-Spam-Status: No, ...` (extra)",
         ),
         parse: |m, v| set(&mut m.spam_tag_score, Score::parse(v)),
         print: |m| one(m.spam_tag_score),
@@ -396,7 +425,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "spam_reject_score",
         form: Single("10.0"),
         doc: doc(
-            "at or above: `554 5.7.1` at the end of DATA, nothing queued; must not be below `spam_tag_score` (extra)",
+            "at or above: `554 5.7.1` at the end of DATA, nothing queued; must not be below \
+             `spam_tag_score` (extra)",
         ),
         parse: |m, v| set(&mut m.spam_reject_score, Score::parse(v)),
         print: |m| one(m.spam_reject_score),
@@ -405,7 +435,9 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "clamd",
         form: Single(""),
         doc: doc(
-            "ClamAV `clamd` as `HOST[:PORT]` (port 3310, `TCPSocket`): every message is scanned with INSTREAM; infected: `554 5.7.1` with the virus name; empty: off (extra)",
+            "ClamAV `clamd` as `HOST[:PORT]` (port 3310, `TCPSocket`): every message is \
+             scanned with INSTREAM; infected: `554 5.7.1` with the virus name; empty: off \
+             (extra)",
         ),
         parse: |m, v| {
             set(
@@ -419,7 +451,8 @@ pub(super) static MAIN_OPTIONS: &[OptionSpec<Main>] = &[
         name: "scan_required",
         form: Single("0"),
         doc: doc(
-            "`0`: a scanner that is down or times out is skipped (logged, mail accepted); `1`: `451 4.7.1`, try again later (extra)",
+            "`0`: a scanner that is down or times out is skipped (logged, mail accepted); `1`: \
+             `451 4.7.1`, try again later (extra)",
         ),
         parse: |m, v| set(&mut m.scan_required, parse_bool(v)),
         print: |m| flag(m.scan_required),
