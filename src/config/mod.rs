@@ -1,13 +1,20 @@
 //! The configuration: a UCI file (see `uci`) turned into a typed, validated
-//! model. Every option of `../shared/CONTRACT.md` is here, plus the
-//! documented extras (README "Configuration reference"). Errors name the
-//! file and line.
+//! model. Every option is declared once, in `main_options` or
+//! `domain_options` (name, default, parser, printer and the README's text);
+//! `spec` holds the loops that read and print them. Errors name the file
+//! and line.
 
+mod domain_options;
+mod main_options;
+mod spec;
 pub mod uci;
 mod value;
 
+use domain_options::DOMAIN_OPTIONS;
+use main_options::MAIN_OPTIONS;
+use spec::Options;
 use value::*;
-pub use value::{parse_duration, parse_size};
+pub use value::{MIN_JOURNAL, fmt_duration, parse_duration, parse_size};
 
 #[cfg(test)]
 mod tests;
@@ -274,7 +281,9 @@ pub enum DeliverTo {
     Relay(HostPort),
 }
 
-/// A `config domain` section.
+/// A `config domain` section. Each field is the option of its name (the
+/// list `user` is `users`); what it means and its default are in
+/// `domain_options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
     /// Line of the `config domain` line.
@@ -282,7 +291,7 @@ pub struct Domain {
     /// Lower-case, no trailing dot.
     pub name: String,
     pub deliver_to: DeliverTo,
-    /// Port for `mx` deliveries (default 25).
+    /// Used for `DeliverTo::Mx` only.
     pub port: u16,
     pub verify: Verify,
     /// Local parts or full addresses in this domain, lower-cased.
@@ -296,28 +305,24 @@ pub struct Domain {
     pub tls_pin: Option<String>,
 }
 
-/// `config mxspool` (the one main section).
+/// `config mxspool` (the one main section). Each field is the option of
+/// its name; what it means and its default are in `main_options`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Main {
+    /// Line of the `config mxspool` line.
     pub line: usize,
     /// Lower-case, no trailing dot.
     pub hostname: String,
     pub listen: Vec<SocketAddr>,
     pub spool_dir: PathBuf,
-    /// A spool_dir in RAM (tmpfs, ramfs) is refused unless this is set
-    /// (`allow_volatile_spool`, default 0): OpenWrt's /tmp and /var are
-    /// RAM, and queued mail there is lost at the next reboot.
     pub allow_volatile_spool: bool,
-    /// Program (and arguments, split on white space, no shell) run on
-    /// alert events (`alert_command`; see `alert`).
+    /// The program and its arguments; None: no alerts run.
     pub alert_command: Option<Vec<String>>,
-    /// A destination unreachable this long is an alert (`alert_after`, 1h).
     pub alert_after: Duration,
-    /// Read by the OpenWrt init script, not the daemon: retry queued mail
-    /// when the WAN comes up (`flush_on_ifup`, default 1).
+    /// Read by the OpenWrt init script, not the daemon.
     pub flush_on_ifup: bool,
     pub control_socket: PathBuf,
-    /// None: read the resolv.conf files named in the contract.
+    /// None: the nameserver of the resolv.conf files (see `dns`).
     pub resolver: Option<SocketAddr>,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -325,15 +330,8 @@ pub struct Main {
     pub max_connections_per_ip: usize,
     pub max_spool_size: u64,
     pub callahead_timeout: Duration,
-    /// How long the primary's 2xx for an address is remembered
-    /// (`callahead_positive_ttl`, extra, default 31d; asked again after a
-    /// quarter of it).
     pub callahead_positive_ttl: Duration,
-    /// How long its 5xx is remembered (`callahead_negative_ttl`, extra,
-    /// default 3d; asked again after a 24th of it, 3h by default).
     pub callahead_negative_ttl: Duration,
-    /// Call-ahead probes in flight at once (`callahead_max_probes`, extra,
-    /// default 8).
     pub callahead_max_probes: usize,
     pub retry: Vec<RetryStep>,
     pub host_check_interval: Duration,
@@ -341,11 +339,10 @@ pub struct Main {
     pub smarthost: Option<HostPort>,
     pub user: Option<String>,
     pub syslog: bool,
-    /// `enabled` (extra, default 1): read by the OpenWrt init script, which
-    /// starts nothing while it is 0 (the package ships it at 0 until the
-    /// owner has set hostname and domains).
+    /// Read by the OpenWrt init script, not the daemon.
     pub enabled: bool,
     pub log_level: log::LevelFilter,
+    /// Both or neither (checked).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub dnsbl: Vec<String>,
@@ -354,51 +351,28 @@ pub struct Main {
     /// Lower-case `domain`, `.domain` (its subdomains) or `local@domain`.
     pub sender_allow: Vec<String>,
     pub sender_deny: Vec<String>,
-
-    // Extras beyond the contract (documented in the README).
-    /// redb page cache (`cache_size`, default 4M).
     pub cache_size: u64,
-    /// The spool's commit journal (`journal_size`, default 4M; 0: none).
+    /// 0: no journal.
     pub journal_size: u64,
-    /// Server: wait for a command (`command_timeout`, default 5m, RFC 5321 4.5.3.2.7).
     pub command_timeout: Duration,
-    /// Server: wait for the next block of message text (`data_timeout`, default 3m).
     pub data_timeout: Duration,
-    /// Error replies before 421 and close (`max_errors`, default 10).
     pub max_errors: usize,
-    /// Parallel connections per destination (`max_destination_connections`, default 2).
     pub max_destination_connections: usize,
-    /// Client: TCP connect budget (`connect_timeout`, default 30s).
     pub connect_timeout: Duration,
-    /// Client: one whole transaction, MAIL to the reply after the body
-    /// (`transaction_timeout`, default 30m): a destination that trickles
-    /// a byte every few minutes meets every per-read timeout.
     pub transaction_timeout: Duration,
-    /// Jobs (message, destination) waiting in memory for one destination
-    /// (`max_destination_queue`, default 128): a slow destination cannot
-    /// take every job slot from the others.
     pub max_destination_queue: usize,
-    /// Client: how long to wait for the greeting (`greeting_timeout`, default 5m, RFC 5321 4.5.3.2.1).
     pub greeting_timeout: Duration,
-
-    // The relay front door (issue 6; README).
-    /// Wait this long before our 220; a client that talks first is refused
-    /// (`greet_pause`, default 0s: off).
+    /// Zero: off.
     pub greet_pause: Duration,
-    /// Budget of one DNSBL zone's lookup (`dnsbl_timeout`, default 5s).
     pub dnsbl_timeout: Duration,
-    /// SpamAssassin's spamd, SPAMC over TCP (`spamd`, default empty: off).
+    /// None: no spam check.
     pub spamd: Option<HostPort>,
-    /// At or above: X-Spam-Flag YES (`spam_tag_score`, default 5.0).
     pub spam_tag_score: Score,
-    /// At or above: 554 at end of DATA (`spam_reject_score`, default 10.0).
+    /// Not below `spam_tag_score` (checked).
     pub spam_reject_score: Score,
-    /// ClamAV's clamd, INSTREAM over TCP (`clamd`, default empty: off).
+    /// None: no virus scan.
     pub clamd: Option<HostPort>,
-    /// A scanner down or timed out: 451 instead of accepting unscanned
-    /// (`scan_required`, default 0).
     pub scan_required: bool,
-    /// The whole exchange with one scanner (`scan_timeout`, default 30s).
     pub scan_timeout: Duration,
 }
 
@@ -454,12 +428,12 @@ impl Config {
                             ),
                         ));
                     }
-                    let o = Options::new(path, section, MAIN_SINGLE, MAIN_LIST)?;
-                    main = Some(parse_main(&o)?);
+                    let o = Options::new(path, section, MAIN_OPTIONS)?;
+                    main = Some(main_options::parse(&o)?);
                 }
                 "domain" => {
-                    let o = Options::new(path, section, DOMAIN_SINGLE, DOMAIN_LIST)?;
-                    let domain = parse_domain(&o)?;
+                    let o = Options::new(path, section, DOMAIN_OPTIONS)?;
+                    let domain = domain_options::parse(&o)?;
                     if let Some(first) = domains.iter().find(|d| d.name == domain.name) {
                         let line = o.get("name").map_or(section.line, |i| i.line);
                         return Err(at(
@@ -480,7 +454,7 @@ impl Config {
                 }
             }
         }
-        // Not about one line; line 1 keeps the contract's PATH:LINE: form.
+        // Not about one line; line 1 keeps the PATH:LINE: form.
         let main = main.ok_or_else(|| {
             at(
                 1,
@@ -490,25 +464,7 @@ impl Config {
             )
         })?;
         let mut main = main;
-        // A relative path is relative to the configuration file, never to
-        // the working directory (procd starts us in /).
-        let base = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-            .unwrap_or_default();
-        for p in [&mut main.spool_dir, &mut main.control_socket] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        for p in [&mut main.tls_cert, &mut main.tls_key]
-            .into_iter()
-            .flatten()
-        {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        main.resolve_paths(path);
         Ok(Config {
             path: path.to_path_buf(),
             main,
@@ -522,194 +478,42 @@ impl Config {
     }
 }
 
+impl Main {
+    /// A relative path is relative to the configuration file `config`,
+    /// never to the working directory (procd starts us in /).
+    fn resolve_paths(&mut self, config: &Path) {
+        let base = std::path::absolute(config)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        for p in [&mut self.spool_dir, &mut self.control_socket] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [&mut self.tls_cert, &mut self.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+}
+
 /// `mxspool check` prints this: every effective setting, defaults included,
 /// in UCI form. It parses back to an equal `Config` (line numbers aside).
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = &self.main;
-        let opt = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
-            writeln!(f, "\toption {k} {}", quote(&v.to_string()))
-        };
-        let list = |f: &mut fmt::Formatter<'_>, k: &str, v: &dyn fmt::Display| {
-            writeln!(f, "\tlist {k} {}", quote(&v.to_string()))
-        };
-        let path_or_empty = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
         writeln!(f, "config mxspool 'main'")?;
-        opt(f, "hostname", &m.hostname)?;
-        for l in &m.listen {
-            list(f, "listen", l)?;
-        }
-        opt(f, "spool_dir", &m.spool_dir.display())?;
-        opt(
-            f,
-            "allow_volatile_spool",
-            &if m.allow_volatile_spool { "1" } else { "0" },
-        )?;
-        opt(
-            f,
-            "alert_command",
-            &m.alert_command
-                .as_ref()
-                .map_or(String::new(), |a| a.join(" ")),
-        )?;
-        opt(f, "alert_after", &fmt_duration(m.alert_after))?;
-        opt(f, "flush_on_ifup", &if m.flush_on_ifup { "1" } else { "0" })?;
-        opt(f, "control_socket", &m.control_socket.display())?;
-        opt(f, "resolver", &or_empty(m.resolver))?;
-        opt(f, "max_message_size", &fmt_size(m.max_message_size))?;
-        opt(f, "max_recipients", &m.max_recipients)?;
-        opt(f, "max_connections", &m.max_connections)?;
-        opt(f, "max_connections_per_ip", &m.max_connections_per_ip)?;
-        opt(f, "max_spool_size", &fmt_size(m.max_spool_size))?;
-        opt(f, "callahead_timeout", &fmt_duration(m.callahead_timeout))?;
-        opt(
-            f,
-            "callahead_positive_ttl",
-            &fmt_duration(m.callahead_positive_ttl),
-        )?;
-        opt(
-            f,
-            "callahead_negative_ttl",
-            &fmt_duration(m.callahead_negative_ttl),
-        )?;
-        opt(f, "callahead_max_probes", &m.callahead_max_probes)?;
-        for r in &m.retry {
-            let step = format!("{} {}", fmt_duration(r.interval), fmt_duration(r.span));
-            list(f, "retry", &step)?;
-        }
-        opt(
-            f,
-            "host_check_interval",
-            &fmt_duration(m.host_check_interval),
-        )?;
-        opt(f, "max_hops", &m.max_hops)?;
-        opt(f, "smarthost", &or_empty(m.smarthost.as_ref()))?;
-        opt(f, "user", &or_empty(m.user.as_ref()))?;
-        opt(f, "enabled", &if m.enabled { "1" } else { "0" })?;
-        opt(f, "syslog", &if m.syslog { "1" } else { "0" })?;
-        opt(f, "log_level", &level_name(m.log_level))?;
-        opt(f, "tls_cert", &or_empty(path_or_empty(&m.tls_cert)))?;
-        opt(f, "tls_key", &or_empty(path_or_empty(&m.tls_key)))?;
-        for z in &m.dnsbl {
-            list(f, "dnsbl", z)?;
-        }
-        for c in &m.client_allow {
-            list(f, "client_allow", c)?;
-        }
-        for c in &m.client_deny {
-            list(f, "client_deny", c)?;
-        }
-        for s in &m.sender_allow {
-            list(f, "sender_allow", s)?;
-        }
-        for s in &m.sender_deny {
-            list(f, "sender_deny", s)?;
-        }
-        opt(f, "cache_size", &fmt_size(m.cache_size))?;
-        opt(f, "journal_size", &fmt_size(m.journal_size))?;
-        opt(f, "command_timeout", &fmt_duration(m.command_timeout))?;
-        opt(f, "data_timeout", &fmt_duration(m.data_timeout))?;
-        opt(f, "max_errors", &m.max_errors)?;
-        opt(
-            f,
-            "max_destination_connections",
-            &m.max_destination_connections,
-        )?;
-        opt(f, "connect_timeout", &fmt_duration(m.connect_timeout))?;
-        opt(
-            f,
-            "transaction_timeout",
-            &fmt_duration(m.transaction_timeout),
-        )?;
-        opt(f, "max_destination_queue", &m.max_destination_queue)?;
-        opt(f, "greeting_timeout", &fmt_duration(m.greeting_timeout))?;
-        opt(f, "greet_pause", &fmt_duration(m.greet_pause))?;
-        opt(f, "dnsbl_timeout", &fmt_duration(m.dnsbl_timeout))?;
-        opt(f, "spamd", &or_empty(m.spamd.as_ref()))?;
-        opt(f, "spam_tag_score", &m.spam_tag_score)?;
-        opt(f, "spam_reject_score", &m.spam_reject_score)?;
-        opt(f, "clamd", &or_empty(m.clamd.as_ref()))?;
-        opt(f, "scan_required", &if m.scan_required { "1" } else { "0" })?;
-        opt(f, "scan_timeout", &fmt_duration(m.scan_timeout))?;
+        spec::print_section(f, MAIN_OPTIONS, &self.main)?;
         for d in &self.domains {
             writeln!(f)?;
             writeln!(f, "config domain")?;
-            opt(f, "name", &d.name)?;
-            match &d.deliver_to {
-                DeliverTo::Mx => {
-                    opt(f, "deliver_to", &"mx")?;
-                    opt(f, "port", &d.port)?;
-                }
-                // `port` is refused next to a relay; its port is in deliver_to.
-                DeliverTo::Relay(hp) => opt(f, "deliver_to", hp)?,
-            }
-            let verify = match d.verify {
-                Verify::Callahead => "callahead",
-                Verify::Users => "users",
-                Verify::None => "none",
-            };
-            opt(f, "verify", &verify)?;
-            for u in &d.users {
-                list(f, "user", u)?;
-            }
-            let on_tempfail = match d.on_tempfail {
-                OnTempfail::Accept => "accept",
-                OnTempfail::Defer => "defer",
-            };
-            opt(f, "on_tempfail", &on_tempfail)?;
-            for a in &d.offline_address {
-                list(f, "offline_address", a)?;
-            }
-            opt(f, "expect_greeting", &or_empty(d.expect_greeting.as_ref()))?;
-            opt(f, "tls_pin", &or_empty(d.tls_pin.as_ref()))?;
+            spec::print_section(f, DOMAIN_OPTIONS, d)?;
         }
         Ok(())
-    }
-}
-
-/// A UCI single-quoted value; `'` is written as uci export does: `'\''`.
-fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "'\\''"))
-}
-
-fn or_empty<T: fmt::Display>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn level_name(l: log::LevelFilter) -> &'static str {
-    match l {
-        log::LevelFilter::Off => "off",
-        log::LevelFilter::Error => "error",
-        log::LevelFilter::Warn => "warn",
-        log::LevelFilter::Info => "info",
-        log::LevelFilter::Debug => "debug",
-        log::LevelFilter::Trace => "trace",
-    }
-}
-
-/// In the largest unit that is exact: `15m`, `4d`, `90s`.
-pub fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => "0s".into(),
-        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
-        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
-        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
-        _ => format!("{s}s"),
-    }
-}
-
-/// In the largest unit that is exact: `10M`, `1536K`, `1000`.
-fn fmt_size(n: u64) -> String {
-    const G: u64 = 1 << 30;
-    const M: u64 = 1 << 20;
-    const K: u64 = 1 << 10;
-    match n {
-        0 => "0".into(),
-        _ if n.is_multiple_of(G) => format!("{}G", n / G),
-        _ if n.is_multiple_of(M) => format!("{}M", n / M),
-        _ if n.is_multiple_of(K) => format!("{}K", n / K),
-        _ => n.to_string(),
     }
 }
 
@@ -718,433 +522,3 @@ pub const MAX_GREET_PAUSE: Duration = Duration::from_secs(30);
 /// spamd's and clamd's registered ports, for `spamd 'HOST'` and `clamd 'HOST'`.
 pub const SPAMD_PORT: u16 = 783;
 pub const CLAMD_PORT: u16 = 3310;
-
-const MAIN_SINGLE: &[&str] = &[
-    "hostname",
-    "spool_dir",
-    "allow_volatile_spool",
-    "alert_command",
-    "alert_after",
-    "flush_on_ifup",
-    "control_socket",
-    "resolver",
-    "max_message_size",
-    "max_recipients",
-    "max_connections",
-    "max_connections_per_ip",
-    "max_spool_size",
-    "callahead_timeout",
-    "callahead_positive_ttl",
-    "callahead_negative_ttl",
-    "callahead_max_probes",
-    "host_check_interval",
-    "max_hops",
-    "smarthost",
-    "user",
-    "syslog",
-    "enabled",
-    "log_level",
-    "tls_cert",
-    "tls_key",
-    "cache_size",
-    "journal_size",
-    "command_timeout",
-    "data_timeout",
-    "max_errors",
-    "max_destination_connections",
-    "connect_timeout",
-    "transaction_timeout",
-    "max_destination_queue",
-    "greeting_timeout",
-    "greet_pause",
-    "dnsbl_timeout",
-    "spamd",
-    "spam_tag_score",
-    "spam_reject_score",
-    "clamd",
-    "scan_required",
-    "scan_timeout",
-];
-const MAIN_LIST: &[&str] = &[
-    "listen",
-    "retry",
-    "dnsbl",
-    "client_allow",
-    "client_deny",
-    "sender_allow",
-    "sender_deny",
-];
-const DOMAIN_SINGLE: &[&str] = &[
-    "name",
-    "deliver_to",
-    "port",
-    "verify",
-    "on_tempfail",
-    "expect_greeting",
-    "tls_pin",
-];
-const DOMAIN_LIST: &[&str] = &["user", "offline_address"];
-
-/// One section's items, checked against the keys the section knows.
-struct Options<'a> {
-    path: &'a Path,
-    section: &'a uci::Section,
-}
-
-impl<'a> Options<'a> {
-    /// Refuses unknown keys, `list` for a single-value key, a single-value
-    /// key given twice (uci would keep the last one silently), and values
-    /// with line breaks or control characters (none of ours takes them).
-    /// `option` for a list key is one entry of that list.
-    fn new(
-        path: &'a Path,
-        section: &'a uci::Section,
-        single: &[&str],
-        lists: &[&str],
-    ) -> Result<Options<'a>, ConfigError> {
-        let o = Options { path, section };
-        for (i, item) in section.items.iter().enumerate() {
-            let is_single = single.contains(&item.name.as_str());
-            if !is_single && !lists.contains(&item.name.as_str()) {
-                return Err(o.err(
-                    item.line,
-                    format!(
-                        "unknown option '{}' in section '{}'",
-                        item.name, section.kind
-                    ),
-                ));
-            }
-            if is_single && item.is_list {
-                return Err(o.err(
-                    item.line,
-                    format!(
-                        "option '{0}' takes one value: write 'option {0}', not 'list {0}'",
-                        item.name
-                    ),
-                ));
-            }
-            if is_single
-                && let Some(first) = section.items[..i].iter().find(|p| p.name == item.name)
-            {
-                return Err(o.err(
-                    item.line,
-                    format!(
-                        "option '{}' is set twice (first at line {})",
-                        item.name, first.line
-                    ),
-                ));
-            }
-            if item.value.chars().any(|c| c.is_control() && c != '\t') {
-                return Err(o.bad(item, "contains a line break or a control character"));
-            }
-        }
-        Ok(o)
-    }
-
-    fn err(&self, line: usize, message: String) -> ConfigError {
-        ConfigError {
-            path: self.path.to_path_buf(),
-            line,
-            message,
-        }
-    }
-
-    /// The value error form: `option 'x': what is wrong (got 'value')`.
-    fn bad(&self, item: &uci::Item, what: &str) -> ConfigError {
-        // Escape control characters so the error stays one line.
-        let got: String = item
-            .value
-            .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect();
-        self.err(
-            item.line,
-            format!("option '{}': {} (got '{}')", item.name, what, got),
-        )
-    }
-
-    fn get(&self, key: &str) -> Option<&'a uci::Item> {
-        self.section.items.iter().find(|i| i.name == key)
-    }
-
-    fn all(&self, key: &'a str) -> impl Iterator<Item = &'a uci::Item> + 'a {
-        self.section.items.iter().filter(move |i| i.name == key)
-    }
-
-    /// A missing required option names the line of its section.
-    fn required(&self, key: &str, what: &str) -> Result<&'a uci::Item, ConfigError> {
-        self.get(key).ok_or_else(|| {
-            self.err(
-                self.section.line,
-                format!(
-                    "section '{}' needs 'option {key}' ({what})",
-                    self.section.kind
-                ),
-            )
-        })
-    }
-
-    fn one<T>(
-        &self,
-        key: &str,
-        default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(item) => parse(&item.value).map_err(|m| self.bad(item, &m)),
-        }
-    }
-
-    fn list<T>(
-        &self,
-        key: &'a str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<Vec<T>, ConfigError> {
-        self.all(key)
-            .map(|item| parse(&item.value).map_err(|m| self.bad(item, &m)))
-            .collect()
-    }
-}
-
-fn parse_main(o: &Options) -> Result<Main, ConfigError> {
-    let item = o.required("hostname", "the name of this server, as in the MX records")?;
-    let hostname = domain_name(&item.value, 2).map_err(|m| o.bad(item, &m))?;
-    let item = o.required("spool_dir", "where the spool lives, on flash or USB")?;
-    let spool_dir = abs_path(&item.value).map_err(|m| o.bad(item, &m))?;
-
-    let mut listen: Vec<SocketAddr> = Vec::new();
-    for item in o.all("listen") {
-        let addr = parse_listen(&item.value).map_err(|m| o.bad(item, &m))?;
-        // Binding one address twice would fail at start-up; say it here.
-        if listen.contains(&addr) {
-            return Err(o.bad(item, "is listed twice"));
-        }
-        listen.push(addr);
-    }
-    if listen.is_empty() {
-        listen = vec![
-            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 25)),
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 25)),
-        ];
-    }
-
-    // Any `retry` replaces all three default steps.
-    let mut retry = o.list("retry", parse_retry)?;
-    if retry.is_empty() {
-        let step = |i, s| RetryStep {
-            interval: Duration::from_secs(i),
-            span: Duration::from_secs(s),
-        };
-        retry = vec![
-            step(15 * 60, 86400),
-            step(3600, 4 * 86400),
-            step(2 * 3600, 5 * 86400),
-        ];
-    }
-
-    let secs = Duration::from_secs;
-    let main = Main {
-        line: o.section.line,
-        hostname,
-        listen,
-        spool_dir,
-        allow_volatile_spool: o.one("allow_volatile_spool", false, parse_bool)?,
-        alert_command: o.one("alert_command", None, alert_command)?,
-        alert_after: o.one("alert_after", secs(3600), positive_duration)?,
-        flush_on_ifup: o.one("flush_on_ifup", true, parse_bool)?,
-        control_socket: o.one(
-            "control_socket",
-            PathBuf::from("/var/run/mxspool.sock"),
-            abs_path,
-        )?,
-        resolver: o.one("resolver", None, parse_resolver)?,
-        max_message_size: o.one("max_message_size", 10 << 20, positive_size)?,
-        max_recipients: o.one("max_recipients", 100, count)?,
-        max_connections: o.one("max_connections", 20, count)?,
-        max_connections_per_ip: o.one("max_connections_per_ip", 5, count)?,
-        max_spool_size: o.one("max_spool_size", 64 << 20, positive_size)?,
-        callahead_timeout: o.one("callahead_timeout", secs(10), positive_duration)?,
-        callahead_positive_ttl: o.one(
-            "callahead_positive_ttl",
-            secs(31 * 86400),
-            positive_duration,
-        )?,
-        callahead_negative_ttl: o.one(
-            "callahead_negative_ttl",
-            secs(3 * 86400),
-            positive_duration,
-        )?,
-        callahead_max_probes: o.one("callahead_max_probes", 8, count)?,
-        retry,
-        host_check_interval: o.one("host_check_interval", secs(60), positive_duration)?,
-        max_hops: o.one("max_hops", 30, count)?,
-        smarthost: o.one("smarthost", None, |v| {
-            empty_or(v, |v| HostPort::parse(v, 25))
-        })?,
-        user: o.one("user", None, |v| empty_or(v, system_user))?,
-        syslog: o.one("syslog", true, parse_bool)?,
-        enabled: o.one("enabled", true, parse_bool)?,
-        log_level: o.one("log_level", log::LevelFilter::Info, parse_log_level)?,
-        tls_cert: o.one("tls_cert", None, |v| empty_or(v, abs_path))?,
-        tls_key: o.one("tls_key", None, |v| empty_or(v, abs_path))?,
-        dnsbl: o.list("dnsbl", |v| domain_name(v, 2))?,
-        client_allow: o.list("client_allow", Cidr::parse)?,
-        client_deny: o.list("client_deny", Cidr::parse)?,
-        sender_allow: o.list("sender_allow", sender_pattern)?,
-        sender_deny: o.list("sender_deny", sender_pattern)?,
-        cache_size: o.one("cache_size", 4 << 20, parse_size)?,
-        journal_size: o.one("journal_size", 4 << 20, journal_size)?,
-        command_timeout: o.one("command_timeout", secs(300), positive_duration)?,
-        data_timeout: o.one("data_timeout", secs(180), positive_duration)?,
-        max_errors: o.one("max_errors", 10, count)?,
-        max_destination_connections: o.one("max_destination_connections", 2, count)?,
-        connect_timeout: o.one("connect_timeout", secs(30), positive_duration)?,
-        transaction_timeout: o.one("transaction_timeout", secs(30 * 60), positive_duration)?,
-        max_destination_queue: o.one("max_destination_queue", 128, count)?,
-        greeting_timeout: o.one("greeting_timeout", secs(300), positive_duration)?,
-        greet_pause: o.one("greet_pause", secs(0), |v| {
-            let d = parse_duration(v)?;
-            if d > MAX_GREET_PAUSE {
-                // Senders give up on a greeting after 5 minutes (RFC 5321
-                // 4.5.3.2.1) and many far sooner; postscreen uses 6s.
-                return Err(format!(
-                    "must be at most {}s (1-3s is typical)",
-                    MAX_GREET_PAUSE.as_secs()
-                ));
-            }
-            Ok(d)
-        })?,
-        dnsbl_timeout: o.one("dnsbl_timeout", secs(5), positive_duration)?,
-        spamd: o.one("spamd", None, |v| {
-            empty_or(v, |v| HostPort::parse(v, SPAMD_PORT))
-        })?,
-        spam_tag_score: o.one("spam_tag_score", Score(500), Score::parse)?,
-        spam_reject_score: o.one("spam_reject_score", Score(1000), Score::parse)?,
-        clamd: o.one("clamd", None, |v| {
-            empty_or(v, |v| HostPort::parse(v, CLAMD_PORT))
-        })?,
-        scan_required: o.one("scan_required", false, parse_bool)?,
-        scan_timeout: o.one("scan_timeout", secs(30), positive_duration)?,
-    };
-    if main.spam_reject_score < main.spam_tag_score
-        && let Some(item) = o
-            .get("spam_reject_score")
-            .or_else(|| o.get("spam_tag_score"))
-    {
-        return Err(o.bad(
-            item,
-            &format!(
-                "spam_reject_score {} is below spam_tag_score {}: mail would be refused \
-                 before it could ever be tagged",
-                main.spam_reject_score, main.spam_tag_score
-            ),
-        ));
-    }
-
-    if main.tls_cert.is_some() != main.tls_key.is_some() {
-        let (given, missing) = if main.tls_cert.is_some() {
-            ("tls_cert", "tls_key")
-        } else {
-            ("tls_key", "tls_cert")
-        };
-        if let Some(item) = o.get(given) {
-            return Err(o.bad(
-                item,
-                &format!("is set but '{missing}' is not; STARTTLS needs both"),
-            ));
-        }
-    }
-    if main.max_spool_size < main.max_message_size
-        && let Some(item) = o
-            .get("max_spool_size")
-            .or_else(|| o.get("max_message_size"))
-    {
-        return Err(o.bad(
-            item,
-            &format!(
-                "max_spool_size {} is smaller than max_message_size {}: \
-                 the largest messages could never be queued",
-                fmt_size(main.max_spool_size),
-                fmt_size(main.max_message_size)
-            ),
-        ));
-    }
-    Ok(main)
-}
-
-fn parse_domain(o: &Options) -> Result<Domain, ConfigError> {
-    let item = o.required("name", "the domain this section accepts mail for")?;
-    let name = domain_name(&item.value, 2).map_err(|m| o.bad(item, &m))?;
-    let deliver_to = o.one("deliver_to", DeliverTo::Mx, |v| {
-        if v.eq_ignore_ascii_case("mx") {
-            Ok(DeliverTo::Mx)
-        } else {
-            HostPort::parse(v, 25)
-                .map(DeliverTo::Relay)
-                .map_err(|e| format!("must be 'mx' or HOST[:PORT]: {e}"))
-        }
-    })?;
-    let port = o.one("port", 25, parse_port)?;
-    if let (DeliverTo::Relay(_), Some(item)) = (&deliver_to, o.get("port")) {
-        return Err(o.bad(
-            item,
-            "applies only to deliver_to 'mx'; give a relay's port in deliver_to as HOST:PORT",
-        ));
-    }
-    let verify = o.one("verify", Verify::Callahead, |v| match v {
-        "callahead" => Ok(Verify::Callahead),
-        "users" => Ok(Verify::Users),
-        "none" => Ok(Verify::None),
-        _ => Err("must be 'callahead', 'users' or 'none'".into()),
-    })?;
-    let mut users = Vec::new();
-    for item in o.all("user") {
-        let user = domain_user(&item.value).map_err(|m| o.bad(item, &m))?;
-        if let Some((_, d)) = user.rsplit_once('@')
-            && d != name
-        {
-            return Err(o.bad(item, &format!("is not an address in '{name}'")));
-        }
-        users.push(user);
-    }
-    if verify == Verify::Users
-        && users.is_empty()
-        && let Some(item) = o.get("verify")
-    {
-        return Err(o.bad(
-            item,
-            "needs at least one 'list user' in this section, or every recipient is refused",
-        ));
-    }
-    Ok(Domain {
-        line: o.section.line,
-        name,
-        deliver_to,
-        port,
-        verify,
-        users,
-        on_tempfail: o.one("on_tempfail", OnTempfail::Accept, |v| match v {
-            "accept" => Ok(OnTempfail::Accept),
-            "defer" => Ok(OnTempfail::Defer),
-            _ => Err("must be 'accept' or 'defer'".into()),
-        })?,
-        offline_address: o.list("offline_address", |v| {
-            v.parse::<IpAddr>()
-                .map_err(|_| "is not an IP address".to_string())
-        })?,
-        expect_greeting: o.one("expect_greeting", None, |v| {
-            empty_or(v, |v| match v.parse::<IpAddr>() {
-                Ok(ip) => Ok(ip.to_string()),
-                Err(_) => domain_name(v, 1),
-            })
-        })?,
-        tls_pin: o.one("tls_pin", None, |v| empty_or(v, tls_pin))?,
-    })
-}

@@ -1094,3 +1094,174 @@ fn callahead_cache_and_probe_cap_options() {
     assert_eq!(main_error("\toption callahead_max_probes '0'").line, 4);
     assert_eq!(main_error("\toption callahead_negative_ttl '0s'").line, 4);
 }
+
+/// The rows of one option table in README.md's "Configuration reference":
+/// (option, is a list, default cell, meaning cell). A row naming several
+/// options (`tls_cert`, `tls_key`) gives each the same default and meaning.
+fn readme_rows(heading: &str) -> Vec<(String, bool, String, String)> {
+    const README: &str = include_str!("../../README.md");
+    let Some(start) = README.find(heading) else {
+        panic!("README.md has no heading {heading:?}");
+    };
+    let mut rows = Vec::new();
+    for line in README[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with("| `"))
+    {
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").collect();
+        let [names, default, meaning] = cells[..] else {
+            panic!("a reference row without three cells: {line}");
+        };
+        let is_list = names.ends_with("(list)") || names.ends_with("(lists)");
+        for name in names.split('`').skip(1).step_by(2) {
+            rows.push((
+                name.to_string(),
+                is_list,
+                default.trim().to_string(),
+                meaning.trim().to_string(),
+            ));
+        }
+    }
+    rows
+}
+
+/// A table row as the README shows it: `name` (list) | default | meaning.
+fn expected_rows<T>(table: &[spec::OptionSpec<T>]) -> Vec<(String, bool, String, String)> {
+    let code = |v: &&str| format!("`{v}`");
+    table
+        .iter()
+        .map(|s| {
+            let default = match &s.form {
+                spec::Form::Required(_) => "required".to_string(),
+                spec::Form::Single("") => "empty".to_string(),
+                spec::Form::Single(v) => code(v),
+                spec::Form::List([]) => "none".to_string(),
+                spec::Form::List(v) => v.iter().map(code).collect::<Vec<_>>().join(", "),
+            };
+            (s.name.to_string(), s.is_list(), default, s.doc.to_string())
+        })
+        .collect()
+}
+
+// The README's reference and the option tables cannot drift: every
+// option is in the README with its form, default and text, and every
+// README row is an option.
+#[test]
+fn readme_reference_matches_the_option_tables() {
+    for (heading, expected) in [
+        ("### `config mxspool`", expected_rows(MAIN_OPTIONS)),
+        ("### `config domain`", expected_rows(DOMAIN_OPTIONS)),
+    ] {
+        let readme = readme_rows(heading);
+        for row in &expected {
+            let Some(r) = readme.iter().find(|r| r.0 == row.0) else {
+                panic!("option '{}' is missing under {heading} in README.md", row.0);
+            };
+            assert_eq!(
+                r, row,
+                "README.md (left) and the option table (right) differ"
+            );
+        }
+        for r in &readme {
+            assert!(
+                expected.iter().any(|row| row.0 == r.0),
+                "README.md documents '{}' under {heading}, which is no option",
+                r.0
+            );
+        }
+    }
+}
+
+// Every default is a valid value of its option (they are parsed at every
+// load; a bad one would refuse every file that leaves the option out).
+#[test]
+fn defaults_parse() {
+    fn check<T>(table: &[spec::OptionSpec<T>], blank: impl Fn() -> T) {
+        for s in table {
+            let defaults: &[&str] = match &s.form {
+                spec::Form::Required(_) => &[],
+                spec::Form::Single(d) => std::slice::from_ref(d),
+                spec::Form::List(d) => d,
+            };
+            let mut t = blank();
+            for d in defaults {
+                if let Err(e) = (s.parse)(&mut t, d) {
+                    panic!("the default '{d}' of option '{}' {e}", s.name);
+                }
+            }
+        }
+    }
+    check(MAIN_OPTIONS, || main_options::blank(1));
+    check(DOMAIN_OPTIONS, || domain_options::blank(1));
+}
+
+// `check`'s whole output for the defaults, as it was before the options
+// became tables (byte for byte: scripts may compare it).
+#[test]
+fn check_output_of_the_defaults() {
+    let text = format!("{BASE}config domain\n\toption name 'example.com'\n");
+    assert_eq!(parse(&text).to_string(), DEFAULTS_PRINTED);
+}
+
+const DEFAULTS_PRINTED: &str = "\
+config mxspool 'main'\n\
+\toption hostname 'mx2.example.net'\n\
+\tlist listen '0.0.0.0:25'\n\
+\tlist listen '[::]:25'\n\
+\toption spool_dir '/srv/mxspool'\n\
+\toption allow_volatile_spool '0'\n\
+\toption alert_command ''\n\
+\toption alert_after '1h'\n\
+\toption flush_on_ifup '1'\n\
+\toption control_socket '/var/run/mxspool.sock'\n\
+\toption resolver ''\n\
+\toption max_message_size '10M'\n\
+\toption max_recipients '100'\n\
+\toption max_connections '20'\n\
+\toption max_connections_per_ip '5'\n\
+\toption max_spool_size '64M'\n\
+\toption callahead_timeout '10s'\n\
+\toption callahead_positive_ttl '31d'\n\
+\toption callahead_negative_ttl '3d'\n\
+\toption callahead_max_probes '8'\n\
+\tlist retry '15m 1d'\n\
+\tlist retry '1h 4d'\n\
+\tlist retry '2h 5d'\n\
+\toption host_check_interval '1m'\n\
+\toption max_hops '30'\n\
+\toption smarthost ''\n\
+\toption user ''\n\
+\toption enabled '1'\n\
+\toption syslog '1'\n\
+\toption log_level 'info'\n\
+\toption tls_cert ''\n\
+\toption tls_key ''\n\
+\toption cache_size '4M'\n\
+\toption journal_size '4M'\n\
+\toption command_timeout '5m'\n\
+\toption data_timeout '3m'\n\
+\toption max_errors '10'\n\
+\toption max_destination_connections '2'\n\
+\toption connect_timeout '30s'\n\
+\toption transaction_timeout '30m'\n\
+\toption max_destination_queue '128'\n\
+\toption greeting_timeout '5m'\n\
+\toption greet_pause '0s'\n\
+\toption dnsbl_timeout '5s'\n\
+\toption spamd ''\n\
+\toption spam_tag_score '5.0'\n\
+\toption spam_reject_score '10.0'\n\
+\toption clamd ''\n\
+\toption scan_required '0'\n\
+\toption scan_timeout '30s'\n\
+\n\
+config domain\n\
+\toption name 'example.com'\n\
+\toption deliver_to 'mx'\n\
+\toption port '25'\n\
+\toption verify 'callahead'\n\
+\toption on_tempfail 'accept'\n\
+\toption expect_greeting ''\n\
+\toption tls_pin ''\n";

@@ -195,36 +195,7 @@ fn apply(sections: &mut Vec<Section>, cmd: Command) -> Result<(), SyntaxError> {
                 return Err(err(line, "'package' takes exactly one name"));
             }
         }
-        "config" | "c" => {
-            let mut args = args.into_iter();
-            let kind = args
-                .next()
-                .ok_or_else(|| err(line, "'config' needs a section type"))?;
-            if !valid_type(&kind) {
-                return Err(err(line, format!("invalid section type '{kind}'")));
-            }
-            let name = args.next();
-            if let Some(n) = &name
-                && !valid_name(n)
-            {
-                return Err(err(
-                    line,
-                    format!("invalid section name '{n}': only letters, digits and _ are allowed"),
-                ));
-            }
-            if args.next().is_some() {
-                return Err(err(
-                    line,
-                    "too many words after 'config': expected a type and an optional name",
-                ));
-            }
-            sections.push(Section {
-                line,
-                kind,
-                name,
-                items: Vec::new(),
-            });
-        }
+        "config" | "c" => sections.push(section(line, args)?),
         "option" | "o" | "list" | "l" => {
             let is_list = keyword.starts_with('l');
             let word = if is_list { "list" } else { "option" };
@@ -234,36 +205,7 @@ fn apply(sections: &mut Vec<Section>, cmd: Command) -> Result<(), SyntaxError> {
                     format!("'{word}' before the first 'config' line: it belongs to no section"),
                 )
             })?;
-            let mut args = args.into_iter();
-            let name = args
-                .next()
-                .ok_or_else(|| err(line, format!("'{word}' needs a name and a value")))?;
-            if !valid_name(&name) {
-                return Err(err(
-                    line,
-                    format!("invalid option name '{name}': only letters, digits and _ are allowed"),
-                ));
-            }
-            let value = args.next().ok_or_else(|| {
-                err(
-                    line,
-                    format!("'{word} {name}' has no value (write '' for an empty one)"),
-                )
-            })?;
-            if args.next().is_some() {
-                return Err(err(
-                    line,
-                    format!(
-                        "too many words after '{word} {name}': quote a value that contains spaces"
-                    ),
-                ));
-            }
-            section.items.push(Item {
-                line,
-                name,
-                value,
-                is_list,
-            });
+            section.items.push(item(line, is_list, args)?);
         }
         other => {
             return Err(err(
@@ -273,6 +215,71 @@ fn apply(sections: &mut Vec<Section>, cmd: Command) -> Result<(), SyntaxError> {
         }
     }
     Ok(())
+}
+
+/// `config TYPE [NAME]`, from the words after `config`.
+fn section(line: usize, args: Vec<String>) -> Result<Section, SyntaxError> {
+    let mut args = args.into_iter();
+    let kind = args
+        .next()
+        .ok_or_else(|| err(line, "'config' needs a section type"))?;
+    if !valid_type(&kind) {
+        return Err(err(line, format!("invalid section type '{kind}'")));
+    }
+    let name = args.next();
+    if let Some(n) = &name
+        && !valid_name(n)
+    {
+        return Err(err(
+            line,
+            format!("invalid section name '{n}': only letters, digits and _ are allowed"),
+        ));
+    }
+    if args.next().is_some() {
+        return Err(err(
+            line,
+            "too many words after 'config': expected a type and an optional name",
+        ));
+    }
+    Ok(Section {
+        line,
+        kind,
+        name,
+        items: Vec::new(),
+    })
+}
+
+/// `option NAME VALUE` or `list NAME VALUE`, from the words after the keyword.
+fn item(line: usize, is_list: bool, args: Vec<String>) -> Result<Item, SyntaxError> {
+    let word = if is_list { "list" } else { "option" };
+    let mut args = args.into_iter();
+    let name = args
+        .next()
+        .ok_or_else(|| err(line, format!("'{word}' needs a name and a value")))?;
+    if !valid_name(&name) {
+        return Err(err(
+            line,
+            format!("invalid option name '{name}': only letters, digits and _ are allowed"),
+        ));
+    }
+    let value = args.next().ok_or_else(|| {
+        err(
+            line,
+            format!("'{word} {name}' has no value (write '' for an empty one)"),
+        )
+    })?;
+    if args.next().is_some() {
+        return Err(err(
+            line,
+            format!("too many words after '{word} {name}': quote a value that contains spaces"),
+        ));
+    }
+    Ok(Item {
+        line,
+        name,
+        value,
+        is_list,
+    })
 }
 
 #[cfg(test)]

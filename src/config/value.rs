@@ -1,5 +1,6 @@
-//! Parsers for single option values. Each returns the "what is wrong" part
-//! of `option 'x': what is wrong (got 'value')`.
+//! Parsers for single option values, and the printers `check` uses for
+//! them. Each parser returns the "what is wrong" part of
+//! `option 'x': what is wrong (got 'value')`.
 
 use super::RetryStep;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -157,13 +158,14 @@ pub(super) fn positive_size(v: &str) -> Result<u64, String> {
     }
 }
 
+/// The smallest commit journal worth having (`journal_size`).
+pub const MIN_JOURNAL: u64 = 64 * 1024;
+
 /// `journal_size`: 0 (no journal) or 64K to 1G.
 pub(super) fn journal_size(v: &str) -> Result<u64, String> {
     match parse_size(v)? {
         0 => Ok(0),
-        n if n < crate::spool::journal::MIN_JOURNAL => {
-            Err("must be 0 (no journal) or at least 64K".into())
-        }
+        n if n < MIN_JOURNAL => Err("must be 0 (no journal) or at least 64K".into()),
         n if n > 1 << 30 => Err("must be at most 1G".into()),
         n => Ok(n),
     }
@@ -173,6 +175,20 @@ pub(super) fn positive_duration(v: &str) -> Result<Duration, String> {
     let d = parse_duration(v)?;
     if d.is_zero() {
         return Err("must be longer than 0s".into());
+    }
+    Ok(d)
+}
+
+/// `greet_pause`: 0s (off) up to `MAX_GREET_PAUSE`.
+pub(super) fn greet_pause(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d > super::MAX_GREET_PAUSE {
+        // Senders give up on a greeting after 5 minutes (RFC 5321
+        // 4.5.3.2.1) and many far sooner; postscreen uses 6s.
+        return Err(format!(
+            "must be at most {}s (1-3s is typical)",
+            super::MAX_GREET_PAUSE.as_secs()
+        ));
     }
     Ok(d)
 }
@@ -386,4 +402,41 @@ pub(super) fn base64_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+pub(super) fn level_name(l: log::LevelFilter) -> &'static str {
+    match l {
+        log::LevelFilter::Off => "off",
+        log::LevelFilter::Error => "error",
+        log::LevelFilter::Warn => "warn",
+        log::LevelFilter::Info => "info",
+        log::LevelFilter::Debug => "debug",
+        log::LevelFilter::Trace => "trace",
+    }
+}
+
+/// In the largest unit that is exact: `15m`, `4d`, `90s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        _ if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
+}
+
+/// In the largest unit that is exact: `10M`, `1536K`, `1000`.
+pub(super) fn fmt_size(n: u64) -> String {
+    const G: u64 = 1 << 30;
+    const M: u64 = 1 << 20;
+    const K: u64 = 1 << 10;
+    match n {
+        0 => "0".into(),
+        _ if n.is_multiple_of(G) => format!("{}G", n / G),
+        _ if n.is_multiple_of(M) => format!("{}M", n / M),
+        _ if n.is_multiple_of(K) => format!("{}K", n / K),
+        _ => n.to_string(),
+    }
 }

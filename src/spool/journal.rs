@@ -11,8 +11,9 @@ use redb::StorageBackend;
 /// Frames start on this boundary and are padded to it: a frame write
 /// never rewrites a page that holds an acknowledged frame.
 pub const FRAME_ALIGN: u64 = 4096;
-/// The smallest journal that is worth having (`journal_size`).
-pub const MIN_JOURNAL: u64 = 64 * 1024;
+/// The smallest journal that is worth having: the bound `journal_size`
+/// is checked against where the option is declared.
+pub const MIN_JOURNAL: u64 = crate::config::MIN_JOURNAL;
 
 /// "MXJ1", little-endian.
 const MAGIC: u32 = 0x314A_584D;
