@@ -16,9 +16,15 @@
 //!    session consumes no input while an answer is owed, so pipelined
 //!    replies stay in order); otherwise, when `wants_input()`, read from the
 //!    socket and call `receive(bytes)`.
-//! 3. On a timeout call `timeout()`; on shutdown `shutdown()`.
+//! 3. Before waiting on the socket for input, call `waiting(now)`; sleep
+//!    no later than `poll_timeout()`, and when it passes call
+//!    `handle_timeout(now)` (it queues the 421 and closes). On shutdown
+//!    call `shutdown()`.
+//!
+//! Time is an input: the machine reads no clock, the driver passes `now`.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::address::{self, Mailbox, PathError, ReversePath};
 use super::data::{DataReader, Step};
@@ -55,6 +61,10 @@ pub struct Params {
     pub max_hops: usize,
     /// Offer STARTTLS (a certificate is configured and TLS is not active).
     pub starttls: bool,
+    /// Wait for the next command line, per read (RFC 5321 4.5.3.2.7).
+    pub command_timeout: Duration,
+    /// Wait for the next block of message text, per read (4.5.3.2.5).
+    pub data_timeout: Duration,
 }
 
 /// `BODY=` of MAIL FROM.
@@ -200,6 +210,9 @@ pub struct Session {
     errors: usize,
     /// RCPTs answered 452 for being over `max_recipients`.
     overshoot: usize,
+    /// When the read the driver is waiting on times out. Each read gets
+    /// the whole timeout (like Postfix's smtpd): `receive` disarms it.
+    deadline: Option<Instant>,
 }
 
 fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
@@ -231,6 +244,7 @@ impl Session {
             transaction: None,
             errors: 0,
             overshoot: 0,
+            deadline: None,
         }
     }
 
@@ -266,6 +280,7 @@ impl Session {
     /// without an owed answer.
     pub fn receive(&mut self, input: &[u8]) {
         // Plaintext that arrives after STARTTLS is never executed.
+        self.deadline = None;
         if matches!(self.phase, Phase::Closed | Phase::AwaitingTls) {
             return;
         }
@@ -429,8 +444,42 @@ impl Session {
         self.input.clear();
     }
 
+    /// The driver starts waiting for input at `now`: arms the DATA timeout
+    /// while reading message text, the command timeout otherwise (not
+    /// while an answer is owed or the session is closed).
+    pub fn waiting(&mut self, now: Instant) {
+        if !self.wants_input() {
+            self.deadline = None;
+            return;
+        }
+        let t = if self.in_data() {
+            self.params.data_timeout
+        } else {
+            self.params.command_timeout
+        };
+        self.deadline = Some(now + t);
+    }
+
+    /// When the driver must call `handle_timeout` at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time has come to `now`. True when the client was silent too long:
+    /// 421 4.4.2 is queued and the session closes.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.deadline {
+            Some(d) if now >= d => {
+                self.deadline = None;
+                self.timeout();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The client was silent too long: queue 421 4.4.2 and close.
-    pub fn timeout(&mut self) {
+    fn timeout(&mut self) {
         if !self.closed() {
             let text = self.closing("Error: timeout exceeded");
             self.send(reply(421, (4, 4, 2), &text));
@@ -507,6 +556,7 @@ impl Session {
             return;
         }
         self.phase = Phase::Closed;
+        self.deadline = None;
         self.input = Vec::new();
         self.events.push_back(Event::Close);
     }
@@ -895,6 +945,8 @@ mod tests {
             max_errors: 50,
             max_hops: 5,
             starttls: true,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
         }
     }
 
@@ -1485,7 +1537,9 @@ mod tests {
     fn timeout_shutdown_and_refusal_close() {
         let mut s = Session::new(params());
         s.greeting();
-        s.timeout();
+        let t0 = Instant::now();
+        s.waiting(t0);
+        assert!(s.handle_timeout(t0 + Duration::from_secs(300)));
         assert!(
             s.take_output()
                 .ends_with(b"421 4.4.2 mx.test Error: timeout exceeded\r\n")
@@ -1567,5 +1621,92 @@ mod tests {
         assert!(!s.in_data());
         assert_eq!(s.recipients().len(), 1);
         assert!(s.mail_from().is_some());
+    }
+
+    /// Feeds `input` at `now` the way the driver does: answers every
+    /// event, then waits for input from `now`.
+    fn feed_at(s: &mut Session, now: Instant, input: &[u8]) -> String {
+        s.receive(input);
+        while let Some(e) = s.poll_event() {
+            match e {
+                Event::Mail(_) => s.answer_mail(Ok(())),
+                Event::Rcpt(_) => s.answer_rcpt(Ok(())),
+                Event::DataStart => s.answer_data(Ok(())),
+                Event::DataEnd => s.answer_data_end(Reply::enh(250, (2, 0, 0), "Ok")),
+                _ => {}
+            }
+        }
+        s.waiting(now);
+        String::from_utf8(s.take_output()).expect("replies are UTF-8")
+    }
+
+    #[test]
+    fn command_timeout_gives_421_4_4_2_and_closes() {
+        let mut s = Session::new(params());
+        s.greeting();
+        s.take_output();
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(), None, "no timer before the driver waits");
+        s.waiting(t0);
+        let due = t0 + Duration::from_secs(300);
+        assert_eq!(s.poll_timeout(), Some(due));
+        assert!(!s.handle_timeout(due - Duration::from_millis(1)), "early");
+        assert!(s.take_output().is_empty());
+        assert!(s.handle_timeout(due));
+        assert_eq!(
+            s.take_output(),
+            b"421 4.4.2 mx.test Error: timeout exceeded\r\n"
+        );
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.poll_timeout(), None);
+        assert!(
+            !s.handle_timeout(due + Duration::from_secs(1)),
+            "fires once"
+        );
+    }
+
+    #[test]
+    fn each_read_gets_the_whole_timeout_and_data_has_its_own() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        s.waiting(t0);
+        // A byte just before each command timeout keeps the session (the
+        // timeout is per read, as the driver had it).
+        for (i, b) in b"EHLO c\r\n".iter().enumerate() {
+            let at = secs(299 * (i as u64 + 1));
+            assert!(!s.handle_timeout(at));
+            feed_at(&mut s, at, &[*b]);
+            assert_eq!(s.poll_timeout(), Some(at + Duration::from_secs(300)));
+        }
+        let t = secs(5000);
+        let out = feed_at(&mut s, t, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        assert!(out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"));
+        assert!(s.in_data());
+        // In DATA the data timeout (180 s here) applies.
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(180)));
+        let out = feed_at(&mut s, t, b"x\r\n.\r\n");
+        assert!(out.ends_with("250 2.0.0 Ok\r\n"));
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(300)));
+        s.receive(b"body\r\n");
+        assert_eq!(s.poll_timeout(), None, "input disarms until the next wait");
+    }
+
+    #[test]
+    fn no_timer_while_an_answer_is_owed_or_after_close() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        s.receive(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        assert!(matches!(s.poll_event(), Some(Event::Mail(_))));
+        // The driver decides (a DNSBL lookup, say): not the client's time.
+        s.waiting(t0);
+        assert_eq!(s.poll_timeout(), None);
+        s.answer_mail(Ok(()));
+        s.waiting(t0);
+        assert!(s.poll_timeout().is_some());
+        s.receive(b"QUIT\r\n");
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        s.waiting(t0);
+        assert_eq!(s.poll_timeout(), None);
     }
 }
