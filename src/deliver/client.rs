@@ -19,15 +19,13 @@ use crate::alert::Kind;
 use crate::config::{Config, DeliverTo, Domain};
 use crate::daemon::Ctx;
 use crate::smtp::Reply;
-use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
+use crate::smtp::client::{Client, Envelope, Event, Expired, Extensions, Tally, Timeouts, Verdict};
 use crate::smtp::downgrade::{Converter, Plan, Scanner};
 use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, Message, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 
-/// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 min).
-pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bound on one write to a stalled socket (I/O, not an SMTP timer).
+const WRITE_TIMEOUT: Duration = crate::smtp::client::REPLY_TIMEOUT;
 /// Socket read size.
 pub const READ_BUF: usize = 4096;
 
@@ -41,6 +39,64 @@ pub struct Conn {
     pub ext: Extensions,
 }
 
+/// Why waiting on the server ended without an event.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The socket failed, or a write stalled.
+    Io(String),
+    /// One of the client's timers.
+    Expired(Expired),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => f.write_str(e),
+            ConnError::Expired(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The client's timeouts under `cfg`.
+pub fn timeouts(cfg: &Config) -> Timeouts {
+    Timeouts {
+        greeting: cfg.main.greeting_timeout,
+        transaction: cfg.main.transaction_timeout,
+        ..Timeouts::default()
+    }
+}
+
+/// Runs `io` until `bound` or the client's deadline, whichever comes
+/// first; the client decides whether its deadline expired.
+async fn bounded<T>(
+    client: &mut Client,
+    io: impl std::future::Future<Output = Result<T, String>>,
+    bound: Option<Instant>,
+    late: &str,
+) -> Result<T, ConnError> {
+    let until = match (client.poll_timeout(), bound) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let r = match until {
+        None => Some(io.await),
+        Some(t) => {
+            futures_lite::future::or(async { Some(io.await) }, async {
+                smol::Timer::at(t).await;
+                None
+            })
+            .await
+        }
+    };
+    match r {
+        Some(r) => r.map_err(ConnError::Io),
+        None => match client.handle_timeout(Instant::now()) {
+            Some(e) => Err(ConnError::Expired(e)),
+            None => Err(ConnError::Io(late.to_string())),
+        },
+    }
+}
+
 impl Conn {
     /// `host[ip]:port`, as logs and DSNs name the server.
     pub fn relay(&self) -> String {
@@ -52,7 +108,12 @@ impl Conn {
         )
     }
 
-    async fn connect(target: Target, timeout: Duration, ehlo: &str) -> Result<Conn, String> {
+    async fn connect(
+        target: Target,
+        timeout: Duration,
+        ehlo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Conn, String> {
         let addr = target.addr;
         let stream = futures_lite::future::or(
             async {
@@ -69,50 +130,45 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream: Stream::Plain(stream),
-            client: Client::new(ehlo),
+            client: Client::new(ehlo, timeouts),
             buf: vec![0u8; READ_BUF],
             target,
             ext: Extensions::default(),
         })
     }
 
-    async fn flush(&mut self) -> Result<(), String> {
+    async fn flush(&mut self) -> Result<(), ConnError> {
         let out = self.client.take_output();
         if out.is_empty() {
             return Ok(());
         }
         let w = self.stream.write_all(&out);
-        futures_lite::future::or(
-            async { w.await.map_err(|e| format!("write: {e}")) },
-            async {
-                smol::Timer::after(REPLY_TIMEOUT).await;
-                Err("write: timed out".to_string())
-            },
-        )
-        .await
+        let io = async { w.await.map_err(|e| format!("write: {e}")) };
+        let bound = Some(Instant::now() + WRITE_TIMEOUT);
+        bounded(&mut self.client, io, bound, "write: timed out").await
     }
 
-    /// The next client event, reading as needed. `timeout` bounds the
-    /// whole wait, not each read: a reply trickled a byte at a time
-    /// cannot stretch it.
-    pub async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
-        let until = Instant::now() + timeout;
+    /// The next client event, reading as needed. The client's timers
+    /// bound the whole wait, not each read: a reply trickled a byte at a
+    /// time cannot stretch it.
+    pub async fn event(&mut self) -> Result<Event, ConnError> {
+        self.client.waiting(Instant::now());
         loop {
             self.flush().await?;
             if let Some(e) = self.client.poll_event() {
                 return Ok(e);
             }
             if !self.client.wants_input() {
-                return Err("client state machine stalled".into());
+                return Err(ConnError::Io("client state machine stalled".into()));
             }
             let stream = &mut self.stream;
             let buf = &mut self.buf;
-            let n = futures_lite::future::or(
-                async { stream.read(buf).await.map_err(|e| format!("read: {e}")) },
-                async {
-                    smol::Timer::at(until).await;
-                    Err("timed out waiting for the server".to_string())
-                },
+            let io = async { stream.read(buf).await.map_err(|e| format!("read: {e}")) };
+            let n = bounded(
+                &mut self.client,
+                io,
+                None,
+                "timed out waiting for the server",
             )
             .await?;
             if n == 0 {
@@ -123,22 +179,15 @@ impl Conn {
         }
     }
 
+    /// QUIT, within the client's quit timeout.
     pub async fn quit(mut self) {
         self.client.quit();
-        let _ = futures_lite::future::or(
-            async {
-                loop {
-                    match self.event(Duration::from_secs(10)).await {
-                        Ok(Event::Closed) | Ok(Event::Failed { .. }) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            },
-            async {
-                smol::Timer::after(Duration::from_secs(10)).await;
-            },
-        )
-        .await;
+        loop {
+            match self.event().await {
+                Ok(Event::Closed) | Ok(Event::Failed { .. }) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -320,14 +369,19 @@ async fn open(
     domain: Option<&Domain>,
     use_tls: bool,
 ) -> Result<Conn, OpenError> {
-    let mut c = Conn::connect(t.clone(), cfg.main.connect_timeout, &cfg.main.hostname)
-        .await
-        .map_err(OpenError::Other)?;
+    let mut c = Conn::connect(
+        t.clone(),
+        cfg.main.connect_timeout,
+        &cfg.main.hostname,
+        timeouts(cfg),
+    )
+    .await
+    .map_err(OpenError::Other)?;
     let relay = c.relay();
     let pin = domain.and_then(|d| d.tls_pin.clone());
     let mut asked_tls = false;
     loop {
-        match c.event(cfg.main.greeting_timeout).await {
+        match c.event().await {
             Ok(Event::Ready {
                 greeting,
                 ehlo,
@@ -377,20 +431,19 @@ async fn open(
             }
             Ok(Event::StartTls) => {
                 let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
-                let hs = futures_lite::future::or(
-                    async { Some(c.stream.connect_tls(ctx.tls_client.clone(), name).await) },
-                    async {
-                        smol::Timer::after(REPLY_TIMEOUT).await;
-                        None
-                    },
-                )
-                .await;
-                match hs {
-                    Some(Ok(())) => c.client.tls_established(),
-                    Some(Err(e)) => return Err(OpenError::Tls(format!("{relay}: TLS: {e}"))),
-                    None => {
-                        return Err(OpenError::Tls(format!("{relay}: TLS handshake timed out")));
-                    }
+                c.client.waiting(Instant::now());
+                let stream = &mut c.stream;
+                let io = async {
+                    stream
+                        .connect_tls(ctx.tls_client.clone(), name)
+                        .await
+                        .map_err(|e| format!("{relay}: TLS: {e}"))
+                };
+                let late = format!("{relay}: TLS handshake timed out");
+                match bounded(&mut c.client, io, None, &late).await {
+                    Ok(()) => c.client.tls_established(),
+                    Err(ConnError::Io(e)) => return Err(OpenError::Tls(e)),
+                    Err(ConnError::Expired(_)) => return Err(OpenError::Tls(late)),
                 }
             }
             Ok(Event::Failed { reply, reason }) => {
@@ -558,31 +611,26 @@ async fn transaction(
     let relay = conn.relay();
     let mut body = Some(body);
     let mut alive = true;
+    // The client times each reply and the whole transaction (its
+    // `transaction` timeout, from the config).
     conn.client.send_mail(env);
-    // Each read has its RFC 5321 timeout, and the whole transaction a
-    // deadline: a peer that trickles a byte every few minutes meets every
-    // read timeout and would hold this worker for hours.
-    let budget = ctx.config().main.transaction_timeout;
-    let deadline = Instant::now() + budget;
     let overdue = || {
         format!(
             "{relay} took longer than {} for one message: given up",
-            crate::config::fmt_duration(budget)
+            crate::config::fmt_duration(ctx.config().main.transaction_timeout)
         )
     };
     // Until the transaction's last event: leaving one unread would hand
     // it to the next message on this connection.
-    let mut timeout = REPLY_TIMEOUT;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = match conn.event(timeout.min(left)).await {
+        let ev = match conn.event().await {
             Ok(ev) => ev,
+            Err(ConnError::Expired(Expired::Transaction)) => {
+                tally.lost(&overdue());
+                return false;
+            }
             Err(e) => {
-                if Instant::now() >= deadline {
-                    tally.lost(&overdue());
-                } else {
-                    tally.lost(&format!("lost connection with {relay}: {e}"));
-                }
+                tally.lost(&format!("lost connection with {relay}: {e}"));
                 return false;
             }
         };
@@ -592,16 +640,17 @@ async fn transaction(
                     Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
                     _ => None,
                 };
-                let streamed = stream_body(ctx, conn, id, m.chunks, conv);
-                let late = async {
-                    smol::Timer::at(deadline).await;
-                    Err(overdue())
-                };
-                if let Err(e) = futures_lite::future::or(streamed, late).await {
-                    tally.lost(&e);
-                    return false;
+                match stream_body(ctx, conn, id, m.chunks, conv).await {
+                    Ok(()) => {}
+                    Err(ConnError::Expired(Expired::Transaction)) => {
+                        tally.lost(&overdue());
+                        return false;
+                    }
+                    Err(e) => {
+                        tally.lost(&e.to_string());
+                        return false;
+                    }
                 }
-                timeout = DATA_END_TIMEOUT;
             }
             Event::Failed { .. } | Event::Closed => alive = false,
             _ => {}
@@ -675,14 +724,15 @@ async fn stream_body(
     id: u64,
     chunks: u32,
     mut conv: Option<Converter>,
-) -> Result<(), String> {
+) -> Result<(), ConnError> {
     let mut out = Vec::new();
     for seq in 0..chunks {
-        let chunk = read_chunk(ctx, id, seq)?;
+        let chunk = read_chunk(ctx, id, seq).map_err(ConnError::Io)?;
         match conv.as_mut() {
             Some(c) => {
                 out.clear();
-                c.feed(&chunk, &mut out).map_err(|e| e.to_string())?;
+                c.feed(&chunk, &mut out)
+                    .map_err(|e| ConnError::Io(e.to_string()))?;
                 conn.client.body(&out);
             }
             None => conn.client.body(&chunk),
@@ -691,7 +741,8 @@ async fn stream_body(
     }
     if let Some(c) = conv {
         out.clear();
-        c.finish(&mut out).map_err(|e| e.to_string())?;
+        c.finish(&mut out)
+            .map_err(|e| ConnError::Io(e.to_string()))?;
         conn.client.body(&out);
     }
     conn.client.end_body();
