@@ -378,7 +378,6 @@ async fn open(
     .await
     .map_err(OpenError::Other)?;
     let relay = c.relay();
-    let pin = domain.and_then(|d| d.tls_pin.clone());
     let mut asked_tls = false;
     loop {
         match c.event().await {
@@ -388,64 +387,19 @@ async fn open(
                 extensions,
             }) => {
                 c.ext = extensions;
-                if !c.stream.is_tls() {
-                    let g = greeting.lines.first().cloned().unwrap_or_default();
-                    let e = ehlo.lines.first().cloned().unwrap_or_default();
-                    let checked = guard::check_greeting(domain, &cfg.main.hostname, &g)
-                        .and_then(|()| guard::check_greeting(domain, &cfg.main.hostname, &e));
-                    if let Err(why) = checked {
+                match on_ready(&c, cfg, domain, use_tls, &greeting, &ehlo) {
+                    Ok(Opened::Ready) => return Ok(c),
+                    Ok(Opened::StartTls) => {
+                        asked_tls = true;
+                        c.client.starttls();
+                    }
+                    Err(why) => {
                         c.quit().await;
                         return Err(OpenError::Guard(t, why));
                     }
-                    if use_tls && c.ext.starttls {
-                        asked_tls = true;
-                        c.client.starttls();
-                        continue;
-                    }
-                    if pin.is_some() {
-                        c.quit().await;
-                        return Err(OpenError::Guard(
-                            t,
-                            "tls_pin is set but the server did not offer STARTTLS".into(),
-                        ));
-                    }
-                    return Ok(c);
-                }
-                if let Some(p) = &pin {
-                    let got = c
-                        .stream
-                        .peer_certificate()
-                        .and_then(|d| crate::tls::pin_of(&d));
-                    if got.as_deref() != Some(p.as_str()) {
-                        c.quit().await;
-                        return Err(OpenError::Guard(
-                            t,
-                            format!(
-                                "certificate key {} does not match tls_pin",
-                                got.unwrap_or_else(|| "(none)".into())
-                            ),
-                        ));
-                    }
-                }
-                return Ok(c);
-            }
-            Ok(Event::StartTls) => {
-                let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
-                c.client.waiting(Instant::now());
-                let stream = &mut c.stream;
-                let io = async {
-                    stream
-                        .connect_tls(ctx.tls_client.clone(), name)
-                        .await
-                        .map_err(|e| format!("{relay}: TLS: {e}"))
-                };
-                let late = format!("{relay}: TLS handshake timed out");
-                match bounded(&mut c.client, io, None, &late).await {
-                    Ok(()) => c.client.tls_established(),
-                    Err(ConnError::Io(e)) => return Err(OpenError::Tls(e)),
-                    Err(ConnError::Expired(_)) => return Err(OpenError::Tls(late)),
                 }
             }
+            Ok(Event::StartTls) => handshake(ctx, &mut c, &relay).await?,
             Ok(Event::Failed { reply, reason }) => {
                 let r = reply.map(|r| r.one_line()).unwrap_or(reason);
                 if asked_tls && !c.stream.is_tls() {
@@ -456,6 +410,76 @@ async fn open(
             Ok(_) => {}
             Err(e) => return Err(OpenError::Other(format!("{relay}: {e}"))),
         }
+    }
+}
+
+/// What `open` does after `Ready`.
+enum Opened {
+    /// The connection is ready for mail.
+    Ready,
+    /// Ask for STARTTLS first.
+    StartTls,
+}
+
+/// The guard's checks after `Ready`: the greeting and EHLO names in the
+/// clear, then STARTTLS when offered, the pin under TLS. Err: the guard's
+/// reason (the caller says QUIT).
+fn on_ready(
+    c: &Conn,
+    cfg: &Config,
+    domain: Option<&Domain>,
+    use_tls: bool,
+    greeting: &Reply,
+    ehlo: &Reply,
+) -> Result<Opened, String> {
+    let pin = domain.and_then(|d| d.tls_pin.as_deref());
+    if !c.stream.is_tls() {
+        let g = greeting.lines.first().cloned().unwrap_or_default();
+        let e = ehlo.lines.first().cloned().unwrap_or_default();
+        guard::check_greeting(domain, &cfg.main.hostname, &g)
+            .and_then(|()| guard::check_greeting(domain, &cfg.main.hostname, &e))?;
+        if use_tls && c.ext.starttls {
+            return Ok(Opened::StartTls);
+        }
+        if pin.is_some() {
+            return Err("tls_pin is set but the server did not offer STARTTLS".into());
+        }
+        return Ok(Opened::Ready);
+    }
+    if let Some(p) = pin {
+        let got = c
+            .stream
+            .peer_certificate()
+            .and_then(|d| crate::tls::pin_of(&d));
+        if got.as_deref() != Some(p) {
+            return Err(format!(
+                "certificate key {} does not match tls_pin",
+                got.unwrap_or_else(|| "(none)".into())
+            ));
+        }
+    }
+    Ok(Opened::Ready)
+}
+
+/// The TLS handshake after STARTTLS's 220, bounded by the client's timer.
+async fn handshake(ctx: &Ctx, c: &mut Conn, relay: &str) -> Result<(), OpenError> {
+    let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
+    c.client.waiting(Instant::now());
+    let stream = &mut c.stream;
+    let io = async {
+        stream
+            .connect_tls(ctx.tls_client.clone(), name)
+            .await
+            .map_err(|e| format!("{relay}: TLS: {e}"))
+    };
+    let late = format!("{relay}: TLS handshake timed out");
+    match bounded(&mut c.client, io, None, &late).await {
+        Ok(()) => {
+            c.client.tls_established();
+            Ok(())
+        }
+        Err(ConnError::Io(e)) => Err(OpenError::Tls(e)),
+        Err(ConnError::Expired(_)) => Err(OpenError::Tls(late)),
     }
 }
 
@@ -531,55 +555,36 @@ fn outcome_of(v: Verdict) -> Outcome {
 /// Sends one message to the recipients of `job`. Returns whether the
 /// connection can carry another message.
 async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -> bool {
-    let m = match ctx.spool.message(job.id) {
-        Ok(Some(m)) => m,
-        _ => {
-            job_done(ctx, job.id);
-            return true;
-        }
-    };
-    // Only recipients still pending (a flush may have raced a delivery).
-    let rcpts: Vec<(usize, String)> = job
-        .rcpts
-        .iter()
-        .filter(|(i, _)| {
-            m.recipients
-                .get(*i)
-                .is_some_and(|r| r.state == RcptState::Pending)
-        })
-        .cloned()
-        .collect();
-    if rcpts.is_empty() {
+    let Some((m, rcpts)) = pending(ctx, &job) else {
         job_done(ctx, job.id);
         return true;
-    }
+    };
     let relay = conn.relay();
     let mut tally = Tally::new(rcpts.len());
-    let body = prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await;
-    let (eightbit, size) = match &body {
-        Ok(Body::Downgraded(plan)) => (false, plan.size),
-        _ => (m.flags & FLAG_8BITMIME != 0, m.size),
-    };
-    let env = Envelope {
-        from: m.sender.clone(),
-        to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
-        size,
-        eightbit,
-        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
-    };
-    let alive = match body {
+    let alive = match prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await {
         Err(reply) => {
             tally.event(&Event::TransactionFailed { reply });
             true
         }
-        Ok(body) => transaction(ctx, conn, &m, job.id, env, body, &mut tally).await,
+        Ok(body) => {
+            let env = envelope(&m, &rcpts, &body);
+            let mut attempt = Attempt {
+                ctx,
+                conn,
+                m: &m,
+                id: job.id,
+                relay: relay.clone(),
+                tally: &mut tally,
+                body: Some(body),
+            };
+            attempt.run(env).await
+        }
     };
-    let summary = tally.summary().to_owned();
     let report = AttemptReport {
         time: crate::clock::now(),
         destination: dest.clone(),
         relay: relay.clone(),
-        summary,
+        summary: tally.summary().to_owned(),
         results: rcpts
             .iter()
             .zip(tally.verdicts())
@@ -597,66 +602,106 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     alive
 }
 
-/// Sends one transaction and feeds its events to `tally`. Returns whether
-/// the connection can carry another message.
-async fn transaction(
-    ctx: &Ctx,
-    conn: &mut Conn,
-    m: &Message,
-    id: u64,
-    env: Envelope,
-    body: Body,
-    tally: &mut Tally,
-) -> bool {
-    let relay = conn.relay();
-    let mut body = Some(body);
-    let mut alive = true;
-    // The client times each reply and the whole transaction (its
-    // `transaction` timeout, from the config).
-    conn.client.send_mail(env);
-    let overdue = || {
-        format!(
-            "{relay} took longer than {} for one message: given up",
-            crate::config::fmt_duration(ctx.config().main.transaction_timeout)
-        )
+/// The spooled message of `job` and its recipients still pending (a
+/// flush may have raced a delivery); None when there is nothing to send.
+fn pending(ctx: &Ctx, job: &Job) -> Option<(Message, Vec<(usize, String)>)> {
+    let m = ctx.spool.message(job.id).ok().flatten()?;
+    let rcpts: Vec<(usize, String)> = job
+        .rcpts
+        .iter()
+        .filter(|(i, _)| {
+            m.recipients
+                .get(*i)
+                .is_some_and(|r| r.state == RcptState::Pending)
+        })
+        .cloned()
+        .collect();
+    (!rcpts.is_empty()).then_some((m, rcpts))
+}
+
+/// The envelope for `m` sent as `body` says (a downgraded body is 7-bit
+/// and has its converted size).
+fn envelope(m: &Message, rcpts: &[(usize, String)], body: &Body) -> Envelope {
+    let (eightbit, size) = match body {
+        Body::Downgraded(plan) => (false, plan.size),
+        Body::AsIs => (m.flags & FLAG_8BITMIME != 0, m.size),
     };
-    // Until the transaction's last event: leaving one unread would hand
-    // it to the next message on this connection.
-    loop {
-        let ev = match conn.event().await {
-            Ok(ev) => ev,
-            Err(ConnError::Expired(Expired::Transaction)) => {
-                tally.lost(&overdue());
-                return false;
-            }
-            Err(e) => {
-                tally.lost(&format!("lost connection with {relay}: {e}"));
-                return false;
-            }
-        };
-        match &ev {
-            Event::SendBody => {
-                let conv = match body.take() {
-                    Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
-                    _ => None,
-                };
-                match stream_body(ctx, conn, id, m.chunks, conv).await {
-                    Ok(()) => {}
-                    Err(ConnError::Expired(Expired::Transaction)) => {
-                        tally.lost(&overdue());
-                        return false;
-                    }
-                    Err(e) => {
-                        tally.lost(&e.to_string());
+    Envelope {
+        from: m.sender.clone(),
+        to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
+        size,
+        eightbit,
+        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
+    }
+}
+
+/// One transaction on an open connection, its events fed to `tally`.
+struct Attempt<'a> {
+    ctx: &'a Ctx,
+    conn: &'a mut Conn,
+    m: &'a Message,
+    id: u64,
+    relay: String,
+    tally: &'a mut Tally,
+    /// Taken when the server asks for it.
+    body: Option<Body>,
+}
+
+impl Attempt<'_> {
+    /// Sends the transaction. Returns whether the connection can carry
+    /// another message.
+    async fn run(&mut self, env: Envelope) -> bool {
+        let mut alive = true;
+        // The client times each reply and the whole transaction.
+        self.conn.client.send_mail(env);
+        // Until the transaction's last event: leaving one unread would
+        // hand it to the next message on this connection.
+        loop {
+            let ev = match self.conn.event().await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let why = self.lost(e, true);
+                    self.tally.lost(&why);
+                    return false;
+                }
+            };
+            match &ev {
+                Event::SendBody => {
+                    if let Err(e) = self.on_send_body().await {
+                        let why = self.lost(e, false);
+                        self.tally.lost(&why);
                         return false;
                     }
                 }
+                Event::Failed { .. } | Event::Closed => alive = false,
+                _ => {}
             }
-            Event::Failed { .. } | Event::Closed => alive = false,
-            _ => {}
+            if self.tally.event(&ev) {
+                return alive;
+            }
         }
-        if tally.event(&ev) {
-            return alive;
+    }
+
+    /// DATA got 354: the body, as spooled or converted.
+    async fn on_send_body(&mut self) -> Result<(), ConnError> {
+        let conv = match self.body.take() {
+            Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
+            _ => None,
+        };
+        stream_body(self.ctx, self.conn, self.id, self.m.chunks, conv).await
+    }
+
+    /// Every recipient's answer when the transaction broke off; `waiting`:
+    /// it broke while waiting for a reply (not while sending the body).
+    fn lost(&self, e: ConnError, waiting: bool) -> String {
+        match e {
+            ConnError::Expired(Expired::Transaction) => format!(
+                "{} took longer than {} for one message: given up",
+                self.relay,
+                crate::config::fmt_duration(self.ctx.config().main.transaction_timeout)
+            ),
+            e if waiting => format!("lost connection with {}: {e}", self.relay),
+            e => e.to_string(),
         }
     }
 }
