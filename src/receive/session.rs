@@ -1,6 +1,7 @@
 //! The driver around one `smtp::server::Session`: moves bytes between the
-//! socket and the state machine, enforces the timeouts, answers the
-//! policy events and streams the body into the spool.
+//! socket and the state machine, sleeps until the machine's deadline
+//! (the timer rules are the machine's), answers the policy events and
+//! streams the body into the spool.
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -494,10 +495,13 @@ impl Driver {
             return false;
         };
         let ip = self.ip;
-        let t = self.cfg.main.command_timeout;
+        self.s.waiting(Instant::now());
+        let Some(deadline) = self.s.poll_timeout() else {
+            return false;
+        };
         let stream = &mut self.stream;
         let hs = futures_lite::future::or(async { Some(stream.accept_tls(tls).await) }, async {
-            smol::Timer::after(t).await;
+            smol::Timer::at(deadline).await;
             None
         })
         .await;
@@ -515,6 +519,7 @@ impl Driver {
                 false
             }
             None => {
+                self.s.handle_timeout(Instant::now());
                 log::info!(
                     "id=NOQUEUE event=tls_failed client=[{ip}] error=\"handshake timed out\""
                 );

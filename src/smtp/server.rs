@@ -439,23 +439,25 @@ impl Session {
         }
         // RFC 3207 4.2: discard all knowledge not from the TLS negotiation.
         self.phase = Phase::command();
+        self.deadline = None;
         self.tls = true;
         self.helo = None;
         self.input.clear();
     }
 
-    /// The driver starts waiting for input at `now`: arms the DATA timeout
-    /// while reading message text, the command timeout otherwise (not
-    /// while an answer is owed or the session is closed).
+    /// The driver starts waiting on the client at `now`: arms the DATA
+    /// timeout while reading message text, the command timeout for a
+    /// command or the TLS handshake (none while an answer is owed or the
+    /// session is closed).
     pub fn waiting(&mut self, now: Instant) {
-        if !self.wants_input() {
-            self.deadline = None;
-            return;
-        }
-        let t = if self.in_data() {
-            self.params.data_timeout
-        } else {
-            self.params.command_timeout
+        let t = match self.phase {
+            Phase::AwaitingTls => self.params.command_timeout,
+            _ if !self.wants_input() => {
+                self.deadline = None;
+                return;
+            }
+            Phase::Data(_) => self.params.data_timeout,
+            _ => self.params.command_timeout,
         };
         self.deadline = Some(now + t);
     }
@@ -466,12 +468,17 @@ impl Session {
     }
 
     /// Time has come to `now`. True when the client was silent too long:
-    /// 421 4.4.2 is queued and the session closes.
+    /// 421 4.4.2 is queued and the session closes (in the TLS handshake
+    /// it just closes: no plaintext reply can go out then).
     pub fn handle_timeout(&mut self, now: Instant) -> bool {
         match self.deadline {
             Some(d) if now >= d => {
                 self.deadline = None;
-                self.timeout();
+                if matches!(self.phase, Phase::AwaitingTls) {
+                    self.close();
+                } else {
+                    self.timeout();
+                }
                 true
             }
             _ => false,
@@ -512,8 +519,8 @@ impl Session {
         self.helo.as_ref().is_some_and(|h| h.esmtp)
     }
 
-    /// True while the session is reading message text (the driver uses
-    /// the DATA timeout then, the command timeout otherwise).
+    /// True while the session is reading message text (the driver reads
+    /// in larger pieces then).
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Data(_))
     }
@@ -1708,5 +1715,27 @@ mod tests {
         assert_eq!(s.poll_event(), Some(Event::Close));
         s.waiting(t0);
         assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn tls_handshake_has_the_command_timeout_and_closes_silently() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+        assert_eq!(s.poll_event(), Some(Event::StartTls));
+        s.take_output();
+        s.waiting(t0);
+        let due = t0 + Duration::from_secs(300);
+        assert_eq!(s.poll_timeout(), Some(due));
+        assert!(s.handle_timeout(due));
+        assert!(s.take_output().is_empty(), "no plaintext mid-handshake");
+        assert_eq!(s.poll_event(), Some(Event::Close));
+
+        let mut s = Session::new(params());
+        s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+        s.poll_event();
+        s.waiting(t0);
+        s.tls_started();
+        assert_eq!(s.poll_timeout(), None, "the handshake's timer ends with it");
     }
 }
