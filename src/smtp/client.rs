@@ -704,24 +704,8 @@ impl Client {
                 }
             }
             Expect::Data => {
-                let deliverable = txn.mail_ok && txn.rcpts_ok > 0;
-                match (deliverable, reply.code, class) {
-                    (true, 354, _) => {
-                        self.stage = Stage::Body;
-                        self.events.push_back(Event::SendBody);
-                    }
-                    (true, _, 4 | 5) => {
-                        txn.failure = Some(reply);
-                        self.command(&["RSET"], Expect::Rset);
-                    }
-                    // RFC 2920 3.1: DATA may be accepted even though no
-                    // RCPT was; end the empty message with a lone dot.
-                    (false, 354, _) => {
-                        self.out.extend_from_slice(b".\r\n");
-                        self.expect.push_back(Expect::DataAbort);
-                    }
-                    (false, _, 4 | 5) => self.command(&["RSET"], Expect::Rset),
-                    _ => return self.fail(Some(reply), "unexpected reply to DATA"),
+                if !self.on_data_reply(&mut txn, reply, class) {
+                    return;
                 }
             }
             // Whatever the server made of the empty message, it is over.
@@ -734,31 +718,60 @@ impl Client {
                 self.events.push_back(Event::DataReply(reply));
                 return;
             }
-            Expect::Rset => {
-                self.stage = Stage::Ready;
-                if txn.probe {
-                    self.events.push_back(Event::ProbeDone);
-                } else {
-                    // MAIL refused, or else the last RCPT (none accepted),
-                    // unless DATA itself was refused.
-                    let failure = txn.failure.or(if txn.mail_ok {
-                        txn.last_rcpt
-                    } else {
-                        txn.mail_reply
-                    });
-                    match failure {
-                        Some(reply) => self.events.push_back(Event::TransactionFailed { reply }),
-                        None => return self.fail(Some(reply), "internal: RSET without failure"),
-                    }
-                }
-                if class != 2 {
-                    self.fail(Some(reply), "RSET refused");
-                }
-                return;
-            }
+            Expect::Rset => return self.on_rset_reply(txn, reply, class),
             _ => return self.fail(Some(reply), "internal: not a transaction reply"),
         }
         self.txn = Some(txn);
+    }
+
+    /// The reply to DATA; false when the session failed.
+    fn on_data_reply(&mut self, txn: &mut Txn, reply: Reply, class: u16) -> bool {
+        let deliverable = txn.mail_ok && txn.rcpts_ok > 0;
+        match (deliverable, reply.code, class) {
+            (true, 354, _) => {
+                self.stage = Stage::Body;
+                self.events.push_back(Event::SendBody);
+            }
+            (true, _, 4 | 5) => {
+                txn.failure = Some(reply);
+                self.command(&["RSET"], Expect::Rset);
+            }
+            // RFC 2920 3.1: DATA may be accepted even though no
+            // RCPT was; end the empty message with a lone dot.
+            (false, 354, _) => {
+                self.out.extend_from_slice(b".\r\n");
+                self.expect.push_back(Expect::DataAbort);
+            }
+            (false, _, 4 | 5) => self.command(&["RSET"], Expect::Rset),
+            _ => {
+                self.fail(Some(reply), "unexpected reply to DATA");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The reply to the RSET that ends a failed transaction or a probe.
+    fn on_rset_reply(&mut self, txn: Txn, reply: Reply, class: u16) {
+        self.stage = Stage::Ready;
+        if txn.probe {
+            self.events.push_back(Event::ProbeDone);
+        } else {
+            // MAIL refused, or else the last RCPT (none accepted),
+            // unless DATA itself was refused.
+            let failure = txn.failure.or(if txn.mail_ok {
+                txn.last_rcpt
+            } else {
+                txn.mail_reply
+            });
+            match failure {
+                Some(reply) => self.events.push_back(Event::TransactionFailed { reply }),
+                None => return self.fail(Some(reply), "internal: RSET without failure"),
+            }
+        }
+        if class != 2 {
+            self.fail(Some(reply), "RSET refused");
+        }
     }
 
     /// Without pipelining: the RCPT for `index`, or what follows the last
