@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mxspool::smtp::client::{Client, Envelope, Event};
+use mxspool::smtp::client::{Client, Envelope, Event, Timeouts};
 
 #[path = "common.rs"]
 mod common;
@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     let odd_to = String::from_utf8_lossy(&take(&mut data, to_len)).into_owned();
     let server = data;
 
-    let mut c = Client::new("mx2.example.net");
+    let mut c = Client::new("mx2.example.net", Timeouts::default());
     let mut wire: Vec<u8> = Vec::new();
     let mut pieces = split(&mut rng, server, 512).into_iter();
     let mut sent = 0;

@@ -10,6 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use mxspool::smtp::reply::Reply;
 use mxspool::smtp::server::{BODY_CHUNK, Event, Params, Session};
+use std::time::{Duration, Instant};
 
 #[path = "common.rs"]
 mod common;
@@ -67,7 +68,10 @@ fuzz_target!(|data: &[u8]| {
         max_errors: 3 + (flags as usize >> 4),
         max_hops: 2,
         starttls: flags & 0x80 != 0,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(180),
     });
+    let t0 = Instant::now();
     // With no size limit the body bound is the input length.
     let limit = if flags & 1 == 0 {
         MAX_MESSAGE
@@ -119,7 +123,8 @@ fuzz_target!(|data: &[u8]| {
         }
         if rng.chance(512) {
             if rng.chance(2) {
-                s.timeout();
+                s.waiting(t0);
+                s.handle_timeout(t0 + Duration::from_secs(300));
             } else {
                 s.shutdown();
             }

@@ -18,16 +18,14 @@ use crate::alert::Kind;
 use crate::config::{Config, DeliverTo, Domain};
 use crate::ctx::Ctx;
 use crate::smtp::Reply;
-use crate::smtp::client::{Client, Envelope, Event, Extensions, Tally, Verdict};
+use crate::smtp::client::{Client, Envelope, Event, Expired, Extensions, Tally, Timeouts, Verdict};
 use crate::smtp::downgrade::{Converter, Plan, Scanner};
 use crate::spool::Destination;
 use crate::spool::schema::{FLAG_8BITMIME, FLAG_SMTPUTF8, Message, RcptState};
 use crate::spool::{AttemptReport, Outcome, RcptResult};
 
-/// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
-/// Wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 min).
-pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Bound on one write to a stalled socket (I/O, not an SMTP timer).
+const WRITE_TIMEOUT: Duration = crate::smtp::client::REPLY_TIMEOUT;
 /// Socket read size.
 pub const READ_BUF: usize = 4096;
 
@@ -41,6 +39,64 @@ pub struct Conn {
     pub ext: Extensions,
 }
 
+/// Why waiting on the server ended without an event.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The socket failed, or a write stalled.
+    Io(String),
+    /// One of the client's timers.
+    Expired(Expired),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => f.write_str(e),
+            ConnError::Expired(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The client's timeouts under `cfg`.
+pub fn timeouts(cfg: &Config) -> Timeouts {
+    Timeouts {
+        greeting: cfg.main.greeting_timeout,
+        transaction: cfg.main.transaction_timeout,
+        ..Timeouts::default()
+    }
+}
+
+/// Runs `io` until `bound` or the client's deadline, whichever comes
+/// first; the client decides whether its deadline expired.
+async fn bounded<T>(
+    client: &mut Client,
+    io: impl std::future::Future<Output = Result<T, String>>,
+    bound: Option<Instant>,
+    late: &str,
+) -> Result<T, ConnError> {
+    let until = match (client.poll_timeout(), bound) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let r = match until {
+        None => Some(io.await),
+        Some(t) => {
+            futures_lite::future::or(async { Some(io.await) }, async {
+                smol::Timer::at(t).await;
+                None
+            })
+            .await
+        }
+    };
+    match r {
+        Some(r) => r.map_err(ConnError::Io),
+        None => match client.handle_timeout(Instant::now()) {
+            Some(e) => Err(ConnError::Expired(e)),
+            None => Err(ConnError::Io(late.to_string())),
+        },
+    }
+}
+
 impl Conn {
     /// `host[ip]:port`, as logs and DSNs name the server.
     pub fn relay(&self) -> String {
@@ -52,7 +108,12 @@ impl Conn {
         )
     }
 
-    async fn connect(target: Target, timeout: Duration, ehlo: &str) -> Result<Conn, String> {
+    async fn connect(
+        target: Target,
+        timeout: Duration,
+        ehlo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Conn, String> {
         let addr = target.addr;
         let stream = futures_lite::future::or(
             async {
@@ -69,50 +130,45 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             stream: Stream::Plain(stream),
-            client: Client::new(ehlo),
+            client: Client::new(ehlo, timeouts),
             buf: vec![0u8; READ_BUF],
             target,
             ext: Extensions::default(),
         })
     }
 
-    async fn flush(&mut self) -> Result<(), String> {
+    async fn flush(&mut self) -> Result<(), ConnError> {
         let out = self.client.take_output();
         if out.is_empty() {
             return Ok(());
         }
         let w = self.stream.write_all(&out);
-        futures_lite::future::or(
-            async { w.await.map_err(|e| format!("write: {e}")) },
-            async {
-                smol::Timer::after(REPLY_TIMEOUT).await;
-                Err("write: timed out".to_string())
-            },
-        )
-        .await
+        let io = async { w.await.map_err(|e| format!("write: {e}")) };
+        let bound = Some(Instant::now() + WRITE_TIMEOUT);
+        bounded(&mut self.client, io, bound, "write: timed out").await
     }
 
-    /// The next client event, reading as needed. `timeout` bounds the
-    /// whole wait, not each read: a reply trickled a byte at a time
-    /// cannot stretch it.
-    pub async fn event(&mut self, timeout: Duration) -> Result<Event, String> {
-        let until = Instant::now() + timeout;
+    /// The next client event, reading as needed. The client's timers
+    /// bound the whole wait, not each read: a reply trickled a byte at a
+    /// time cannot stretch it.
+    pub async fn event(&mut self) -> Result<Event, ConnError> {
+        self.client.waiting(Instant::now());
         loop {
             self.flush().await?;
             if let Some(e) = self.client.poll_event() {
                 return Ok(e);
             }
             if !self.client.wants_input() {
-                return Err("client state machine stalled".into());
+                return Err(ConnError::Io("client state machine stalled".into()));
             }
             let stream = &mut self.stream;
             let buf = &mut self.buf;
-            let n = futures_lite::future::or(
-                async { stream.read(buf).await.map_err(|e| format!("read: {e}")) },
-                async {
-                    smol::Timer::at(until).await;
-                    Err("timed out waiting for the server".to_string())
-                },
+            let io = async { stream.read(buf).await.map_err(|e| format!("read: {e}")) };
+            let n = bounded(
+                &mut self.client,
+                io,
+                None,
+                "timed out waiting for the server",
             )
             .await?;
             if n == 0 {
@@ -123,22 +179,15 @@ impl Conn {
         }
     }
 
+    /// QUIT, within the client's quit timeout.
     pub async fn quit(mut self) {
         self.client.quit();
-        let _ = futures_lite::future::or(
-            async {
-                loop {
-                    match self.event(Duration::from_secs(10)).await {
-                        Ok(Event::Closed) | Ok(Event::Failed { .. }) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            },
-            async {
-                smol::Timer::after(Duration::from_secs(10)).await;
-            },
-        )
-        .await;
+        loop {
+            match self.event().await {
+                Ok(Event::Closed) | Ok(Event::Failed { .. }) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -318,79 +367,37 @@ async fn open(
     domain: Option<&Domain>,
     use_tls: bool,
 ) -> Result<Conn, OpenError> {
-    let mut c = Conn::connect(t.clone(), cfg.main.connect_timeout, &cfg.main.hostname)
-        .await
-        .map_err(OpenError::Other)?;
+    let mut c = Conn::connect(
+        t.clone(),
+        cfg.main.connect_timeout,
+        &cfg.main.hostname,
+        timeouts(cfg),
+    )
+    .await
+    .map_err(OpenError::Other)?;
     let relay = c.relay();
-    let pin = domain.and_then(|d| d.tls_pin.clone());
     let mut asked_tls = false;
     loop {
-        match c.event(cfg.main.greeting_timeout).await {
+        match c.event().await {
             Ok(Event::Ready {
                 greeting,
                 ehlo,
                 extensions,
             }) => {
                 c.ext = extensions;
-                if !c.stream.is_tls() {
-                    let g = greeting.lines.first().cloned().unwrap_or_default();
-                    let e = ehlo.lines.first().cloned().unwrap_or_default();
-                    let checked = guard::check_greeting(domain, &cfg.main.hostname, &g)
-                        .and_then(|()| guard::check_greeting(domain, &cfg.main.hostname, &e));
-                    if let Err(why) = checked {
+                match on_ready(&c, cfg, domain, use_tls, &greeting, &ehlo) {
+                    Ok(Opened::Ready) => return Ok(c),
+                    Ok(Opened::StartTls) => {
+                        asked_tls = true;
+                        c.client.starttls();
+                    }
+                    Err(why) => {
                         c.quit().await;
                         return Err(OpenError::Guard(t, why));
                     }
-                    if use_tls && c.ext.starttls {
-                        asked_tls = true;
-                        c.client.starttls();
-                        continue;
-                    }
-                    if pin.is_some() {
-                        c.quit().await;
-                        return Err(OpenError::Guard(
-                            t,
-                            "tls_pin is set but the server did not offer STARTTLS".into(),
-                        ));
-                    }
-                    return Ok(c);
-                }
-                if let Some(p) = &pin {
-                    let got = c
-                        .stream
-                        .peer_certificate()
-                        .and_then(|d| crate::tls::pin_of(&d));
-                    if got.as_deref() != Some(p.as_str()) {
-                        c.quit().await;
-                        return Err(OpenError::Guard(
-                            t,
-                            format!(
-                                "certificate key {} does not match tls_pin",
-                                got.unwrap_or_else(|| "(none)".into())
-                            ),
-                        ));
-                    }
-                }
-                return Ok(c);
-            }
-            Ok(Event::StartTls) => {
-                let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
-                let hs = futures_lite::future::or(
-                    async { Some(c.stream.connect_tls(ctx.tls_client.clone(), name).await) },
-                    async {
-                        smol::Timer::after(REPLY_TIMEOUT).await;
-                        None
-                    },
-                )
-                .await;
-                match hs {
-                    Some(Ok(())) => c.client.tls_established(),
-                    Some(Err(e)) => return Err(OpenError::Tls(format!("{relay}: TLS: {e}"))),
-                    None => {
-                        return Err(OpenError::Tls(format!("{relay}: TLS handshake timed out")));
-                    }
                 }
             }
+            Ok(Event::StartTls) => handshake(ctx, &mut c, &relay).await?,
             Ok(Event::Failed { reply, reason }) => {
                 let r = reply.map(|r| r.one_line()).unwrap_or(reason);
                 if asked_tls && !c.stream.is_tls() {
@@ -401,6 +408,76 @@ async fn open(
             Ok(_) => {}
             Err(e) => return Err(OpenError::Other(format!("{relay}: {e}"))),
         }
+    }
+}
+
+/// What `open` does after `Ready`.
+enum Opened {
+    /// The connection is ready for mail.
+    Ready,
+    /// Ask for STARTTLS first.
+    StartTls,
+}
+
+/// The guard's checks after `Ready`: the greeting and EHLO names in the
+/// clear, then STARTTLS when offered, the pin under TLS. Err: the guard's
+/// reason (the caller says QUIT).
+fn on_ready(
+    c: &Conn,
+    cfg: &Config,
+    domain: Option<&Domain>,
+    use_tls: bool,
+    greeting: &Reply,
+    ehlo: &Reply,
+) -> Result<Opened, String> {
+    let pin = domain.and_then(|d| d.tls_pin.as_deref());
+    if !c.stream.is_tls() {
+        let g = greeting.lines.first().cloned().unwrap_or_default();
+        let e = ehlo.lines.first().cloned().unwrap_or_default();
+        guard::check_greeting(domain, &cfg.main.hostname, &g)
+            .and_then(|()| guard::check_greeting(domain, &cfg.main.hostname, &e))?;
+        if use_tls && c.ext.starttls {
+            return Ok(Opened::StartTls);
+        }
+        if pin.is_some() {
+            return Err("tls_pin is set but the server did not offer STARTTLS".into());
+        }
+        return Ok(Opened::Ready);
+    }
+    if let Some(p) = pin {
+        let got = c
+            .stream
+            .peer_certificate()
+            .and_then(|d| crate::tls::pin_of(&d));
+        if got.as_deref() != Some(p) {
+            return Err(format!(
+                "certificate key {} does not match tls_pin",
+                got.unwrap_or_else(|| "(none)".into())
+            ));
+        }
+    }
+    Ok(Opened::Ready)
+}
+
+/// The TLS handshake after STARTTLS's 220, bounded by the client's timer.
+async fn handshake(ctx: &Ctx, c: &mut Conn, relay: &str) -> Result<(), OpenError> {
+    let name = crate::tls::server_name(&c.target.host, c.target.addr.ip());
+    c.client.waiting(Instant::now());
+    let stream = &mut c.stream;
+    let io = async {
+        stream
+            .connect_tls(ctx.tls_client.clone(), name)
+            .await
+            .map_err(|e| format!("{relay}: TLS: {e}"))
+    };
+    let late = format!("{relay}: TLS handshake timed out");
+    match bounded(&mut c.client, io, None, &late).await {
+        Ok(()) => {
+            c.client.tls_established();
+            Ok(())
+        }
+        Err(ConnError::Io(e)) => Err(OpenError::Tls(e)),
+        Err(ConnError::Expired(_)) => Err(OpenError::Tls(late)),
     }
 }
 
@@ -476,55 +553,36 @@ fn outcome_of(v: Verdict) -> Outcome {
 /// Sends one message to the recipients of `job`. Returns whether the
 /// connection can carry another message.
 async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -> bool {
-    let m = match ctx.spool.message(job.id) {
-        Ok(Some(m)) => m,
-        _ => {
-            job_done(ctx, job.id);
-            return true;
-        }
-    };
-    // Only recipients still pending (a flush may have raced a delivery).
-    let rcpts: Vec<(usize, String)> = job
-        .rcpts
-        .iter()
-        .filter(|(i, _)| {
-            m.recipients
-                .get(*i)
-                .is_some_and(|r| r.state == RcptState::Pending)
-        })
-        .cloned()
-        .collect();
-    if rcpts.is_empty() {
+    let Some((m, rcpts)) = pending(ctx, &job) else {
         job_done(ctx, job.id);
         return true;
-    }
+    };
     let relay = conn.relay();
     let mut tally = Tally::new(rcpts.len());
-    let body = prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await;
-    let (eightbit, size) = match &body {
-        Ok(Body::Downgraded(plan)) => (false, plan.size),
-        _ => (m.flags & FLAG_8BITMIME != 0, m.size),
-    };
-    let env = Envelope {
-        from: m.sender.clone(),
-        to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
-        size,
-        eightbit,
-        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
-    };
-    let alive = match body {
+    let alive = match prepare(ctx, job.id, &m, &rcpts, &conn.ext, &relay).await {
         Err(reply) => {
             tally.event(&Event::TransactionFailed { reply });
             true
         }
-        Ok(body) => transaction(ctx, conn, &m, job.id, env, body, &mut tally).await,
+        Ok(body) => {
+            let env = envelope(&m, &rcpts, &body);
+            let mut attempt = Attempt {
+                ctx,
+                conn,
+                m: &m,
+                id: job.id,
+                relay: relay.clone(),
+                tally: &mut tally,
+                body: Some(body),
+            };
+            attempt.run(env).await
+        }
     };
-    let summary = tally.summary().to_owned();
     let report = AttemptReport {
         time: crate::clock::now(),
         destination: dest.clone(),
         relay: relay.clone(),
-        summary,
+        summary: tally.summary().to_owned(),
         results: rcpts
             .iter()
             .zip(tally.verdicts())
@@ -542,70 +600,106 @@ async fn deliver_job(ctx: &Ctx, conn: &mut Conn, dest: &Destination, job: Job) -
     alive
 }
 
-/// Sends one transaction and feeds its events to `tally`. Returns whether
-/// the connection can carry another message.
-async fn transaction(
-    ctx: &Ctx,
-    conn: &mut Conn,
-    m: &Message,
-    id: u64,
-    env: Envelope,
-    body: Body,
-    tally: &mut Tally,
-) -> bool {
-    let relay = conn.relay();
-    let mut body = Some(body);
-    let mut alive = true;
-    conn.client.send_mail(env);
-    // Each read has its RFC 5321 timeout, and the whole transaction a
-    // deadline: a peer that trickles a byte every few minutes meets every
-    // read timeout and would hold this worker for hours.
-    let budget = ctx.config().main.transaction_timeout;
-    let deadline = Instant::now() + budget;
-    let overdue = || {
-        format!(
-            "{relay} took longer than {} for one message: given up",
-            crate::config::fmt_duration(budget)
-        )
+/// The spooled message of `job` and its recipients still pending (a
+/// flush may have raced a delivery); None when there is nothing to send.
+fn pending(ctx: &Ctx, job: &Job) -> Option<(Message, Vec<(usize, String)>)> {
+    let m = ctx.spool.message(job.id).ok().flatten()?;
+    let rcpts: Vec<(usize, String)> = job
+        .rcpts
+        .iter()
+        .filter(|(i, _)| {
+            m.recipients
+                .get(*i)
+                .is_some_and(|r| r.state == RcptState::Pending)
+        })
+        .cloned()
+        .collect();
+    (!rcpts.is_empty()).then_some((m, rcpts))
+}
+
+/// The envelope for `m` sent as `body` says (a downgraded body is 7-bit
+/// and has its converted size).
+fn envelope(m: &Message, rcpts: &[(usize, String)], body: &Body) -> Envelope {
+    let (eightbit, size) = match body {
+        Body::Downgraded(plan) => (false, plan.size),
+        Body::AsIs => (m.flags & FLAG_8BITMIME != 0, m.size),
     };
-    // Until the transaction's last event: leaving one unread would hand
-    // it to the next message on this connection.
-    let mut timeout = REPLY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ev = match conn.event(timeout.min(left)).await {
-            Ok(ev) => ev,
-            Err(e) => {
-                if Instant::now() >= deadline {
-                    tally.lost(&overdue());
-                } else {
-                    tally.lost(&format!("lost connection with {relay}: {e}"));
-                }
-                return false;
-            }
-        };
-        match &ev {
-            Event::SendBody => {
-                let conv = match body.take() {
-                    Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
-                    _ => None,
-                };
-                let streamed = stream_body(ctx, conn, id, m.chunks, conv);
-                let late = async {
-                    smol::Timer::at(deadline).await;
-                    Err(overdue())
-                };
-                if let Err(e) = futures_lite::future::or(streamed, late).await {
-                    tally.lost(&e);
+    Envelope {
+        from: m.sender.clone(),
+        to: rcpts.iter().map(|(_, a)| a.clone()).collect(),
+        size,
+        eightbit,
+        smtputf8: m.flags & FLAG_SMTPUTF8 != 0,
+    }
+}
+
+/// One transaction on an open connection, its events fed to `tally`.
+struct Attempt<'a> {
+    ctx: &'a Ctx,
+    conn: &'a mut Conn,
+    m: &'a Message,
+    id: u64,
+    relay: String,
+    tally: &'a mut Tally,
+    /// Taken when the server asks for it.
+    body: Option<Body>,
+}
+
+impl Attempt<'_> {
+    /// Sends the transaction. Returns whether the connection can carry
+    /// another message.
+    async fn run(&mut self, env: Envelope) -> bool {
+        let mut alive = true;
+        // The client times each reply and the whole transaction.
+        self.conn.client.send_mail(env);
+        // Until the transaction's last event: leaving one unread would
+        // hand it to the next message on this connection.
+        loop {
+            let ev = match self.conn.event().await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let why = self.lost(e, true);
+                    self.tally.lost(&why);
                     return false;
                 }
-                timeout = DATA_END_TIMEOUT;
+            };
+            match &ev {
+                Event::SendBody => {
+                    if let Err(e) = self.on_send_body().await {
+                        let why = self.lost(e, false);
+                        self.tally.lost(&why);
+                        return false;
+                    }
+                }
+                Event::Failed { .. } | Event::Closed => alive = false,
+                _ => {}
             }
-            Event::Failed { .. } | Event::Closed => alive = false,
-            _ => {}
+            if self.tally.event(&ev) {
+                return alive;
+            }
         }
-        if tally.event(&ev) {
-            return alive;
+    }
+
+    /// DATA got 354: the body, as spooled or converted.
+    async fn on_send_body(&mut self) -> Result<(), ConnError> {
+        let conv = match self.body.take() {
+            Some(Body::Downgraded(plan)) => Some(Converter::new(plan)),
+            _ => None,
+        };
+        stream_body(self.ctx, self.conn, self.id, self.m.chunks, conv).await
+    }
+
+    /// Every recipient's answer when the transaction broke off; `waiting`:
+    /// it broke while waiting for a reply (not while sending the body).
+    fn lost(&self, e: ConnError, waiting: bool) -> String {
+        match e {
+            ConnError::Expired(Expired::Transaction) => format!(
+                "{} took longer than {} for one message: given up",
+                self.relay,
+                crate::config::fmt_duration(self.ctx.config().main.transaction_timeout)
+            ),
+            e if waiting => format!("lost connection with {}: {e}", self.relay),
+            e => e.to_string(),
         }
     }
 }
@@ -673,14 +767,15 @@ async fn stream_body(
     id: u64,
     chunks: u32,
     mut conv: Option<Converter>,
-) -> Result<(), String> {
+) -> Result<(), ConnError> {
     let mut out = Vec::new();
     for seq in 0..chunks {
-        let chunk = read_chunk(ctx, id, seq)?;
+        let chunk = read_chunk(ctx, id, seq).map_err(ConnError::Io)?;
         match conv.as_mut() {
             Some(c) => {
                 out.clear();
-                c.feed(&chunk, &mut out).map_err(|e| e.to_string())?;
+                c.feed(&chunk, &mut out)
+                    .map_err(|e| ConnError::Io(e.to_string()))?;
                 conn.client.body(&out);
             }
             None => conn.client.body(&chunk),
@@ -689,7 +784,8 @@ async fn stream_body(
     }
     if let Some(c) = conv {
         out.clear();
-        c.finish(&mut out).map_err(|e| e.to_string())?;
+        c.finish(&mut out)
+            .map_err(|e| ConnError::Io(e.to_string()))?;
         conn.client.body(&out);
     }
     conn.client.end_body();

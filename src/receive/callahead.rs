@@ -412,7 +412,7 @@ async fn ask(conn: &mut Conn, addr: &str) -> Result<Heard, String> {
     let mut mail: Option<Reply> = None;
     let mut rcpt: Option<Reply> = None;
     loop {
-        match conn.event(client::REPLY_TIMEOUT).await? {
+        match conn.event().await.map_err(|e| e.to_string())? {
             Event::MailReply(r) => mail = Some(r),
             Event::RcptReply { reply, .. } => rcpt = Some(reply),
             Event::ProbeDone => break,
@@ -478,12 +478,12 @@ async fn random_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::client::Client;
+    use crate::smtp::client::{Client, Timeouts};
 
     /// A pipelined probe against `replies` (after the greeting and EHLO),
     /// read the way `ask` reads it.
     fn probe_replies(replies: &[u8]) -> Result<Heard, String> {
-        let mut c = Client::new("mx2.example.net");
+        let mut c = Client::new("mx2.example.net", Timeouts::default());
         c.receive(b"220 mx ESMTP\r\n250-mx\r\n250 PIPELINING\r\n");
         c.send_probe("", &["u@example.com".to_string()]);
         c.receive(replies);

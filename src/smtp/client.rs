@@ -1,11 +1,16 @@
 //! The SMTP client as a sans-IO state machine, used for delivery (and, in
 //! probe mode, for call-ahead). Reply bytes in, command bytes and events
-//! out; the deliver driver owns the socket, the timers and the spool.
+//! out; the deliver driver owns the socket and the spool. Time is an
+//! input: the client reads no clock, the driver passes `now`.
 //!
 //! Call order for the driver:
-//! 1. `Client::new(ehlo_name)`; read the greeting: `receive(bytes)`.
-//! 2. Loop: write out `take_output()`; handle `poll_event()`; when the
-//!    client `wants_input()`, read and `receive(bytes)`.
+//! 1. `Client::new(ehlo_name, timeouts)`; read the greeting:
+//!    `receive(bytes)`.
+//! 2. Loop: call `waiting(now)` when it starts waiting for the next event;
+//!    write out `take_output()`; handle `poll_event()`; when the client
+//!    `wants_input()`, read and `receive(bytes)`, sleeping no later than
+//!    `poll_timeout()`; when that passes, `handle_timeout(now)` says which
+//!    timer expired and the connection is done (no QUIT: it is stuck).
 //! 3. After `Event::Ready`, start a transaction with `send_mail`; stream the
 //!    body with `body()`/`end_body()` after `Event::SendBody`; after the
 //!    transaction's outcome, start another or `quit()`. A `Tally` fed the
@@ -15,6 +20,7 @@
 //! any lone CR or LF is written as CRLF.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::reply::{Enhanced, Reply};
 use super::stuff::DotStuffer;
@@ -24,6 +30,73 @@ use super::stuff::DotStuffer;
 pub const MAX_REPLY_LINE: usize = 2048;
 /// Most lines in one multi-line reply.
 pub const MAX_REPLY_LINES: usize = 64;
+
+/// Wait for a reply to a command (RFC 5321 4.5.3.2: MAIL and RCPT 5 min).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Wait for the reply to the final dot (RFC 5321 4.5.3.2.6: 10 min).
+pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
+/// Wait for QUIT to be answered: a courtesy, not worth more.
+pub const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the client waits for the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Each event while opening: greeting, EHLO/HELO, STARTTLS
+    /// (`greeting_timeout`, RFC 5321 4.5.3.2.1).
+    pub greeting: Duration,
+    /// Each event of a transaction or probe before the body.
+    pub reply: Duration,
+    /// The reply to the final dot.
+    pub data_end: Duration,
+    /// The whole of one transaction, body included
+    /// (`transaction_timeout`): a server that trickles a byte every few
+    /// minutes meets every per-event timeout and would hold the worker
+    /// for hours.
+    pub transaction: Duration,
+    /// From `quit()` to the connection's end.
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            greeting: Duration::from_secs(300),
+            reply: REPLY_TIMEOUT,
+            data_end: DATA_END_TIMEOUT,
+            transaction: Duration::from_secs(1800),
+            quit: QUIT_TIMEOUT,
+        }
+    }
+}
+
+/// Which timer `handle_timeout` found expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// The wait for one event (greeting, a reply, QUIT).
+    Event,
+    /// The transaction's deadline (`Timeouts::transaction`).
+    Transaction,
+}
+
+impl std::fmt::Display for Expired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expired::Event => f.write_str("timed out waiting for the server"),
+            Expired::Transaction => f.write_str("the transaction took too long"),
+        }
+    }
+}
+
+/// The transaction deadline: armed at the first wait of a transaction
+/// (not a probe: call-ahead has its own budget), gone at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnClock {
+    Off,
+    /// `send_mail` started a transaction; the deadline starts with the
+    /// first wait.
+    Due,
+    Until(Instant),
+}
 
 /// What the server's EHLO reply offered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -164,11 +237,17 @@ pub struct Client {
     tls: bool,
     txn: Option<Txn>,
     stuffer: DotStuffer,
+    timeouts: Timeouts,
+    /// The end of the current wait for an event: set by `waiting`, kept
+    /// through partial input (a trickled reply cannot stretch it), gone
+    /// once an event is polled.
+    event_deadline: Option<Instant>,
+    txn_clock: TxnClock,
 }
 
 impl Client {
     /// `ehlo_name`: our hostname, sent with EHLO.
-    pub fn new(ehlo_name: &str) -> Client {
+    pub fn new(ehlo_name: &str, timeouts: Timeouts) -> Client {
         Client {
             ehlo_name: ehlo_name.to_owned(),
             parser: ReplyParser::default(),
@@ -181,6 +260,9 @@ impl Client {
             tls: false,
             txn: None,
             stuffer: DotStuffer::new(),
+            timeouts,
+            event_deadline: None,
+            txn_clock: TxnClock::Off,
         }
     }
 
@@ -228,7 +310,70 @@ impl Client {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_some() && self.stage != Stage::Quitting {
+            // The wait is over; the next one gets its own timeout. QUIT's
+            // budget is for the whole goodbye.
+            self.event_deadline = None;
+        }
+        if !matches!(self.stage, Stage::Txn | Stage::Body) {
+            self.txn_clock = TxnClock::Off;
+        }
+        event
+    }
+
+    /// The driver starts waiting for the next event at `now`: arms the
+    /// timeout of what is outstanding (unless this wait has one already)
+    /// and, in a new transaction, its deadline.
+    pub fn waiting(&mut self, now: Instant) {
+        if self.txn_clock == TxnClock::Due && matches!(self.stage, Stage::Txn | Stage::Body) {
+            self.txn_clock = TxnClock::Until(now + self.timeouts.transaction);
+        }
+        if self.event_deadline.is_some() {
+            return;
+        }
+        let t = match self.stage {
+            Stage::Opening => self.timeouts.greeting,
+            Stage::Txn if self.expect.contains(&Expect::EndOfData) => self.timeouts.data_end,
+            Stage::Txn => self.timeouts.reply,
+            // The driver's TLS handshake, bounded like a reply.
+            Stage::AwaitTls => self.timeouts.reply,
+            Stage::Quitting => self.timeouts.quit,
+            // Nothing outstanding, or the driver streams the body (under
+            // the transaction's deadline only).
+            Stage::Ready | Stage::Body | Stage::Done => return,
+        };
+        self.event_deadline = Some(now + t);
+    }
+
+    /// When the driver must call `handle_timeout` at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let txn = match self.txn_clock {
+            TxnClock::Until(t) if matches!(self.stage, Stage::Txn | Stage::Body) => Some(t),
+            _ => None,
+        };
+        match (self.event_deadline, txn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Time has come to `now`. Some: that timer expired, and the client is
+    /// done (emits nothing more; the driver closes without QUIT, since
+    /// the server is not answering). The transaction deadline wins when
+    /// both have passed.
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<Expired> {
+        let txn_over = matches!(self.txn_clock, TxnClock::Until(t) if now >= t)
+            && matches!(self.stage, Stage::Txn | Stage::Body);
+        let expired = if txn_over {
+            Expired::Transaction
+        } else if self.event_deadline.is_some_and(|t| now >= t) {
+            Expired::Event
+        } else {
+            return None;
+        };
+        self.finish();
+        Some(expired)
     }
 
     /// After `Ready`, when the server offered STARTTLS: send STARTTLS.
@@ -249,6 +394,8 @@ impl Client {
         }
         // RFC 3207 4.2: forget what the plaintext EHLO said.
         self.tls = true;
+        // The handshake's wait is over; EHLO gets its own.
+        self.event_deadline = None;
         self.extensions = Extensions::default();
         self.stage = Stage::Opening;
         self.send_ehlo();
@@ -307,6 +454,7 @@ impl Client {
             self.command(&["DATA"], Expect::Data);
         }
         self.start_txn(false, pipelined, envelope.to);
+        self.txn_clock = TxnClock::Due;
     }
 
     /// Body bytes (unstuffed, as spooled); dot-stuffed on the way out.
@@ -440,6 +588,8 @@ impl Client {
         self.stage = Stage::Done;
         self.expect.clear();
         self.txn = None;
+        self.event_deadline = None;
+        self.txn_clock = TxnClock::Off;
     }
 
     /// A driver bug (a call out of order): never a panic, never a command
@@ -554,24 +704,8 @@ impl Client {
                 }
             }
             Expect::Data => {
-                let deliverable = txn.mail_ok && txn.rcpts_ok > 0;
-                match (deliverable, reply.code, class) {
-                    (true, 354, _) => {
-                        self.stage = Stage::Body;
-                        self.events.push_back(Event::SendBody);
-                    }
-                    (true, _, 4 | 5) => {
-                        txn.failure = Some(reply);
-                        self.command(&["RSET"], Expect::Rset);
-                    }
-                    // RFC 2920 3.1: DATA may be accepted even though no
-                    // RCPT was; end the empty message with a lone dot.
-                    (false, 354, _) => {
-                        self.out.extend_from_slice(b".\r\n");
-                        self.expect.push_back(Expect::DataAbort);
-                    }
-                    (false, _, 4 | 5) => self.command(&["RSET"], Expect::Rset),
-                    _ => return self.fail(Some(reply), "unexpected reply to DATA"),
+                if !self.on_data_reply(&mut txn, reply, class) {
+                    return;
                 }
             }
             // Whatever the server made of the empty message, it is over.
@@ -584,31 +718,60 @@ impl Client {
                 self.events.push_back(Event::DataReply(reply));
                 return;
             }
-            Expect::Rset => {
-                self.stage = Stage::Ready;
-                if txn.probe {
-                    self.events.push_back(Event::ProbeDone);
-                } else {
-                    // MAIL refused, or else the last RCPT (none accepted),
-                    // unless DATA itself was refused.
-                    let failure = txn.failure.or(if txn.mail_ok {
-                        txn.last_rcpt
-                    } else {
-                        txn.mail_reply
-                    });
-                    match failure {
-                        Some(reply) => self.events.push_back(Event::TransactionFailed { reply }),
-                        None => return self.fail(Some(reply), "internal: RSET without failure"),
-                    }
-                }
-                if class != 2 {
-                    self.fail(Some(reply), "RSET refused");
-                }
-                return;
-            }
+            Expect::Rset => return self.on_rset_reply(txn, reply, class),
             _ => return self.fail(Some(reply), "internal: not a transaction reply"),
         }
         self.txn = Some(txn);
+    }
+
+    /// The reply to DATA; false when the session failed.
+    fn on_data_reply(&mut self, txn: &mut Txn, reply: Reply, class: u16) -> bool {
+        let deliverable = txn.mail_ok && txn.rcpts_ok > 0;
+        match (deliverable, reply.code, class) {
+            (true, 354, _) => {
+                self.stage = Stage::Body;
+                self.events.push_back(Event::SendBody);
+            }
+            (true, _, 4 | 5) => {
+                txn.failure = Some(reply);
+                self.command(&["RSET"], Expect::Rset);
+            }
+            // RFC 2920 3.1: DATA may be accepted even though no
+            // RCPT was; end the empty message with a lone dot.
+            (false, 354, _) => {
+                self.out.extend_from_slice(b".\r\n");
+                self.expect.push_back(Expect::DataAbort);
+            }
+            (false, _, 4 | 5) => self.command(&["RSET"], Expect::Rset),
+            _ => {
+                self.fail(Some(reply), "unexpected reply to DATA");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The reply to the RSET that ends a failed transaction or a probe.
+    fn on_rset_reply(&mut self, txn: Txn, reply: Reply, class: u16) {
+        self.stage = Stage::Ready;
+        if txn.probe {
+            self.events.push_back(Event::ProbeDone);
+        } else {
+            // MAIL refused, or else the last RCPT (none accepted),
+            // unless DATA itself was refused.
+            let failure = txn.failure.or(if txn.mail_ok {
+                txn.last_rcpt
+            } else {
+                txn.mail_reply
+            });
+            match failure {
+                Some(reply) => self.events.push_back(Event::TransactionFailed { reply }),
+                None => return self.fail(Some(reply), "internal: RSET without failure"),
+            }
+        }
+        if class != 2 {
+            self.fail(Some(reply), "RSET refused");
+        }
     }
 
     /// Without pipelining: the RCPT for `index`, or what follows the last
@@ -951,7 +1114,7 @@ mod tests {
 
     /// Greeting and EHLO with `ehlo` as the reply; returns the client at Ready.
     fn open(ehlo: &[u8]) -> (Client, Extensions) {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         assert!(c.wants_input());
         assert_eq!(out(&mut c), "");
         c.receive(b"220 mx.example.com ESMTP\r\n");
@@ -1112,7 +1275,7 @@ mod tests {
     /// EHLO reply.
     #[test]
     fn ready_carries_greeting_and_ehlo_reply() {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(b"220-mx.example.com ESMTP\r\n220 second line\r\n");
         c.receive(b"250-mx.example.com hi\r\n250 PIPELINING\r\n");
         let ev = events(&mut c);
@@ -1130,7 +1293,7 @@ mod tests {
     /// carries no parameters.
     #[test]
     fn helo_fallback() {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(b"220 old.example.com\r\n");
         assert_eq!(out(&mut c), "EHLO mx2.example.net\r\n");
         c.receive(b"502 5.5.2 what\r\n");
@@ -1158,7 +1321,7 @@ mod tests {
     /// Refusals at the opening: QUIT and Failed with the server's reply.
     #[test]
     fn refused_greeting_ehlo_and_helo() {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(b"554 5.7.1 go away\r\n");
         assert_eq!(out(&mut c), "QUIT\r\n");
         let ev = events(&mut c);
@@ -1168,7 +1331,7 @@ mod tests {
         );
         assert!(!c.wants_input());
 
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(b"220 ok\r\n");
         c.take_output();
         c.receive(b"421 4.3.2 busy\r\n");
@@ -1178,7 +1341,7 @@ mod tests {
             [Event::Failed { reply: Some(r), .. }] if r.code == 421
         ));
 
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(b"220 ok\r\n500 no\r\n");
         assert_eq!(
             out(&mut c),
@@ -1421,7 +1584,7 @@ mod tests {
             b"\xff\xfe\r\n",
         ];
         for input in bad {
-            let mut c = Client::new(NAME);
+            let mut c = Client::new(NAME, Timeouts::default());
             c.receive(input);
             let ev = events(&mut c);
             assert!(
@@ -1436,22 +1599,22 @@ mod tests {
         // Longest allowed line passes, one more byte fails.
         let mut line = b"220 ".to_vec();
         line.resize(MAX_REPLY_LINE, b'a');
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(&line);
         c.receive(b"\r\n");
         assert_eq!(out(&mut c), "EHLO mx2.example.net\r\n");
         line.push(b'a');
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(&line);
         c.receive(b"\n");
         assert!(failed_reason(&events(&mut c)).contains("longer than"));
         // Without a line end the buffer is still bounded: fails as it grows.
         line.push(b'a');
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.receive(&line);
         assert!(failed_reason(&events(&mut c)).contains("longer than"));
         // Too many lines in one reply.
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         for _ in 0..MAX_REPLY_LINES {
             c.receive(b"220-x\r\n");
         }
@@ -1638,7 +1801,7 @@ mod tests {
     /// EOF: Failed unless QUIT was sent; nothing more after that.
     #[test]
     fn eof_handling() {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.eof();
         assert_eq!(
             events(&mut c),
@@ -1665,7 +1828,7 @@ mod tests {
     /// Calls out of order are reported, never panics or stray commands.
     #[test]
     fn misuse_is_reported_not_sent() {
-        let mut c = Client::new(NAME);
+        let mut c = Client::new(NAME, Timeouts::default());
         c.send_mail(env(&["b@y.org"]));
         assert_eq!(out(&mut c), "");
         assert!(failed_reason(&events(&mut c)).contains("send_mail"));
@@ -1979,5 +2142,183 @@ mod tests {
                 .all(|(v, text)| *v == Verdict::Failed && text.starts_with("552 5.3.4")),
             "{v:?}"
         );
+    }
+
+    fn secs(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_secs(n)
+    }
+
+    #[test]
+    fn greeting_wait_is_one_deadline_a_trickle_cannot_stretch() {
+        let t = Timeouts {
+            greeting: Duration::from_secs(60),
+            ..Timeouts::default()
+        };
+        let mut c = Client::new(NAME, t);
+        let t0 = Instant::now();
+        assert_eq!(c.poll_timeout(), None, "armed by the driver's wait");
+        c.waiting(t0);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 60)));
+        // A byte every 7 s: the wait keeps its deadline.
+        for (i, b) in b"220 slow".iter().enumerate() {
+            let now = secs(t0, 7 * i as u64);
+            assert_eq!(c.handle_timeout(now), None);
+            c.receive(&[*b]);
+            c.waiting(now);
+            assert_eq!(c.poll_timeout(), Some(secs(t0, 60)));
+        }
+        assert_eq!(c.handle_timeout(secs(t0, 60)), Some(Expired::Event));
+        assert!(!c.wants_input(), "done: the driver closes");
+        assert_eq!(out(&mut c), "", "no QUIT to a server that does not answer");
+        assert_eq!(events(&mut c), vec![]);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(
+            Expired::Event.to_string(),
+            "timed out waiting for the server"
+        );
+    }
+
+    #[test]
+    fn each_reply_gets_its_own_timeout_after_an_event() {
+        let (mut c, _) = open(EHLO_PLAIN);
+        let t0 = Instant::now();
+        c.send_mail(env(&["b@y.org"]));
+        c.waiting(t0);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 300)));
+        c.receive(b"250 ok\r\n");
+        assert!(matches!(c.poll_event(), Some(Event::MailReply(_))));
+        // The next wait starts when the driver waits again.
+        c.waiting(secs(t0, 200));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 500)));
+        assert_eq!(c.handle_timeout(secs(t0, 499)), None);
+        assert_eq!(c.handle_timeout(secs(t0, 500)), Some(Expired::Event));
+    }
+
+    /// A server that answers each command just before its reply timeout
+    /// meets every per-reply timeout; the transaction's deadline ends it.
+    #[test]
+    fn slow_server_hits_the_transaction_deadline() {
+        let (mut c, _) = open(EHLO_PLAIN);
+        let t0 = Instant::now();
+        let to = ["b@y.org"; 8];
+        c.send_mail(env(&to));
+        let mut now = t0;
+        let mut answered = 0;
+        loop {
+            c.take_output();
+            c.waiting(now);
+            now += Duration::from_secs(299);
+            if now >= secs(t0, 1800) {
+                assert_eq!(c.poll_timeout(), Some(secs(t0, 1800)));
+                assert_eq!(c.handle_timeout(now), Some(Expired::Transaction));
+                break;
+            }
+            assert_eq!(c.handle_timeout(now), None);
+            c.receive(b"250 ok\r\n");
+            while c.poll_event().is_some() {}
+            answered += 1;
+        }
+        assert_eq!(answered, 6);
+        assert!(!c.wants_input());
+    }
+
+    /// Within one reply a trickle does not help either: the wait for it
+    /// is one deadline.
+    #[test]
+    fn trickled_reply_hits_the_reply_timeout() {
+        let (mut c, _) = open(EHLO_PLAIN);
+        let t0 = Instant::now();
+        c.send_mail(env(&["b@y.org"]));
+        c.waiting(t0);
+        let mut now = t0;
+        for b in b"250 o" {
+            now += Duration::from_secs(59);
+            assert_eq!(c.handle_timeout(now), None);
+            c.receive(&[*b]);
+            c.waiting(now);
+        }
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 300)));
+        assert_eq!(c.handle_timeout(secs(t0, 300)), Some(Expired::Event));
+    }
+
+    #[test]
+    fn body_is_under_the_transaction_deadline_and_dot_has_ten_minutes() {
+        let (mut c, _) = open(EHLO_PIPE);
+        let t0 = Instant::now();
+        c.send_mail(env(&["b@y.org"]));
+        c.waiting(t0);
+        c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        let ev = events(&mut c);
+        assert_eq!(ev.last(), Some(&Event::SendBody));
+        // Streaming: only the transaction's deadline runs.
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 1800)));
+        c.body(b"x\r\n");
+        c.end_body();
+        c.waiting(secs(t0, 100));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 700)));
+        // Streaming that ran long: the deadline cuts the wait for the dot.
+        let mut c2 = open(EHLO_PIPE).0;
+        c2.send_mail(env(&["b@y.org"]));
+        c2.waiting(t0);
+        c2.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        events(&mut c2);
+        assert_eq!(c2.handle_timeout(secs(t0, 1799)), None);
+        assert_eq!(
+            c2.handle_timeout(secs(t0, 1800)),
+            Some(Expired::Transaction)
+        );
+        assert!(!c2.wants_input());
+    }
+
+    #[test]
+    fn deadline_ends_with_the_transaction_probes_have_none() {
+        let (mut c, _) = open(EHLO_PIPE);
+        let t0 = Instant::now();
+        c.send_mail(env(&["b@y.org"]));
+        c.waiting(t0);
+        c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        events(&mut c);
+        c.body(b"x\r\n");
+        c.end_body();
+        c.take_output();
+        c.waiting(secs(t0, 10));
+        c.receive(b"250 queued\r\n");
+        assert!(matches!(c.poll_event(), Some(Event::DataReply(_))));
+        assert_eq!(c.poll_timeout(), None, "idle between transactions");
+        c.send_probe("", &["b@y.org".to_string()]);
+        c.waiting(secs(t0, 5000));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 5300)));
+    }
+
+    #[test]
+    fn quit_has_one_short_budget() {
+        let (mut c, _) = open(EHLO_PLAIN);
+        let t0 = Instant::now();
+        c.quit();
+        assert_eq!(out(&mut c), "QUIT\r\n");
+        c.waiting(t0);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 10)));
+        c.receive(b"22");
+        c.waiting(secs(t0, 9));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 10)));
+        assert_eq!(c.handle_timeout(secs(t0, 10)), Some(Expired::Event));
+    }
+
+    #[test]
+    fn tls_handshake_is_bounded_like_a_reply_and_ehlo_starts_afresh() {
+        let (mut c, ext) = open(b"250-mx.example.com\r\n250 STARTTLS\r\n");
+        assert!(ext.starttls);
+        let t0 = Instant::now();
+        c.starttls();
+        c.take_output();
+        c.waiting(t0);
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 300)));
+        c.receive(b"220 go\r\n");
+        assert_eq!(c.poll_event(), Some(Event::StartTls));
+        c.waiting(secs(t0, 1));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 301)), "the handshake");
+        c.tls_established();
+        c.waiting(secs(t0, 2));
+        assert_eq!(c.poll_timeout(), Some(secs(t0, 302)), "EHLO's own wait");
     }
 }

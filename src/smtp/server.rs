@@ -16,9 +16,15 @@
 //!    session consumes no input while an answer is owed, so pipelined
 //!    replies stay in order); otherwise, when `wants_input()`, read from the
 //!    socket and call `receive(bytes)`.
-//! 3. On a timeout call `timeout()`; on shutdown `shutdown()`.
+//! 3. Before waiting on the socket for input, call `waiting(now)`; sleep
+//!    no later than `poll_timeout()`, and when it passes call
+//!    `handle_timeout(now)` (it queues the 421 and closes). On shutdown
+//!    call `shutdown()`.
+//!
+//! Time is an input: the machine reads no clock, the driver passes `now`.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use super::address::{self, Mailbox, PathError, ReversePath};
 use super::data::{DataReader, Step};
@@ -55,6 +61,10 @@ pub struct Params {
     pub max_hops: usize,
     /// Offer STARTTLS (a certificate is configured and TLS is not active).
     pub starttls: bool,
+    /// Wait for the next command line, per read (RFC 5321 4.5.3.2.7).
+    pub command_timeout: Duration,
+    /// Wait for the next block of message text, per read (4.5.3.2.5).
+    pub data_timeout: Duration,
 }
 
 /// `BODY=` of MAIL FROM.
@@ -140,6 +150,51 @@ enum Owed {
     DataEnd,
 }
 
+/// Where the session is. Each phase holds only what is valid in it, so
+/// that, say, an owed answer during DATA cannot be written down.
+enum Phase {
+    /// Reading command lines.
+    Command {
+        /// The answer the driver owes for the event it was given; no input
+        /// is processed until it comes.
+        owed: Option<Owed>,
+        /// Inside an over-long command line: dropping bytes up to its CRLF.
+        discarding: bool,
+        /// `shutdown` came while an answer was owed: the 421 follows it.
+        shutdown_pending: bool,
+    },
+    /// Reading message text.
+    Data(DataReader),
+    /// STARTTLS answered: no input until `tls_started`.
+    AwaitingTls,
+    /// The last reply is queued; nothing more is read or written.
+    Closed,
+}
+
+impl Phase {
+    /// Reading commands, nothing owed.
+    fn command() -> Phase {
+        Phase::Command {
+            owed: None,
+            discarding: false,
+            shutdown_pending: false,
+        }
+    }
+}
+
+/// The client's HELO/EHLO.
+struct Helo {
+    name: String,
+    /// EHLO (ESMTP), not HELO.
+    esmtp: bool,
+}
+
+/// The open mail transaction: MAIL accepted, recipients so far.
+struct Transaction {
+    mail: MailFrom,
+    rcpts: Vec<Mailbox>,
+}
+
 /// One SMTP server session.
 pub struct Session {
     params: Params,
@@ -148,23 +203,16 @@ pub struct Session {
     input: Vec<u8>,
     output: Vec<u8>,
     events: VecDeque<Event>,
-    helo: Option<String>,
-    esmtp: bool,
+    phase: Phase,
+    helo: Option<Helo>,
     tls: bool,
-    mail: Option<MailFrom>,
-    rcpts: Vec<Mailbox>,
-    owed: Option<Owed>,
-    /// Reading message text.
-    data: Option<DataReader>,
+    transaction: Option<Transaction>,
     errors: usize,
     /// RCPTs answered 452 for being over `max_recipients`.
     overshoot: usize,
-    /// Inside an over-long command line: dropping bytes up to its CRLF.
-    discarding: bool,
-    /// STARTTLS answered: no input until `tls_started`.
-    awaiting_tls: bool,
-    shutdown_pending: bool,
-    closed: bool,
+    /// When the read the driver is waiting on times out. Each read gets
+    /// the whole timeout (like Postfix's smtpd): `receive` disarms it.
+    deadline: Option<Instant>,
 }
 
 fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
@@ -190,19 +238,13 @@ impl Session {
             input: Vec::new(),
             output: Vec::new(),
             events: VecDeque::new(),
+            phase: Phase::command(),
             helo: None,
-            esmtp: false,
             tls: false,
-            mail: None,
-            rcpts: Vec::new(),
-            owed: None,
-            data: None,
+            transaction: None,
             errors: 0,
             overshoot: 0,
-            discarding: false,
-            awaiting_tls: false,
-            shutdown_pending: false,
-            closed: false,
+            deadline: None,
         }
     }
 
@@ -216,7 +258,7 @@ impl Session {
     /// Queues `554 5.3.2` (or `421 4.7.0` with `text`) instead of a greeting
     /// and closes: for refusals decided at connect time.
     pub fn refuse_connection(&mut self, reply: Reply) {
-        if !self.closed {
+        if !self.closed() {
             reply.write_to(&mut self.output);
             self.close();
         }
@@ -225,11 +267,7 @@ impl Session {
     /// True when the session can take more input now (no answer owed, no
     /// undelivered body chunk, not closed, internal buffer not full).
     pub fn wants_input(&self) -> bool {
-        !self.closed
-            && !self.awaiting_tls
-            && self.owed.is_none()
-            && self.events.is_empty()
-            && self.input.len() < MAX_BUFFERED
+        self.can_process() && self.input.len() < MAX_BUFFERED
     }
 
     /// How many bytes `receive` takes now without overflowing its buffer.
@@ -242,7 +280,8 @@ impl Session {
     /// without an owed answer.
     pub fn receive(&mut self, input: &[u8]) {
         // Plaintext that arrives after STARTTLS is never executed.
-        if self.closed || self.awaiting_tls {
+        self.deadline = None;
+        if matches!(self.phase, Phase::Closed | Phase::AwaitingTls) {
             return;
         }
         if self.input.len() + input.len() > MAX_BUFFERED {
@@ -273,14 +312,43 @@ impl Session {
 
     /// Takes the owed answer if it is the expected kind.
     fn take_owed(&mut self, want: fn(&Owed) -> bool) -> Option<Owed> {
-        match self.owed.take() {
+        let Phase::Command { owed, .. } = &mut self.phase else {
+            return None;
+        };
+        match owed.take() {
             Some(o) if want(&o) => Some(o),
             other => {
                 // An answer out of turn (a driver bug) is ignored.
-                self.owed = other;
+                *owed = other;
                 None
             }
         }
+    }
+
+    /// True while processing is held up for a shutdown's 421.
+    fn shutdown_pending(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Command {
+                shutdown_pending: true,
+                ..
+            }
+        )
+    }
+
+    fn closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Input can be processed: no answer owed, no event unpolled, not
+    /// waiting for TLS, not closed.
+    fn can_process(&self) -> bool {
+        let ready = match &self.phase {
+            Phase::Command { owed, .. } => owed.is_none(),
+            Phase::Data(_) => true,
+            Phase::AwaitingTls | Phase::Closed => false,
+        };
+        ready && self.events.is_empty()
     }
 
     /// Ok: `250 2.1.0 Ok`. Err(reply): that reply, transaction not opened.
@@ -290,7 +358,10 @@ impl Session {
         };
         match result {
             Ok(()) => {
-                self.mail = Some(mail);
+                self.transaction = Some(Transaction {
+                    mail,
+                    rcpts: Vec::new(),
+                });
                 self.send(reply(250, (2, 1, 0), "Ok"));
             }
             Err(r) => self.send(r),
@@ -305,7 +376,9 @@ impl Session {
         };
         match result {
             Ok(()) => {
-                self.rcpts.push(rcpt);
+                if let Some(t) = self.transaction.as_mut() {
+                    t.rcpts.push(rcpt);
+                }
                 self.send(reply(250, (2, 1, 5), "Ok"));
             }
             Err(r) => self.send(r),
@@ -321,9 +394,9 @@ impl Session {
         }
         match result {
             // Stopping: a 421 instead of inviting a message we would cut.
-            Ok(()) if self.shutdown_pending => {}
+            Ok(()) if self.shutdown_pending() => {}
             Ok(()) => {
-                self.data = Some(DataReader::new(
+                self.phase = Phase::Data(DataReader::new(
                     self.params.max_message_size,
                     self.params.max_hops,
                 ));
@@ -346,7 +419,14 @@ impl Session {
     }
 
     fn answered(&mut self) {
-        if self.shutdown_pending && self.owed.is_none() {
+        if matches!(
+            self.phase,
+            Phase::Command {
+                owed: None,
+                shutdown_pending: true,
+                ..
+            }
+        ) {
             self.shutdown();
         }
         self.process();
@@ -354,21 +434,60 @@ impl Session {
 
     /// The TLS handshake succeeded: forget EHLO, stop offering STARTTLS.
     pub fn tls_started(&mut self) {
-        if !self.awaiting_tls {
+        if !matches!(self.phase, Phase::AwaitingTls) {
             return;
         }
         // RFC 3207 4.2: discard all knowledge not from the TLS negotiation.
-        self.awaiting_tls = false;
+        self.phase = Phase::command();
+        self.deadline = None;
         self.tls = true;
         self.helo = None;
-        self.esmtp = false;
         self.input.clear();
-        self.discarding = false;
+    }
+
+    /// The driver starts waiting on the client at `now`: arms the DATA
+    /// timeout while reading message text, the command timeout for a
+    /// command or the TLS handshake (none while an answer is owed or the
+    /// session is closed).
+    pub fn waiting(&mut self, now: Instant) {
+        let t = match self.phase {
+            Phase::AwaitingTls => self.params.command_timeout,
+            _ if !self.wants_input() => {
+                self.deadline = None;
+                return;
+            }
+            Phase::Data(_) => self.params.data_timeout,
+            _ => self.params.command_timeout,
+        };
+        self.deadline = Some(now + t);
+    }
+
+    /// When the driver must call `handle_timeout` at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time has come to `now`. True when the client was silent too long:
+    /// 421 4.4.2 is queued and the session closes (in the TLS handshake
+    /// it just closes: no plaintext reply can go out then).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.deadline {
+            Some(d) if now >= d => {
+                self.deadline = None;
+                if matches!(self.phase, Phase::AwaitingTls) {
+                    self.close();
+                } else {
+                    self.timeout();
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The client was silent too long: queue 421 4.4.2 and close.
-    pub fn timeout(&mut self) {
-        if !self.closed {
+    fn timeout(&mut self) {
+        if !self.closed() {
             let text = self.closing("Error: timeout exceeded");
             self.send(reply(421, (4, 4, 2), &text));
         }
@@ -376,41 +495,44 @@ impl Session {
 
     /// We are stopping: queue 421 4.3.2 and close (when no answer is owed).
     pub fn shutdown(&mut self) {
-        if self.closed {
-            return;
-        }
-        if self.owed.is_some() {
-            self.shutdown_pending = true;
-        } else {
-            let text = self.closing("Service shutting down");
-            self.send(reply(421, (4, 3, 2), &text));
+        match &mut self.phase {
+            Phase::Closed => {}
+            Phase::Command {
+                owed: Some(_),
+                shutdown_pending,
+                ..
+            } => *shutdown_pending = true,
+            _ => {
+                let text = self.closing("Service shutting down");
+                self.send(reply(421, (4, 3, 2), &text));
+            }
         }
     }
 
     /// HELO/EHLO argument, if given.
     pub fn helo(&self) -> Option<&str> {
-        self.helo.as_deref()
+        self.helo.as_ref().map(|h| h.name.as_str())
     }
 
     /// True after EHLO (ESMTP), false after HELO.
     pub fn esmtp(&self) -> bool {
-        self.esmtp
+        self.helo.as_ref().is_some_and(|h| h.esmtp)
     }
 
-    /// True while the session is reading message text (the driver uses
-    /// the DATA timeout then, the command timeout otherwise).
+    /// True while the session is reading message text (the driver reads
+    /// in larger pieces then).
     pub fn in_data(&self) -> bool {
-        self.data.is_some()
+        matches!(self.phase, Phase::Data(_))
     }
 
     /// The accepted recipients of the open transaction.
     pub fn recipients(&self) -> &[Mailbox] {
-        &self.rcpts
+        self.transaction.as_ref().map_or(&[], |t| &t.rcpts)
     }
 
     /// The MAIL FROM of the open transaction.
     pub fn mail_from(&self) -> Option<&MailFrom> {
-        self.mail.as_ref()
+        self.transaction.as_ref().map(|t| &t.mail)
     }
 
     /// `hostname text`: RFC 5321 4.2.3 puts our name in a 421.
@@ -421,7 +543,7 @@ impl Session {
     /// Writes a reply. Every 4xx/5xx counts towards `max_errors`; a 421
     /// always closes (RFC 5321 3.8).
     fn send(&mut self, r: Reply) {
-        if self.closed {
+        if self.closed() {
             return;
         }
         r.write_to(&mut self.output);
@@ -437,20 +559,18 @@ impl Session {
     }
 
     fn close(&mut self) {
-        if self.closed {
+        if self.closed() {
             return;
         }
-        self.closed = true;
-        self.owed = None;
-        self.data = None;
+        self.phase = Phase::Closed;
+        self.deadline = None;
         self.input = Vec::new();
         self.events.push_back(Event::Close);
     }
 
     /// Ends the open transaction; true if there was one.
     fn end_transaction(&mut self) -> bool {
-        self.rcpts.clear();
-        self.mail.take().is_some()
+        self.transaction.take().is_some()
     }
 
     /// Ends the open transaction and tells the driver, if there was one.
@@ -460,9 +580,15 @@ impl Session {
         }
     }
 
-    fn emit(&mut self, event: Event, owed: Option<Owed>) {
+    /// Hands out an event that needs `owed` as its answer. Only called
+    /// while processing input, so no other answer or shutdown is pending.
+    fn emit(&mut self, event: Event, owed: Owed) {
         self.events.push_back(event);
-        self.owed = owed;
+        self.phase = Phase::Command {
+            owed: Some(owed),
+            discarding: false,
+            shutdown_pending: false,
+        };
     }
 
     /// Processes buffered input as far as possible: until an answer is
@@ -470,14 +596,9 @@ impl Session {
     fn process(&mut self) {
         let input = std::mem::take(&mut self.input);
         let mut pos = 0;
-        while !self.closed
-            && !self.awaiting_tls
-            && self.owed.is_none()
-            && self.events.is_empty()
-            && pos < input.len()
-        {
+        while self.can_process() && pos < input.len() {
             let rest = input.get(pos..).unwrap_or_default();
-            let used = if self.data.is_some() {
+            let used = if self.in_data() {
                 self.data_step(rest)
             } else {
                 self.command_step(rest)
@@ -487,7 +608,7 @@ impl Session {
             }
             pos += used;
         }
-        if !self.closed && !self.awaiting_tls {
+        if !matches!(self.phase, Phase::Closed | Phase::AwaitingTls) {
             // STARTTLS and close discard what is buffered: keep nothing.
             self.input = input;
             self.input.drain(..pos.min(self.input.len()));
@@ -495,7 +616,7 @@ impl Session {
     }
 
     fn data_step(&mut self, rest: &[u8]) -> usize {
-        let Some(reader) = self.data.as_mut() else {
+        let Phase::Data(reader) = &mut self.phase else {
             return 0;
         };
         let (used, step) = reader.feed(rest);
@@ -503,14 +624,13 @@ impl Session {
             Step::NeedMore => {}
             Step::Chunk(chunk) => self.events.push_back(Event::Body(chunk)),
             Step::End(Ok(chunk)) => {
-                self.data = None;
                 if !chunk.is_empty() {
                     self.events.push_back(Event::Body(chunk));
                 }
-                self.emit(Event::DataEnd, Some(Owed::DataEnd));
+                self.emit(Event::DataEnd, Owed::DataEnd);
             }
             Step::End(Err(refusal)) => {
-                self.data = None;
+                self.phase = Phase::command();
                 self.end_transaction();
                 self.events.push_back(Event::DataRefused(refusal));
                 self.send(match refusal {
@@ -531,10 +651,14 @@ impl Session {
     /// Handles at most one command line at the start of `rest`; returns
     /// the bytes consumed (0: the line is incomplete).
     fn command_step(&mut self, rest: &[u8]) -> usize {
-        if self.discarding {
+        if let Phase::Command {
+            discarding: discarding @ true,
+            ..
+        } = &mut self.phase
+        {
             return match find_crlf(rest) {
                 Some(i) => {
-                    self.discarding = false;
+                    *discarding = false;
                     self.send(reply(500, (5, 5, 2), "Line too long"));
                     i + 2
                 }
@@ -551,8 +675,12 @@ impl Session {
             }
             None if rest.len() >= MAX_COMMAND_LINE => {
                 // Too long: drop it up to its CRLF, never buffer it.
-                self.discarding = true;
-                self.command_step(rest)
+                if let Phase::Command { discarding, .. } = &mut self.phase {
+                    *discarding = true;
+                    self.command_step(rest)
+                } else {
+                    0
+                }
             }
             None => 0,
         }
@@ -613,8 +741,10 @@ impl Session {
                 "Syntax: HELO hostname"
             });
         }
-        self.helo = Some(arg.to_string());
-        self.esmtp = ehlo;
+        self.helo = Some(Helo {
+            name: arg.to_string(),
+            esmtp: ehlo,
+        });
         let host = self.params.hostname.clone();
         // RFC 2034: no enhanced codes in the HELO/EHLO reply.
         let r = if ehlo {
@@ -645,7 +775,7 @@ impl Session {
         if self.helo.is_none() {
             return self.send(reply(503, (5, 5, 1), "Error: send HELO/EHLO first"));
         }
-        if self.mail.is_some() {
+        if self.transaction.is_some() {
             return self.send(reply(503, (5, 5, 1), "Error: nested MAIL command"));
         }
         let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
@@ -714,7 +844,7 @@ impl Session {
             body: body.unwrap_or(BodyType::SevenBit),
             smtputf8,
         };
-        self.emit(Event::Mail(mail.clone()), Some(Owed::Mail(mail)));
+        self.emit(Event::Mail(mail.clone()), Owed::Mail(mail));
     }
 
     fn non_ascii(&mut self) {
@@ -722,7 +852,7 @@ impl Session {
     }
 
     fn cmd_rcpt(&mut self, arg: &str) {
-        let Some(smtputf8) = self.mail.as_ref().map(|m| m.smtputf8) else {
+        let Some(smtputf8) = self.mail_from().map(|m| m.smtputf8) else {
             return self.send(reply(503, (5, 5, 1), "Error: need MAIL command"));
         };
         let Some(rest) = strip_prefix_ci(arg, "TO:") else {
@@ -747,7 +877,7 @@ impl Session {
         let Some(to) = path.mailbox else {
             return bad_rcpt(self);
         };
-        if self.rcpts.len() >= self.params.max_recipients {
+        if self.recipients().len() >= self.params.max_recipients {
             // RFC 5321 4.5.3.1.10: a client may send more RCPTs than we
             // take, and retries the rest later. Like Postfix's
             // smtpd_recipient_overshoot_limit, these 452s are not errors
@@ -764,20 +894,20 @@ impl Session {
             to: to.clone(),
             source_route: path.source_route,
         };
-        self.emit(Event::Rcpt(rcpt), Some(Owed::Rcpt(to)));
+        self.emit(Event::Rcpt(rcpt), Owed::Rcpt(to));
     }
 
     fn cmd_data(&mut self, arg: &str) {
         if !arg.trim().is_empty() {
             return self.syntax("Syntax: DATA");
         }
-        if self.mail.is_none() {
+        if self.transaction.is_none() {
             return self.send(reply(503, (5, 5, 1), "Error: need MAIL command"));
         }
-        if self.rcpts.is_empty() {
+        if self.recipients().is_empty() {
             return self.send(reply(554, (5, 5, 1), "Error: no valid recipients"));
         }
-        self.emit(Event::DataStart, Some(Owed::Data));
+        self.emit(Event::DataStart, Owed::Data);
     }
 
     fn cmd_starttls(&mut self, arg: &str) {
@@ -790,13 +920,13 @@ impl Session {
         if self.tls {
             return self.send(reply(503, (5, 5, 1), "Error: TLS already active"));
         }
-        if self.mail.is_some() {
+        if self.transaction.is_some() {
             return self.send(reply(503, (5, 5, 1), "Error: MAIL transaction in progress"));
         }
         self.send(reply(220, (2, 0, 0), "Ready to start TLS"));
         // From here on no plaintext byte is processed: `process` drops the
         // buffer and `receive` ignores input until `tls_started`.
-        self.awaiting_tls = true;
+        self.phase = Phase::AwaitingTls;
         self.events.push_back(Event::StartTls);
     }
 }
@@ -822,6 +952,8 @@ mod tests {
             max_errors: 50,
             max_hops: 5,
             starttls: true,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
         }
     }
 
@@ -1412,7 +1544,9 @@ mod tests {
     fn timeout_shutdown_and_refusal_close() {
         let mut s = Session::new(params());
         s.greeting();
-        s.timeout();
+        let t0 = Instant::now();
+        s.waiting(t0);
+        assert!(s.handle_timeout(t0 + Duration::from_secs(300)));
         assert!(
             s.take_output()
                 .ends_with(b"421 4.4.2 mx.test Error: timeout exceeded\r\n")
@@ -1494,5 +1628,114 @@ mod tests {
         assert!(!s.in_data());
         assert_eq!(s.recipients().len(), 1);
         assert!(s.mail_from().is_some());
+    }
+
+    /// Feeds `input` at `now` the way the driver does: answers every
+    /// event, then waits for input from `now`.
+    fn feed_at(s: &mut Session, now: Instant, input: &[u8]) -> String {
+        s.receive(input);
+        while let Some(e) = s.poll_event() {
+            match e {
+                Event::Mail(_) => s.answer_mail(Ok(())),
+                Event::Rcpt(_) => s.answer_rcpt(Ok(())),
+                Event::DataStart => s.answer_data(Ok(())),
+                Event::DataEnd => s.answer_data_end(Reply::enh(250, (2, 0, 0), "Ok")),
+                _ => {}
+            }
+        }
+        s.waiting(now);
+        String::from_utf8(s.take_output()).expect("replies are UTF-8")
+    }
+
+    #[test]
+    fn command_timeout_gives_421_4_4_2_and_closes() {
+        let mut s = Session::new(params());
+        s.greeting();
+        s.take_output();
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(), None, "no timer before the driver waits");
+        s.waiting(t0);
+        let due = t0 + Duration::from_secs(300);
+        assert_eq!(s.poll_timeout(), Some(due));
+        assert!(!s.handle_timeout(due - Duration::from_millis(1)), "early");
+        assert!(s.take_output().is_empty());
+        assert!(s.handle_timeout(due));
+        assert_eq!(
+            s.take_output(),
+            b"421 4.4.2 mx.test Error: timeout exceeded\r\n"
+        );
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        assert_eq!(s.poll_timeout(), None);
+        assert!(
+            !s.handle_timeout(due + Duration::from_secs(1)),
+            "fires once"
+        );
+    }
+
+    #[test]
+    fn each_read_gets_the_whole_timeout_and_data_has_its_own() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        s.waiting(t0);
+        // A byte just before each command timeout keeps the session (the
+        // timeout is per read, as the driver had it).
+        for (i, b) in b"EHLO c\r\n".iter().enumerate() {
+            let at = secs(299 * (i as u64 + 1));
+            assert!(!s.handle_timeout(at));
+            feed_at(&mut s, at, &[*b]);
+            assert_eq!(s.poll_timeout(), Some(at + Duration::from_secs(300)));
+        }
+        let t = secs(5000);
+        let out = feed_at(&mut s, t, b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n");
+        assert!(out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"));
+        assert!(s.in_data());
+        // In DATA the data timeout (180 s here) applies.
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(180)));
+        let out = feed_at(&mut s, t, b"x\r\n.\r\n");
+        assert!(out.ends_with("250 2.0.0 Ok\r\n"));
+        assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(300)));
+        s.receive(b"body\r\n");
+        assert_eq!(s.poll_timeout(), None, "input disarms until the next wait");
+    }
+
+    #[test]
+    fn no_timer_while_an_answer_is_owed_or_after_close() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        s.receive(b"EHLO c\r\nMAIL FROM:<a@b>\r\n");
+        assert!(matches!(s.poll_event(), Some(Event::Mail(_))));
+        // The driver decides (a DNSBL lookup, say): not the client's time.
+        s.waiting(t0);
+        assert_eq!(s.poll_timeout(), None);
+        s.answer_mail(Ok(()));
+        s.waiting(t0);
+        assert!(s.poll_timeout().is_some());
+        s.receive(b"QUIT\r\n");
+        assert_eq!(s.poll_event(), Some(Event::Close));
+        s.waiting(t0);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn tls_handshake_has_the_command_timeout_and_closes_silently() {
+        let mut s = Session::new(params());
+        let t0 = Instant::now();
+        s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+        assert_eq!(s.poll_event(), Some(Event::StartTls));
+        s.take_output();
+        s.waiting(t0);
+        let due = t0 + Duration::from_secs(300);
+        assert_eq!(s.poll_timeout(), Some(due));
+        assert!(s.handle_timeout(due));
+        assert!(s.take_output().is_empty(), "no plaintext mid-handshake");
+        assert_eq!(s.poll_event(), Some(Event::Close));
+
+        let mut s = Session::new(params());
+        s.receive(b"EHLO c\r\nSTARTTLS\r\n");
+        s.poll_event();
+        s.waiting(t0);
+        s.tls_started();
+        assert_eq!(s.poll_timeout(), None, "the handshake's timer ends with it");
     }
 }
