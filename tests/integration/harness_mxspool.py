@@ -267,6 +267,15 @@ class Mxspool:
         except OSError:
             return ""
 
+    def rss_kb(self):
+        """The daemon process's VmRSS in kB (under MXSPOOL_RUNNER: the
+        emulator's)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
     def run(self, *args, timeout=60):
         """`mxspool ARGS... -c CONFIG` (e.g. run("queue", "list", "--json"))."""
         return run_command(*args, "-c", self.config_path, timeout=timeout)

@@ -139,15 +139,31 @@ class SmtpReply:
     def __str__(self):
         return "\n".join(f"{self.code} {line}" for line in self.lines)
 
+    def __iter__(self):
+        """Unpacks as (code, text): `code, text = c.cmd("NOOP")`."""
+        return iter((self.code, self.text))
+
+
+class ServerClosed(ConnectionError):
+    """The server closed the connection (end of file)."""
+
 
 class RawSmtp:
     """A byte-level SMTP client over a plain socket, for conversations smtplib
-    would not produce (bare LF, pipelined batches, connection limits)."""
+    would not produce (bare LF, pipelined batches, connection limits, junk).
 
-    def __init__(self, port, host=LOCALHOST, timeout=15.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    SOURCE: the local address to connect from (any 127.0.0.x, e.g. a client
+    a DNSBL lists). EOF_OK: a server that closes the connection instead of
+    replying gives SmtpReply(0, lines read so far) rather than ServerClosed
+    (floods and junk, where a close is an allowed answer). Every reply line
+    must end with CRLF: a bare LF in a reply is an AssertionError."""
+
+    def __init__(self, port, host=LOCALHOST, timeout=15.0, source=None, eof_ok=False):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         self.timeout = timeout
+        self.eof_ok = eof_ok
 
     def close(self):
         try:
@@ -168,7 +184,7 @@ class RawSmtp:
         self.sock.settimeout(timeout)
         chunk = self.sock.recv(65536)
         if not chunk:
-            raise ConnectionError(
+            raise ServerClosed(
                 f"connection closed by server (unparsed buffer: {self.buf!r})"
             )
         self.buf += chunk
@@ -182,13 +198,19 @@ class RawSmtp:
                 raise TimeoutError(f"no complete reply line within {timeout}s: {self.buf!r}")
             self._fill(left)
         line, self.buf = self.buf.split(b"\r\n", 1)
+        assert b"\n" not in line, f"reply line without CRLF (a bare LF): {line!r}"
         return line.decode("utf-8", "replace")
 
     def reply(self, timeout=None) -> SmtpReply:
-        """Read one (possibly multi-line) reply."""
+        """Read one (possibly multi-line) reply (code 0: closed, with EOF_OK)."""
         lines = []
         while True:
-            line = self.read_line(timeout)
+            try:
+                line = self.read_line(timeout)
+            except ServerClosed:
+                if self.eof_ok:
+                    return SmtpReply(0, lines)
+                raise
             if len(line) < 3 or not line[:3].isdigit():
                 raise AssertionError(f"malformed reply line {line!r}")
             lines.append(line[4:])
@@ -197,8 +219,10 @@ class RawSmtp:
             if line[3] != "-":
                 raise AssertionError(f"malformed reply line {line!r}")
 
-    def cmd(self, line: str) -> SmtpReply:
-        self.send(line.encode() + b"\r\n")
+    def cmd(self, line) -> SmtpReply:
+        """Send LINE (str: CRLF appended; bytes: sent as they are) and read
+        the reply."""
+        self.send(line if isinstance(line, bytes) else line.encode() + b"\r\n")
         return self.reply()
 
     def readable_within(self, seconds) -> bool:
@@ -255,18 +279,36 @@ class SendResult:
     def accepted(self):
         return self.data is not None and self.data[0] == 250
 
+    @property
+    def reply(self):
+        """The transaction's last word, (code, text): DATA's final reply, or
+        the refusal that ended it (MAIL's, or the last RCPT's when no
+        recipient was accepted)."""
+        if self.data is not None:
+            return self.data
+        if self.mail is not None and self.mail[0] != 250:
+            return self.mail
+        if self.rcpt:
+            return list(self.rcpt.values())[-1]
+        return self.mail
+
     def __repr__(self):
         return f"SendResult(mail={self.mail}, rcpt={self.rcpt}, data={self.data})"
 
 
 def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOST,
-              mail_options=(), timeout=30):
-    """One transaction with smtplib (which dot-stuffs); never raises for SMTP
-    replies, returns a SendResult with every reply."""
-    import re
+              mail_options=(), timeout=30, source=None):
+    """One transaction with smtplib (which dot-stuffs MSG, CRLF bytes); never
+    raises for SMTP replies, returns a SendResult with every reply. RCPTS: a
+    list, or one address. SOURCE: the local address to connect from (any
+    127.0.0.x). A refused connection or greeting raises (OSError,
+    smtplib.SMTPException)."""
     import smtplib
+    if isinstance(rcpts, str):
+        rcpts = [rcpts]
     res = SendResult()
-    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as s:
+    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout,
+                      source_address=(source, 0) if source else None) as s:
         s.ehlo(helo)
         res.mail = s.mail(sender, list(mail_options))
         res.mail = (res.mail[0], res.mail[1].decode("utf-8", "replace"))
