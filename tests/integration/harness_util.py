@@ -5,11 +5,14 @@ import email.utils
 import os
 import re
 import select
+import shlex
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
 
@@ -87,6 +90,76 @@ def port_accepts(port, host=LOCALHOST, timeout=0.5):
             return True
     except OSError:
         return False
+
+
+class ServerProcess:
+    """A peer server run in the foreground in its own process group, its
+    output in the file OUT (the real primaries of harness_primaries.py, the
+    relay front door's dnsmasq, spamd and clamd). Subclasses or callers set
+    `host`, `port`, `out` (and `base`, its working directory) and call
+    spawn(argv, what); log() returns OUT (subclasses may add more)."""
+
+    name = "server"
+    proc = None
+    host = LOCALHOST
+    base = None
+
+    def spawn(self, argv, out: Path, what, timeout=20):
+        """Start ARGV and wait until PORT accepts TCP connections (its log
+        in the error when it exits first or does not listen in TIMEOUT s)."""
+        if self.running:
+            return
+        if port_accepts(self.port, self.host):
+            raise RuntimeError(f"port {self.port} is already in use by someone else")
+        with open(out, "ab") as f:
+            f.write(f"=== start {time.strftime('%H:%M:%S')}: {shlex.join(map(str, argv))}\n".encode())
+            f.flush()
+            self.proc = subprocess.Popen(list(map(str, argv)), stdout=f, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.base,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_accepts(self.port, self.host, timeout=0.3):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {self.proc.returncode} before "
+                                   f"listening on {self.port}\n--- log ---\n{self.log()[-5000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{what} did not listen on {self.port} within {timeout}s"
+                                   f"\n--- log ---\n{self.log()[-5000:]}")
+            time.sleep(0.05)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=15):
+        """SIGTERM the server, SIGKILL its process group after TIMEOUT; on
+        return nothing accepts on its port."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children (Exim's delivery processes, smtpd's privsep processes)
+        # must not outlive the test.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(10)
+        wait_until(lambda: not port_accepts(self.port, self.host, timeout=0.2), 10,
+                   what=f"port {self.port} of {self.name} to close")
+
+    def log(self):
+        try:
+            return self.out.read_text(errors="replace")
+        except OSError:
+            return ""
 
 
 def bare_newlines(data: bytes):
