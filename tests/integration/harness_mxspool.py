@@ -34,9 +34,10 @@ def command(*args):
     return runner_prefix() + [str(binary_path()), *map(str, args)]
 
 
-def run_command(*args, timeout=60, input=None):
-    """Run `mxspool ARGS...` to completion; returns CompletedProcess (text)."""
-    return subprocess.run(command(*args), capture_output=True, text=True,
+def run_command(*args, timeout=60, input=None, text=True):
+    """Run `mxspool ARGS...` to completion; returns CompletedProcess (text,
+    or bytes with TEXT=False)."""
+    return subprocess.run(command(*args), capture_output=True, text=text,
                           timeout=timeout, input=input)
 
 
@@ -276,9 +277,11 @@ class Mxspool:
                     return int(line.split()[1])
         return 0
 
-    def run(self, *args, timeout=60):
-        """`mxspool ARGS... -c CONFIG` (e.g. run("queue", "list", "--json"))."""
-        return run_command(*args, "-c", self.config_path, timeout=timeout)
+    def run(self, *args, timeout=60, input=None, text=True):
+        """`mxspool ARGS... -c CONFIG` to completion (e.g. run("queue",
+        "list", "--json"), or run("run") for a start that must fail)."""
+        return run_command(*args, "-c", self.config_path, timeout=timeout, input=input,
+                           text=text)
 
     def wait_log(self, pattern, timeout=10):
         import re

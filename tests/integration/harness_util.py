@@ -17,11 +17,28 @@ from pathlib import Path
 LOCALHOST = "127.0.0.1"
 
 
-def free_port(host=LOCALHOST):
-    """A TCP port that was free a moment ago on HOST (bind to 0, close)."""
+def free_port(*hosts):
+    """A TCP port that was free a moment ago on every one of HOSTS (default
+    127.0.0.1): bound to 0 on the first, then tried on the others (peers
+    on several loopback addresses that must share one port, e.g. the MX
+    hosts of a zone, all on the one port of a domain's `port` option)."""
+    hosts = hosts or (LOCALHOST,)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if all(_bindable(h, port) for h in hosts[1:]):
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def _bindable(host, port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):

@@ -190,17 +190,12 @@ def test_bad_certificate_files_are_config_errors(mxspool, mxspool_cmd, workdir, 
     assert len(err.splitlines()) == 1, err
     assert re.match(rf"{re.escape(str(mx.config_path))}:({cert_line}|{key_line}):", err), err
     assert "panicked" not in err
-    run = subprocess.run(mx_cmd(mx), capture_output=True, text=True, timeout=30)
+    run = mx.run("run", timeout=30)
     assert run.returncode not in (0, 101) and run.returncode > 0, (run.returncode, run.stderr)
     assert "panicked" not in run.stderr, run.stderr
     named = str(key) if breakage != "garbage_cert" else str(cert)
     assert named in run.stderr, f"the message must name {named}: {run.stderr}"
     assert named in err, f"check's message must name {named}: {err}"
-
-
-def mx_cmd(mx):
-    from harness_mxspool import command
-    return command("run", "-c", mx.config_path)
 
 
 # --- delivering ----------------------------------------------------------
