@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness_util import LOCALHOST, wait_until
+from harness_util import LOCALHOST, read_text, wait_until
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 NSD_CHECKCONF = shutil.which("nsd-checkconf") or "/usr/sbin/nsd-checkconf"
@@ -317,10 +317,4 @@ remote-control:
         return self.start()
 
     def log(self):
-        out = ""
-        for p in (self.log_path, self.base / "nsd.stderr"):
-            try:
-                out += p.read_text(errors="replace")
-            except OSError:
-                pass
-        return out
+        return read_text(self.log_path, self.base / "nsd.stderr")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from harness_util import (LOCALHOST, exit_problem, free_port, panic_lines, port_accepts,
-                          wait_until)
+                          read_text, wait_until)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -263,10 +263,7 @@ class Mxspool:
             self._logf = None
 
     def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
     def rss_kb(self):
         """The daemon process's VmRSS in kB (under MXSPOOL_RUNNER: the

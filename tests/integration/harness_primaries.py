@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from harness_postfix import PostfixInstance
-from harness_util import LOCALHOST, ServerProcess, free_port, wait_until
+from harness_util import LOCALHOST, Mailboxes, ServerProcess, free_port, maildir_files
 
 HERE = Path(__file__).resolve().parent
 PEERS_SCRIPT = HERE / "real_peers.sh"
@@ -58,17 +58,7 @@ def ensure(server):
     return reason
 
 
-def _maildir_files(md: Path):
-    files = []
-    for sub in ("new", "cur"):
-        d = md / sub
-        if d.is_dir():
-            files.extend(p for p in d.iterdir() if p.is_file())
-    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
-    return [p.read_bytes() for p in files]
-
-
-class _Daemon(ServerProcess):
+class _Daemon(ServerProcess, Mailboxes):
     """A primary: a foreground server process (harness_util.ServerProcess)
     with domains, users and mailboxes."""
 
@@ -80,12 +70,6 @@ class _Daemon(ServerProcess):
         self.domains = [d.lower() for d in domains]
         self.users = [u.lower() for u in users]
         self.hostname = hostname
-
-    def wait_for_messages(self, user, n=1, timeout=20):
-        wait_until(lambda: len(self.messages(user)) >= n, timeout,
-                   what=f"{n} message(s) for {user} at {self.name} "
-                        f"(have {len(self.messages(user))})")
-        return self.messages(user)
 
 
 class EximServer(_Daemon):
@@ -193,7 +177,7 @@ begin retry
                      "-C", str(self.conf)], self.out, f"exim on {self.port}", timeout)
 
     def messages(self, user):
-        return _maildir_files(self.mail_dir / user.split("@")[0].lower() / "Maildir")
+        return maildir_files(self.mail_dir / user.split("@")[0].lower() / "Maildir")
 
     def log(self):
         parts = []
@@ -275,7 +259,7 @@ match from any for domain <domains> reject
             self.spawn(argv, self.out, f"opensmtpd on {self.port}", timeout)
 
     def messages(self, user):
-        return _maildir_files(self.mail_dir / user.split("@")[0].lower())
+        return maildir_files(self.mail_dir / user.split("@")[0].lower())
 
 
 class Postgrey(_Daemon):

@@ -173,10 +173,44 @@ class ServerProcess:
                    what=f"port {self.port} of {self.name} to close")
 
     def log(self):
+        return read_text(self.out)
+
+
+def read_text(*paths):
+    """The text of the files PATHS one after the other (a log): a missing
+    one reads as empty."""
+    out = ""
+    for p in paths:
         try:
-            return self.out.read_text(errors="replace")
+            out += Path(p).read_text(errors="replace")
         except OSError:
-            return ""
+            pass
+    return out
+
+
+def maildir_files(md: Path):
+    """The messages of the Maildir MD (new/ and cur/), raw bytes as stored,
+    oldest first."""
+    files = []
+    for sub in ("new", "cur"):
+        d = Path(md) / sub
+        if d.is_dir():
+            files.extend(p for p in d.iterdir() if p.is_file())
+    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
+    return [p.read_bytes() for p in files]
+
+
+class Mailboxes:
+    """wait_for_messages() for a primary with `messages(user)` and a `name`
+    (the private Postfix, Exim, OpenSMTPD)."""
+
+    def wait_for_messages(self, user, n=1, timeout=20):
+        """Poll USER's mailbox until it holds at least N messages; return
+        them all."""
+        wait_until(lambda: len(self.messages(user)) >= n, timeout,
+                   what=f"{n} message(s) for {user} at {self.name} "
+                        f"(have {len(self.messages(user))})")
+        return self.messages(user)
 
 
 def bare_newlines(data: bytes):
