@@ -489,29 +489,18 @@ def wait_deferred_in_log(mx, queue_id, attempts=1, timeout=15):
 
 
 def wait_attempted(mx, queue_id, attempts=1, timeout=15):
-    """Wait until the queue shows QUEUE_ID with at least ATTEMPTS delivery
-    attempts (CONTRACT: `queue list --json` has `id` and `attempts`).
-    If the queue command itself does not work, fall back to a fixed 2 s
-    wait (the test then still checks delivery, just not that an attempt
-    was made before), so a broken control socket fails its own tests, not
-    every delivery test."""
-    failures = [0]
-
-    def done():
-        entries = queue_entries(mx)
-        if entries is None:
-            failures[0] += 1
-            if failures[0] >= 3:
-                time.sleep(2)
-                return True
-            return False
-        for e in entries:
-            if e.get("id") == queue_id and int(e.get("attempts", 0)) >= attempts:
-                return True
-        return False
-    wait_until(done, timeout, interval=0.2,
-               what=f"{queue_id} to show {attempts} attempt(s) in `queue list --json` "
-                    f"(last: {queue_entries(mx)!r})")
+    """Wait until the daemon has recorded ATTEMPTS delivery attempts of
+    QUEUE_ID that left it queued: its log line `id=QUEUE_ID event=scheduled`
+    (debug level, the harness's default), written once the spool holds the
+    attempt and the next retry time, so `queue list` shows them from then
+    on. Reads the log only, like wait_deferred_in_log (a `queue` command
+    would wake the daemon)."""
+    assert mx.main.get("log_level") == "debug", \
+        "wait_attempted reads the debug line event=scheduled: keep log_level 'debug'"
+    rx = re.compile(rf"id={re.escape(queue_id)} event=scheduled\b")
+    wait_until(lambda: len(rx.findall(mx.log())) >= attempts, timeout, interval=0.2,
+               what=f"{attempts} recorded attempt(s) of {queue_id} in the log "
+                    f"(have {len(rx.findall(mx.log()))})")
 
 
 class SilentServer:

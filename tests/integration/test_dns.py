@@ -12,7 +12,7 @@ import pytest
 
 from harness_mxspool import domain
 from harness_util import (RawSmtp, free_port, make_message, queue_entries, send_mail, wait_attempted,
-                          wait_deferred_in_log, wait_until)
+                          wait_deferred_in_log)
 
 SENDER = "sender@sender.test"
 OUR = "mx2.test"
@@ -182,7 +182,8 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     assert mid.encode() in t.content
     line = mx.wait_log(r"event=host_status_change[^\n]*")
     assert "127.0.0.2" in line.group(0) and "127.0.0.5" in line.group(0), line.group(0)
-    wait_until(lambda: queue_entries(mx) == [], 10, what="the queue to be empty")
+    mx.wait_log(rf"id={res.queue_id} event=removed\b")
+    assert queue_entries(mx) == []
 
 
 @pytest.fixture

@@ -97,7 +97,8 @@ def test_impostor_with_other_greeting_never_sees_mail_then_retag_delivers(
     assert r.returncode == 0, r.stderr
     got = pf.wait_for_messages("alice", 1, timeout=20)
     assert mid.encode() in got[0]
-    wait_until(lambda: queued(mx, qid) == [], 10, what="the message to leave the queue")
+    mx.wait_log(rf"id={qid} event=removed\b")
+    assert queued(mx, qid) == []
     assert saw_mail_from(impostor) == []
     assert not dsn.sessions
 
