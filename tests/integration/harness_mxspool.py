@@ -6,6 +6,7 @@ root), MXSPOOL_RUNNER (a command prefix such as `qemu-mips -L /sysroot`,
 empty by default), MXSPOOL_START_TIMEOUT (seconds, default 20).
 """
 
+import json
 import os
 import shlex
 import signal
@@ -279,6 +280,22 @@ class Mxspool:
         "list", "--json"), or run("run") for a start that must fail)."""
         return run_command(*args, "-c", self.config_path, timeout=timeout, input=input,
                            text=text)
+
+    def queue(self, *args, ok=True, timeout=30):
+        """`mxspool queue ARGS... -c CONFIG`; with OK it must exit 0."""
+        r = self.run("queue", *args, timeout=timeout)
+        if ok:
+            assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+        return r
+
+    def queue_json(self, *args):
+        """`mxspool queue ARGS... --json` (it must exit 0), parsed: e.g.
+        queue_json("list") (a list of dicts), queue_json("stats")."""
+        r = self.queue(*args, "--json")
+        try:
+            return json.loads(r.stdout)
+        except ValueError as e:
+            raise AssertionError(f"queue {' '.join(args)} --json is not JSON: {e}\n{r.stdout!r}")
 
     def wait_log(self, pattern, timeout=10):
         import re

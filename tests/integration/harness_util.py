@@ -458,19 +458,6 @@ def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOS
     return res
 
 
-def queue_entries(mx):
-    """`mxspool queue list --json` as a list of dicts, or None if the
-    command failed."""
-    import json
-    r = mx.run("queue", "list", "--json", timeout=20)
-    if r.returncode != 0:
-        return None
-    try:
-        return json.loads(r.stdout)
-    except ValueError:
-        return None
-
-
 def deferrals_logged(mx, queue_id):
     """How many `status=deferred` delivery lines the daemon has logged for
     QUEUE_ID (one per attempt for a one-recipient message)."""

@@ -4,7 +4,6 @@ Each test says what promise it protects. Bounded loops, loopback only.
 The daemon is conftest.py's `mxspool` (its teardown fails the test when the
 daemon died, panicked or did not stop cleanly), the primary a capture
 `sink` (harness_sink.py), the clients harness_util's RawSmtp and send_mail."""
-import json
 import os
 import re
 import smtplib
@@ -129,9 +128,7 @@ def replies_until_close(c):
 
 
 def queue_ids(d):
-    r = d.run("queue", "list", "--json", timeout=20)
-    assert r.returncode == 0, (r.returncode, r.stderr)
-    return [e["id"] for e in json.loads(r.stdout)]
+    return [e["id"] for e in d.queue_json("list")]
 
 
 @pytest.mark.parametrize("eod", SMUGGLE, ids=[repr(s) for s in SMUGGLE])

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from harness_mxspool import domain
-from harness_util import (RawSmtp, free_port, make_message, queue_entries, send_mail, wait_attempted,
+from harness_util import (RawSmtp, free_port, make_message, send_mail, wait_attempted,
                           wait_deferred_in_log)
 
 SENDER = "sender@sender.test"
@@ -92,7 +92,7 @@ def test_we_are_the_best_mx_refused_at_rcpt(nsd, mxspool, layout):
     mx = backup(nsd, mxspool, 2525)
     r = rcpt_reply(mx)
     assert 500 <= r.code < 600 and r.text.startswith("5.4.6"), r
-    assert queue_entries(mx) == []
+    assert mx.queue_json("list") == []
 
 
 def test_ip_literal_mx_refused_at_rcpt(nsd, mxspool):
@@ -142,7 +142,7 @@ def test_null_mx_refused_at_rcpt(nsd, mxspool):
     mx = backup(nsd, mxspool, 2525)
     r = rcpt_reply(mx)
     assert 500 <= r.code < 600, r
-    assert queue_entries(mx) == []
+    assert mx.queue_json("list") == []
 
 
 def test_dns_failure_is_451_never_a_guess(nsd, mxspool):
@@ -172,7 +172,7 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     res = send_mail(mx.port, SENDER, ["alice@example.com"], msg)
     assert res.accepted, res
     wait_attempted(mx, res.queue_id, attempts=1, timeout=15)
-    (entry,) = [e for e in queue_entries(mx) if e["id"] == res.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == res.queue_id]
     assert int(entry["next_attempt"]) > time.time() + 600, \
         f"the retry interval alone must not explain a prompt delivery: {entry}"
     # The owner's dynamic address changes; the primary is up at the new one.
@@ -183,7 +183,7 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     line = mx.wait_log(r"event=host_status_change[^\n]*")
     assert "127.0.0.2" in line.group(0) and "127.0.0.5" in line.group(0), line.group(0)
     mx.wait_log(rf"id={res.queue_id} event=removed\b")
-    assert queue_entries(mx) == []
+    assert mx.queue_json("list") == []
 
 
 @pytest.fixture

@@ -44,12 +44,6 @@ def starttls(raw, version=None):
     return raw.sock
 
 
-def stats(mx):
-    r = mx.run("queue", "stats", "--json", timeout=20)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 # --- receiving -----------------------------------------------------------
 
 def test_starttls_upgrade_forgets_ehlo_and_is_not_offered_again(tls_relay):
@@ -271,7 +265,7 @@ def test_pinned_destination_with_right_certificate_gets_mail(mxspool, sink_facto
     assert send_mail(mx.port, "sender@sender.test", ["alice@example.com"], msg).accepted
     (t,) = s.wait_for_messages(1, timeout=20)
     assert t.session.tls is not None
-    assert stats(mx)["guard_refusals"] == 0
+    assert mx.queue_json("stats")["guard_refusals"] == 0
 
 
 @pytest.mark.parametrize("case", ["wrong_certificate", "no_starttls"])
@@ -288,7 +282,7 @@ def test_pinned_destination_failing_the_pin_gets_nothing(mxspool, sink_factory, 
     res = send_mail(mx.port, "sender@sender.test", ["alice@example.com"], msg)
     assert res.accepted, res
     mx.wait_log(r"event=guard_refusal", timeout=15)
-    assert stats(mx)["guard_refusals"] >= 1  # counted before it is logged
+    assert mx.queue_json("stats")["guard_refusals"] >= 1  # counted before it is logged
     # several attempts (retry 1s) and still nothing handed over
     wait_until(lambda: len(s.sessions) >= 2, 15, what="a second attempt")
     assert not any(c.upper().startswith("MAIL FROM") for ss in s.sessions for c in ss.commands), \
