@@ -81,8 +81,8 @@ def panic_lines(log_text):
 def exit_problem(name, proc, expect, when="during the test"):
     """What is wrong with how the daemon PROC ended, as a sentence, or None
     (still running, or ended as the harness was told it would). For the
-    teardown checks of every daemon harness (conftest.py's mxspool fixture,
-    harden_util.Daemon, the relay front door's). EXPECT is what the harness
+    teardown checks of harness_mxspool.Mxspool (conftest.py's mxspool
+    fixture). EXPECT is what the harness
     was told: None (nobody stopped it: any exit is a death), "graceful"
     (SIGTERM: must exit 0, README "Exit status: 0 success"), or "any"
     (SIGKILL on purpose)."""
