@@ -6,6 +6,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,12 +18,20 @@ from pathlib import Path
 LOCALHOST = "127.0.0.1"
 
 
-def free_port(*hosts):
+def free_port(*hosts, privileged=False):
     """A TCP port that was free a moment ago on every one of HOSTS (default
     127.0.0.1): bound to 0 on the first, then tried on the others (peers
     on several loopback addresses that must share one port, e.g. the MX
-    hosts of a zone, all on the one port of a domain's `port` option)."""
+    hosts of a zone, all on the one port of a domain's `port` option).
+    PRIVILEGED: a port below 1024 (600-999; binding it needs root, as port
+    25 does); the test skips when none is free."""
     hosts = hosts or (LOCALHOST,)
+    if privileged:
+        for port in range(600, 1000):
+            if all(_bindable(h, port) for h in hosts):
+                return port
+        import pytest
+        pytest.skip(f"no free port below 1024 on {', '.join(hosts)}")
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((hosts[0], 0))
@@ -174,6 +183,16 @@ class ServerProcess:
 
     def log(self):
         return read_text(self.out)
+
+
+def need(tool, package):
+    """The path of the program TOOL (on PATH, or in /usr/sbin), or skip the
+    test naming the Debian PACKAGE that has it (tests/run.sh installs it)."""
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    if path is None:
+        import pytest
+        pytest.skip(f"{tool} not installed (Debian package {package}; tests/run.sh installs it)")
+    return path
 
 
 def read_text(*paths):

@@ -36,18 +36,6 @@ def test_spool_and_control_socket_are_private(mxspool):
     assert mode(mx.control_socket) & 0o077 == 0, oct(mode(mx.control_socket))
 
 
-def privileged_free_port():
-    import socket
-    for port in range(600, 1000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    pytest.skip("no free port below 1024")
-
-
 def test_the_shipped_openwrt_config_runs_the_daemon_as_its_user(mxspool, workdir):
     """The OpenWrt package runs mxspool as its own user: the shipped
     configuration says `option user 'mxspool'` (the package's USERID makes
@@ -65,7 +53,7 @@ def test_the_shipped_openwrt_config_runs_the_daemon_as_its_user(mxspool, workdir
     assert re.search(r"^\s*option user 'mxspool'", shipped, re.M), "the shipped config runs as root"
     makefile = (root / "board/openwrt/Makefile").read_text()
     assert re.search(r"USERID:=mxspool=\d+:mxspool=\d+", makefile), "the package makes no mxspool user"
-    port = privileged_free_port()
+    port = free_port(privileged=True)
     mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d",
                  user="nobody", port=port)
     mx.start()

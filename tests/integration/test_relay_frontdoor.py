@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from harness_mxspool import domain
-from harness_util import RawSmtp, ServerProcess, free_port, send_mail
+from harness_util import RawSmtp, ServerProcess, free_port, need, send_mail
 
 ZONE = "bl.test"
 LISTED_IP = "127.0.0.2"  # listed in ZONE
@@ -26,13 +26,6 @@ CLEAN_IP = "127.0.0.3"  # not listed
 REASON = "Listed by bl.test: see http://bl.test/127.0.0.2"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 VIRUS = "MXSPOOL-VIRUS-TEST-SIGNATURE-7f3a"
-
-
-def need(binary, package):
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None)
-    if path is None:
-        pytest.skip(f"{binary} not installed (apt-get install {package}); cannot run this real-peer test")
-    return path
 
 
 def peer(name, base, argv_of_port, timeout):
