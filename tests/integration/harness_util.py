@@ -18,17 +18,22 @@ from pathlib import Path
 LOCALHOST = "127.0.0.1"
 
 
-def free_port(*hosts, privileged=False):
+def free_port(*hosts, privileged=False, udp=False):
     """A TCP port that was free a moment ago on every one of HOSTS (default
     127.0.0.1): bound to 0 on the first, then tried on the others (peers
     on several loopback addresses that must share one port, e.g. the MX
     hosts of a zone, all on the one port of a domain's `port` option).
     PRIVILEGED: a port below 1024 (600-999; binding it needs root, as port
-    25 does); the test skips when none is free."""
+    25 does); the test skips when none is free. UDP: free for UDP too (a
+    DNS server)."""
     hosts = hosts or (LOCALHOST,)
+
+    def free(port):
+        return (all(_bindable(h, port) for h in hosts)
+                and (not udp or all(_bindable(h, port, socket.SOCK_DGRAM) for h in hosts)))
     if privileged:
         for port in range(600, 1000):
-            if all(_bindable(h, port) for h in hosts):
+            if free(port):
                 return port
         import pytest
         pytest.skip(f"no free port below 1024 on {', '.join(hosts)}")
@@ -36,13 +41,13 @@ def free_port(*hosts, privileged=False):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((hosts[0], 0))
             port = s.getsockname()[1]
-        if all(_bindable(h, port) for h in hosts[1:]):
+        if free(port):
             return port
-    raise RuntimeError(f"no port free on all of {hosts}")
+    raise RuntimeError(f"no port free on all of {hosts}" + (" (TCP and UDP)" if udp else ""))
 
 
-def _bindable(host, port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _bindable(host, port, kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
         try:
             s.bind((host, port))
             return True

@@ -28,10 +28,11 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 VIRUS = "MXSPOOL-VIRUS-TEST-SIGNATURE-7f3a"
 
 
-def peer(name, base, argv_of_port, timeout):
-    """A started ServerProcess NAME in BASE: ARGV_OF_PORT(port) -> argv."""
+def peer(name, base, argv_of_port, timeout, udp=False):
+    """A started ServerProcess NAME in BASE: ARGV_OF_PORT(port) -> argv
+    (UDP: on a port free for UDP too)."""
     p = ServerProcess()
-    p.name, p.base, p.port = name, base, free_port()
+    p.name, p.base, p.port = name, base, free_port(udp=udp)
     p.out = Path(base) / f"{name}.out"
     p.spawn(argv_of_port(p.port), p.out, f"{name} on {p.port}", timeout)
     return p
@@ -51,7 +52,7 @@ def dns(tmp_path_factory):
         "--pid-file=", "--user=root" if os.geteuid() == 0 else "--user=",
         f"--address=/{ZONE}/", f"--address=/2.0.0.127.{ZONE}/127.0.0.2",
         f"--txt-record=2.0.0.127.{ZONE},{REASON}",
-        "--log-facility=" + str(d / "dnsmasq.log")], 20)
+        "--log-facility=" + str(d / "dnsmasq.log")], 20, udp=True)
     yield p.port
     p.stop()
 
