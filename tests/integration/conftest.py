@@ -25,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import harness_primaries  # noqa: E402
 from harness_dns import NsdServer  # noqa: E402
 from harness_mxspool import Mxspool, run_command  # noqa: E402
 from harness_postfix import PostfixInstance  # noqa: E402
@@ -99,6 +100,19 @@ def workdir(request, _run_dir):
 
 # --- peers --------------------------------------------------------------
 
+def _factory(made, build):
+    """The `make` of a factory fixture: make(*args, start=True, **kw) ->
+    BUILD(len(MADE), *args, **kw), kept in MADE (for the teardown) and
+    started unless START is false."""
+    def make(*args, start=True, **kw):
+        instance = build(len(made), *args, **kw)
+        made.append(instance)
+        if start:
+            instance.start()
+        return instance
+    return make
+
+
 @pytest.fixture
 def postfix_primary(request, workdir):
     """Factory: postfix_primary(domains=("example.com",), users=("alice",),
@@ -106,17 +120,11 @@ def postfix_primary(request, workdir):
     hostname=None) -> PostfixInstance."""
     instances = []
 
-    def make(domains=("example.com",), users=("alice",), start=True, port=None,
-             name=None, extra_main_cf=None, **kw):
-        name = name or f"pf{len(instances)}"
-        pf = PostfixInstance(workdir / name, domains=domains, users=users, port=port,
-                             name=name, extra_main_cf=extra_main_cf, **kw)
-        instances.append(pf)
-        if start:
-            pf.start()
-        return pf
+    def build(n, domains=("example.com",), users=("alice",), name=None, **kw):
+        name = name or f"pf{n}"
+        return PostfixInstance(workdir / name, domains=domains, users=users, name=name, **kw)
 
-    yield make
+    yield _factory(instances, build)
     failed = _failed(request)
     for pf in instances:
         try:
@@ -171,6 +179,41 @@ def sink(sink_factory):
     return sink_factory()
 
 
+def _real_primary(request, workdir, kind, cls):
+    """The factory fixture of a real primary of harness_primaries.py,
+    skipped (with the reason) when the server cannot be had here."""
+    reason = harness_primaries.ensure(kind)
+    if reason:
+        pytest.skip(reason)
+    servers = []
+    yield _factory(servers, lambda n, **kw: cls(workdir / f"{kind[:2]}{n}", **kw))
+    failed = _failed(request)
+    for s in servers:
+        try:
+            s.stop()
+        finally:
+            if failed:
+                print(f"\n--- {s.name} (:{s.port}) log ---\n{s.log()[-20000:]}")
+
+
+@pytest.fixture
+def exim(request, workdir):
+    """Factory: exim(start=True, users=('alice', 'bob'), port=None) -> EximServer."""
+    yield from _real_primary(request, workdir, "exim", harness_primaries.EximServer)
+
+
+@pytest.fixture
+def opensmtpd(request, workdir):
+    """Factory: opensmtpd(start=True, users=..., port=None) -> OpenSmtpd."""
+    yield from _real_primary(request, workdir, "opensmtpd", harness_primaries.OpenSmtpd)
+
+
+@pytest.fixture
+def postgrey(request, workdir):
+    """Factory: postgrey(start=True, delay=5) -> Postgrey."""
+    yield from _real_primary(request, workdir, "postgrey", harness_primaries.Postgrey)
+
+
 # --- the daemon ---------------------------------------------------------
 
 @pytest.fixture
@@ -179,16 +222,8 @@ def mxspool(request, workdir):
     smarthost=None, retry=None, port=None, **uci_main_options) -> Mxspool.
     DOMAINS: dicts from harness_mxspool.domain(), or (name, deliver_to) tuples."""
     daemons = []
-
-    def make(domains, start=True, name=None, **kw):
-        name = name or f"mx{len(daemons)}"
-        mx = Mxspool(workdir / name, domains, **kw)
-        daemons.append(mx)
-        if start:
-            mx.start()
-        return mx
-
-    yield make
+    yield _factory(daemons, lambda n, domains, name=None, **kw:
+                   Mxspool(workdir / (name or f"mx{n}"), domains, **kw))
     failed = _failed(request)
     bad = []
     for mx in daemons:

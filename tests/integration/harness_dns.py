@@ -32,30 +32,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness_util import LOCALHOST, wait_until
+from harness_util import LOCALHOST, free_port, read_text, wait_until
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 NSD_CHECKCONF = shutil.which("nsd-checkconf") or "/usr/sbin/nsd-checkconf"
 
 TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
-
-
-def free_udp_tcp_port(host=LOCALHOST):
-    """A port free for both TCP and UDP on HOST a moment ago."""
-    for _ in range(50):
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            t.bind((host, 0))
-            port = t.getsockname()[1]
-            u.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            t.close()
-            u.close()
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 # --- a minimal DNS client ----------------------------------------------------
@@ -152,7 +134,7 @@ class NsdServer:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)
-        self.port = port or free_udp_tcp_port()
+        self.port = port or free_port(udp=True)
         self.conf = self.base / "nsd.conf"
         self.log_path = self.base / "nsd.log"
         self.zones = {}          # origin -> (serial, records)
@@ -317,10 +299,4 @@ remote-control:
         return self.start()
 
     def log(self):
-        out = ""
-        for p in (self.log_path, self.base / "nsd.stderr"):
-            try:
-                out += p.read_text(errors="replace")
-            except OSError:
-                pass
-        return out
+        return read_text(self.log_path, self.base / "nsd.stderr")

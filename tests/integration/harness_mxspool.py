@@ -6,6 +6,7 @@ root), MXSPOOL_RUNNER (a command prefix such as `qemu-mips -L /sysroot`,
 empty by default), MXSPOOL_START_TIMEOUT (seconds, default 20).
 """
 
+import json
 import os
 import shlex
 import signal
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from harness_util import (LOCALHOST, exit_problem, free_port, panic_lines, port_accepts,
-                          wait_until)
+                          read_text, wait_until)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,9 +35,10 @@ def command(*args):
     return runner_prefix() + [str(binary_path()), *map(str, args)]
 
 
-def run_command(*args, timeout=60, input=None):
-    """Run `mxspool ARGS...` to completion; returns CompletedProcess (text)."""
-    return subprocess.run(command(*args), capture_output=True, text=True,
+def run_command(*args, timeout=60, input=None, text=True):
+    """Run `mxspool ARGS...` to completion; returns CompletedProcess (text,
+    or bytes with TEXT=False)."""
+    return subprocess.run(command(*args), capture_output=True, text=text,
                           timeout=timeout, input=input)
 
 
@@ -262,14 +264,38 @@ class Mxspool:
             self._logf = None
 
     def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_text(self.log_path)
 
-    def run(self, *args, timeout=60):
-        """`mxspool ARGS... -c CONFIG` (e.g. run("queue", "list", "--json"))."""
-        return run_command(*args, "-c", self.config_path, timeout=timeout)
+    def rss_kb(self):
+        """The daemon process's VmRSS in kB (under MXSPOOL_RUNNER: the
+        emulator's)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def run(self, *args, timeout=60, input=None, text=True):
+        """`mxspool ARGS... -c CONFIG` to completion (e.g. run("queue",
+        "list", "--json"), or run("run") for a start that must fail)."""
+        return run_command(*args, "-c", self.config_path, timeout=timeout, input=input,
+                           text=text)
+
+    def queue(self, *args, ok=True, timeout=30):
+        """`mxspool queue ARGS... -c CONFIG`; with OK it must exit 0."""
+        r = self.run("queue", *args, timeout=timeout)
+        if ok:
+            assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
+        return r
+
+    def queue_json(self, *args):
+        """`mxspool queue ARGS... --json` (it must exit 0), parsed: e.g.
+        queue_json("list") (a list of dicts), queue_json("stats")."""
+        r = self.queue(*args, "--json")
+        try:
+            return json.loads(r.stdout)
+        except ValueError as e:
+            raise AssertionError(f"queue {' '.join(args)} --json is not JSON: {e}\n{r.stdout!r}")
 
     def wait_log(self, pattern, timeout=10):
         import re

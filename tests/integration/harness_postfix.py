@@ -15,7 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness_util import LOCALHOST, free_port, port_accepts, wait_until
+from harness_util import (LOCALHOST, Mailboxes, free_port, maildir_files, port_accepts,
+                          read_text, wait_until)
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 SCRIPT = shutil.which("script")
@@ -51,7 +52,7 @@ postlog     unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixInstance:
+class PostfixInstance(Mailboxes):
     """API: start(), stop(), running, port, messages(user),
     wait_for_messages(user, n, timeout), log(), users, domains."""
 
@@ -240,24 +241,7 @@ class PostfixInstance:
         raw bytes exactly as stored (Postfix writes LF line ends and
         prepends Return-Path, Delivered-To and its own Received), oldest
         first."""
-        md = self._maildir(user)
-        files = []
-        for sub in ("new", "cur"):
-            d = md / sub
-            if d.is_dir():
-                files.extend(p for p in d.iterdir() if p.is_file())
-        files.sort(key=lambda p: (p.stat().st_mtime, p.name))
-        return [p.read_bytes() for p in files]
-
-    def wait_for_messages(self, user, n=1, timeout=20):
-        """Poll until USER has at least N messages; return them all."""
-        wait_until(lambda: len(self.messages(user)) >= n, timeout,
-                   what=f"{n} message(s) for {user} at postfix {self.name} "
-                        f"(have {len(self.messages(user))})")
-        return self.messages(user)
+        return maildir_files(self._maildir(user))
 
     def log(self):
-        try:
-            return self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_text(self.log_file)

@@ -17,15 +17,12 @@ timeout)`, `log()`, `port`, `start()`, `stop()`, `running`.
 
 import os
 import pwd
-import shlex
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from harness_postfix import PostfixInstance
-from harness_util import LOCALHOST, free_port, port_accepts, wait_until
+from harness_util import LOCALHOST, Mailboxes, ServerProcess, free_port, maildir_files
 
 HERE = Path(__file__).resolve().parent
 PEERS_SCRIPT = HERE / "real_peers.sh"
@@ -61,22 +58,9 @@ def ensure(server):
     return reason
 
 
-def _maildir_files(md: Path):
-    files = []
-    for sub in ("new", "cur"):
-        d = md / sub
-        if d.is_dir():
-            files.extend(p for p in d.iterdir() if p.is_file())
-    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
-    return [p.read_bytes() for p in files]
-
-
-class _Daemon:
-    """A foreground server process in its own process group, its output in
-    a log file."""
-
-    name = "server"
-    proc = None
+class _Daemon(ServerProcess, Mailboxes):
+    """A primary: a foreground server process (harness_util.ServerProcess)
+    with domains, users and mailboxes."""
 
     def _where(self, base, domains, users, port, hostname):
         """What every primary here is told: its folder, address and names."""
@@ -86,61 +70,6 @@ class _Daemon:
         self.domains = [d.lower() for d in domains]
         self.users = [u.lower() for u in users]
         self.hostname = hostname
-
-    def _spawn(self, argv, out: Path, what, timeout=20):
-        if self.running:
-            return
-        if port_accepts(self.port, self.host):
-            raise RuntimeError(f"port {self.port} is already in use by someone else")
-        with open(out, "ab") as f:
-            f.write(f"=== start {time.strftime('%H:%M:%S')}: {shlex.join(argv)}\n".encode())
-            f.flush()
-            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.base,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not port_accepts(self.port, self.host, timeout=0.3):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{what} exited with {self.proc.returncode} before "
-                                   f"listening on {self.port}\n--- log ---\n{self.log()[-5000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{what} did not listen on {self.port} within {timeout}s"
-                                   f"\n--- log ---\n{self.log()[-5000:]}")
-            time.sleep(0.05)
-
-    @property
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout=15):
-        """SIGTERM the server, SIGKILL its process group after TIMEOUT; on
-        return nothing accepts on its port."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        # Children (Exim's delivery processes, smtpd's privsep processes)
-        # must not outlive the test.
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except OSError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(10)
-        wait_until(lambda: not port_accepts(self.port, self.host, timeout=0.2), 10,
-                   what=f"port {self.port} of {self.name} to close")
-
-    def wait_for_messages(self, user, n=1, timeout=20):
-        wait_until(lambda: len(self.messages(user)) >= n, timeout,
-                   what=f"{n} message(s) for {user} at {self.name} "
-                        f"(have {len(self.messages(user))})")
-        return self.messages(user)
 
 
 class EximServer(_Daemon):
@@ -244,11 +173,11 @@ begin retry
         os.chmod(self.conf, 0o644)
 
     def start(self, timeout=20):
-        self._spawn([str(self.binary), "-bdf", "-oX", str(self.port), "-oP", str(self.pid_file),
+        self.spawn([str(self.binary), "-bdf", "-oX", str(self.port), "-oP", str(self.pid_file),
                      "-C", str(self.conf)], self.out, f"exim on {self.port}", timeout)
 
     def messages(self, user):
-        return _maildir_files(self.mail_dir / user.split("@")[0].lower() / "Maildir")
+        return maildir_files(self.mail_dir / user.split("@")[0].lower() / "Maildir")
 
     def log(self):
         parts = []
@@ -327,16 +256,10 @@ match from any for domain <domains> reject
                     f"LIBEXEC={OPENSMTPD_ROOT / 'usr/libexec'}", f"RESOLV={self.resolv}",
                     f"SMTPD={self.smtpd}", f"CONF={self.conf}",
                     "unshare", "-m", "--propagation", "private", "sh", "-c", script]
-            self._spawn(argv, self.out, f"opensmtpd on {self.port}", timeout)
+            self.spawn(argv, self.out, f"opensmtpd on {self.port}", timeout)
 
     def messages(self, user):
-        return _maildir_files(self.mail_dir / user.split("@")[0].lower())
-
-    def log(self):
-        try:
-            return self.out.read_text(errors="replace")
-        except OSError:
-            return ""
+        return maildir_files(self.mail_dir / user.split("@")[0].lower())
 
 
 class Postgrey(_Daemon):
@@ -374,18 +297,12 @@ class Postgrey(_Daemon):
         return f"check_policy_service inet:{self.host}:{self.port}"
 
     def start(self, timeout=20):
-        self._spawn([self.binary, f"--inet={self.host}:{self.port}", f"--delay={self.delay}",
+        self.spawn([self.binary, f"--inet={self.host}:{self.port}", f"--delay={self.delay}",
                      f"--dbdir={self.db_dir}", "--user=postgrey", "--group=postgrey",
                      f"--whitelist-clients={self.empty}",
                      f"--whitelist-recipients={self.recipients}",
                      "--auto-whitelist-clients=0", "--verbose"],
                     self.out, f"postgrey on {self.port}", timeout)
-
-    def log(self):
-        try:
-            return self.out.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def postfix_reconfigure(pf: PostfixInstance, **main_cf):

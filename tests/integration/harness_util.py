@@ -5,20 +5,54 @@ import email.utils
 import os
 import re
 import select
+import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 LOCALHOST = "127.0.0.1"
 
 
-def free_port(host=LOCALHOST):
-    """A TCP port that was free a moment ago on HOST (bind to 0, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(*hosts, privileged=False, udp=False):
+    """A TCP port that was free a moment ago on every one of HOSTS (default
+    127.0.0.1): bound to 0 on the first, then tried on the others (peers
+    on several loopback addresses that must share one port, e.g. the MX
+    hosts of a zone, all on the one port of a domain's `port` option).
+    PRIVILEGED: a port below 1024 (600-999; binding it needs root, as port
+    25 does); the test skips when none is free. UDP: free for UDP too (a
+    DNS server)."""
+    hosts = hosts or (LOCALHOST,)
+
+    def free(port):
+        return (all(_bindable(h, port) for h in hosts)
+                and (not udp or all(_bindable(h, port, socket.SOCK_DGRAM) for h in hosts)))
+    if privileged:
+        for port in range(600, 1000):
+            if free(port):
+                return port
+        import pytest
+        pytest.skip(f"no free port below 1024 on {', '.join(hosts)}")
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+        if free(port):
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}" + (" (TCP and UDP)" if udp else ""))
+
+
+def _bindable(host, port, kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
@@ -61,8 +95,8 @@ def panic_lines(log_text):
 def exit_problem(name, proc, expect, when="during the test"):
     """What is wrong with how the daemon PROC ended, as a sentence, or None
     (still running, or ended as the harness was told it would). For the
-    teardown checks of every daemon harness (conftest.py's mxspool fixture,
-    harden_util.Daemon, the relay front door's). EXPECT is what the harness
+    teardown checks of harness_mxspool.Mxspool (conftest.py's mxspool
+    fixture). EXPECT is what the harness
     was told: None (nobody stopped it: any exit is a death), "graceful"
     (SIGTERM: must exit 0, README "Exit status: 0 success"), or "any"
     (SIGKILL on purpose)."""
@@ -87,6 +121,120 @@ def port_accepts(port, host=LOCALHOST, timeout=0.5):
             return True
     except OSError:
         return False
+
+
+class ServerProcess:
+    """A peer server run in the foreground in its own process group, its
+    output in the file OUT (the real primaries of harness_primaries.py, the
+    relay front door's dnsmasq, spamd and clamd). Subclasses or callers set
+    `host`, `port`, `out` (and `base`, its working directory) and call
+    spawn(argv, what); log() returns OUT (subclasses may add more)."""
+
+    name = "server"
+    proc = None
+    host = LOCALHOST
+    base = None
+
+    def spawn(self, argv, out: Path, what, timeout=20):
+        """Start ARGV and wait until PORT accepts TCP connections (its log
+        in the error when it exits first or does not listen in TIMEOUT s)."""
+        if self.running:
+            return
+        if port_accepts(self.port, self.host):
+            raise RuntimeError(f"port {self.port} is already in use by someone else")
+        with open(out, "ab") as f:
+            f.write(f"=== start {time.strftime('%H:%M:%S')}: {shlex.join(map(str, argv))}\n".encode())
+            f.flush()
+            self.proc = subprocess.Popen(list(map(str, argv)), stdout=f, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.base,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not port_accepts(self.port, self.host, timeout=0.3):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {self.proc.returncode} before "
+                                   f"listening on {self.port}\n--- log ---\n{self.log()[-5000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{what} did not listen on {self.port} within {timeout}s"
+                                   f"\n--- log ---\n{self.log()[-5000:]}")
+            time.sleep(0.05)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=15):
+        """SIGTERM the server, SIGKILL its process group after TIMEOUT; on
+        return nothing accepts on its port."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children (Exim's delivery processes, smtpd's privsep processes)
+        # must not outlive the test.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(10)
+        wait_until(lambda: not port_accepts(self.port, self.host, timeout=0.2), 10,
+                   what=f"port {self.port} of {self.name} to close")
+
+    def log(self):
+        return read_text(self.out)
+
+
+def need(tool, package):
+    """The path of the program TOOL (on PATH, or in /usr/sbin), or skip the
+    test naming the Debian PACKAGE that has it (tests/run.sh installs it)."""
+    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
+    if path is None:
+        import pytest
+        pytest.skip(f"{tool} not installed (Debian package {package}; tests/run.sh installs it)")
+    return path
+
+
+def read_text(*paths):
+    """The text of the files PATHS one after the other (a log): a missing
+    one reads as empty."""
+    out = ""
+    for p in paths:
+        try:
+            out += Path(p).read_text(errors="replace")
+        except OSError:
+            pass
+    return out
+
+
+def maildir_files(md: Path):
+    """The messages of the Maildir MD (new/ and cur/), raw bytes as stored,
+    oldest first."""
+    files = []
+    for sub in ("new", "cur"):
+        d = Path(md) / sub
+        if d.is_dir():
+            files.extend(p for p in d.iterdir() if p.is_file())
+    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
+    return [p.read_bytes() for p in files]
+
+
+class Mailboxes:
+    """wait_for_messages() for a primary with `messages(user)` and a `name`
+    (the private Postfix, Exim, OpenSMTPD)."""
+
+    def wait_for_messages(self, user, n=1, timeout=20):
+        """Poll USER's mailbox until it holds at least N messages; return
+        them all."""
+        wait_until(lambda: len(self.messages(user)) >= n, timeout,
+                   what=f"{n} message(s) for {user} at {self.name} "
+                        f"(have {len(self.messages(user))})")
+        return self.messages(user)
 
 
 def bare_newlines(data: bytes):
@@ -139,15 +287,31 @@ class SmtpReply:
     def __str__(self):
         return "\n".join(f"{self.code} {line}" for line in self.lines)
 
+    def __iter__(self):
+        """Unpacks as (code, text): `code, text = c.cmd("NOOP")`."""
+        return iter((self.code, self.text))
+
+
+class ServerClosed(ConnectionError):
+    """The server closed the connection (end of file)."""
+
 
 class RawSmtp:
     """A byte-level SMTP client over a plain socket, for conversations smtplib
-    would not produce (bare LF, pipelined batches, connection limits)."""
+    would not produce (bare LF, pipelined batches, connection limits, junk).
 
-    def __init__(self, port, host=LOCALHOST, timeout=15.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    SOURCE: the local address to connect from (any 127.0.0.x, e.g. a client
+    a DNSBL lists). EOF_OK: a server that closes the connection instead of
+    replying gives SmtpReply(0, lines read so far) rather than ServerClosed
+    (floods and junk, where a close is an allowed answer). Every reply line
+    must end with CRLF: a bare LF in a reply is an AssertionError."""
+
+    def __init__(self, port, host=LOCALHOST, timeout=15.0, source=None, eof_ok=False):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.buf = b""
         self.timeout = timeout
+        self.eof_ok = eof_ok
 
     def close(self):
         try:
@@ -168,7 +332,7 @@ class RawSmtp:
         self.sock.settimeout(timeout)
         chunk = self.sock.recv(65536)
         if not chunk:
-            raise ConnectionError(
+            raise ServerClosed(
                 f"connection closed by server (unparsed buffer: {self.buf!r})"
             )
         self.buf += chunk
@@ -182,13 +346,19 @@ class RawSmtp:
                 raise TimeoutError(f"no complete reply line within {timeout}s: {self.buf!r}")
             self._fill(left)
         line, self.buf = self.buf.split(b"\r\n", 1)
+        assert b"\n" not in line, f"reply line without CRLF (a bare LF): {line!r}"
         return line.decode("utf-8", "replace")
 
     def reply(self, timeout=None) -> SmtpReply:
-        """Read one (possibly multi-line) reply."""
+        """Read one (possibly multi-line) reply (code 0: closed, with EOF_OK)."""
         lines = []
         while True:
-            line = self.read_line(timeout)
+            try:
+                line = self.read_line(timeout)
+            except ServerClosed:
+                if self.eof_ok:
+                    return SmtpReply(0, lines)
+                raise
             if len(line) < 3 or not line[:3].isdigit():
                 raise AssertionError(f"malformed reply line {line!r}")
             lines.append(line[4:])
@@ -197,8 +367,10 @@ class RawSmtp:
             if line[3] != "-":
                 raise AssertionError(f"malformed reply line {line!r}")
 
-    def cmd(self, line: str) -> SmtpReply:
-        self.send(line.encode() + b"\r\n")
+    def cmd(self, line) -> SmtpReply:
+        """Send LINE (str: CRLF appended; bytes: sent as they are) and read
+        the reply."""
+        self.send(line if isinstance(line, bytes) else line.encode() + b"\r\n")
         return self.reply()
 
     def readable_within(self, seconds) -> bool:
@@ -255,18 +427,36 @@ class SendResult:
     def accepted(self):
         return self.data is not None and self.data[0] == 250
 
+    @property
+    def reply(self):
+        """The transaction's last word, (code, text): DATA's final reply, or
+        the refusal that ended it (MAIL's, or the last RCPT's when no
+        recipient was accepted)."""
+        if self.data is not None:
+            return self.data
+        if self.mail is not None and self.mail[0] != 250:
+            return self.mail
+        if self.rcpt:
+            return list(self.rcpt.values())[-1]
+        return self.mail
+
     def __repr__(self):
         return f"SendResult(mail={self.mail}, rcpt={self.rcpt}, data={self.data})"
 
 
 def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOST,
-              mail_options=(), timeout=30):
-    """One transaction with smtplib (which dot-stuffs); never raises for SMTP
-    replies, returns a SendResult with every reply."""
-    import re
+              mail_options=(), timeout=30, source=None):
+    """One transaction with smtplib (which dot-stuffs MSG, CRLF bytes); never
+    raises for SMTP replies, returns a SendResult with every reply. RCPTS: a
+    list, or one address. SOURCE: the local address to connect from (any
+    127.0.0.x). A refused connection or greeting raises (OSError,
+    smtplib.SMTPException)."""
     import smtplib
+    if isinstance(rcpts, str):
+        rcpts = [rcpts]
     res = SendResult()
-    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as s:
+    with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout,
+                      source_address=(source, 0) if source else None) as s:
         s.ehlo(helo)
         res.mail = s.mail(sender, list(mail_options))
         res.mail = (res.mail[0], res.mail[1].decode("utf-8", "replace"))
@@ -292,19 +482,6 @@ def send_mail(port, sender, rcpts, msg: bytes, helo="client.test", host=LOCALHOS
     return res
 
 
-def queue_entries(mx):
-    """`mxspool queue list --json` as a list of dicts, or None if the
-    command failed."""
-    import json
-    r = mx.run("queue", "list", "--json", timeout=20)
-    if r.returncode != 0:
-        return None
-    try:
-        return json.loads(r.stdout)
-    except ValueError:
-        return None
-
-
 def deferrals_logged(mx, queue_id):
     """How many `status=deferred` delivery lines the daemon has logged for
     QUEUE_ID (one per attempt for a one-recipient message)."""
@@ -323,29 +500,18 @@ def wait_deferred_in_log(mx, queue_id, attempts=1, timeout=15):
 
 
 def wait_attempted(mx, queue_id, attempts=1, timeout=15):
-    """Wait until the queue shows QUEUE_ID with at least ATTEMPTS delivery
-    attempts (CONTRACT: `queue list --json` has `id` and `attempts`).
-    If the queue command itself does not work, fall back to a fixed 2 s
-    wait (the test then still checks delivery, just not that an attempt
-    was made before), so a broken control socket fails its own tests, not
-    every delivery test."""
-    failures = [0]
-
-    def done():
-        entries = queue_entries(mx)
-        if entries is None:
-            failures[0] += 1
-            if failures[0] >= 3:
-                time.sleep(2)
-                return True
-            return False
-        for e in entries:
-            if e.get("id") == queue_id and int(e.get("attempts", 0)) >= attempts:
-                return True
-        return False
-    wait_until(done, timeout, interval=0.2,
-               what=f"{queue_id} to show {attempts} attempt(s) in `queue list --json` "
-                    f"(last: {queue_entries(mx)!r})")
+    """Wait until the daemon has recorded ATTEMPTS delivery attempts of
+    QUEUE_ID that left it queued: its log line `id=QUEUE_ID event=scheduled`
+    (debug level, the harness's default), written once the spool holds the
+    attempt and the next retry time, so `queue list` shows them from then
+    on. Reads the log only, like wait_deferred_in_log (a `queue` command
+    would wake the daemon)."""
+    assert mx.main.get("log_level") == "debug", \
+        "wait_attempted reads the debug line event=scheduled: keep log_level 'debug'"
+    rx = re.compile(rf"id={re.escape(queue_id)} event=scheduled\b")
+    wait_until(lambda: len(rx.findall(mx.log())) >= attempts, timeout, interval=0.2,
+               what=f"{attempts} recorded attempt(s) of {queue_id} in the log "
+                    f"(have {len(rx.findall(mx.log()))})")
 
 
 class SilentServer:

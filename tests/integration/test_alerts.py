@@ -104,11 +104,10 @@ def test_a_nearly_full_spool_raises_an_alert(mxspool, workdir):
     assert int(call["MXSPOOL_ALERT_BYTES"]) * 5 >= 64 * 1024 * 4, call
 
 
-def test_alert_command_must_be_an_absolute_path(mxspool_cmd, workdir):
+def test_alert_command_must_be_an_absolute_path(mxspool, mxspool_cmd):
     """No shell and no PATH: a relative command is a configuration error
     naming the line."""
-    from harness_mxspool import Mxspool
-    mx = Mxspool(workdir / "mx", [domain("example.com", free_port())],
+    mx = mxspool([domain("example.com", free_port())], start=False,
                  alert_command="notify-me --now")
     r = mxspool_cmd("check", "-c", str(mx.config_path))
     assert r.returncode == 2, r

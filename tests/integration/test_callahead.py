@@ -3,7 +3,6 @@ call-ahead to a real Postfix primary that knows some users, the persistent
 cache, the user lists, on_tempfail, and the warnings about a primary whose
 setup defeats a backup MX (scripted with the capture sink)."""
 
-import json
 import re
 import time
 
@@ -43,12 +42,6 @@ def rcpt_once(mx, addr):
         c.close()
 
 
-def stats(mx):
-    r = mx.run("queue", "stats", "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def callahead(port, **extra):
     return domain("example.com", port, "callahead", **extra)
 
@@ -71,8 +64,8 @@ def test_unknown_is_550_with_the_primarys_code_known_is_250(mxspool, primary):
     assert res.accepted, res
     (got,) = primary.wait_for_messages("alice", 1, timeout=15)
     assert mid.encode() in got
-    ca = stats(mx).get("callahead")
-    assert isinstance(ca, dict), stats(mx)
+    ca = mx.queue_json("stats").get("callahead")
+    assert isinstance(ca, dict), mx.queue_json("stats")
     assert ca.get("rejected", 0) >= 1 and ca.get("accepted", 0) >= 1, ca
 
 
@@ -123,7 +116,7 @@ def test_second_rcpt_for_the_same_unknown_address_does_not_reach_the_primary(mxs
         r = rcpt_once(mx, "ghost@example.com")
         assert r.code == 550 and r.text.startswith("5.1.1"), r
     assert sink.rcpt_attempts("ghost@example.com") == 1, sink.describe()
-    assert stats(mx)["callahead"].get("cache_negative", 0) >= 2
+    assert mx.queue_json("stats")["callahead"].get("cache_negative", 0) >= 2
 
 
 def test_verify_users_accepts_only_the_list_and_never_probes(mxspool, sink):
@@ -226,7 +219,7 @@ def test_tarpitting_primary_is_warned_about(mxspool, sink_factory):
     assert s.rcpt_attempts("alice@example.com") == 1
     line = warning(mx, "tarpit")
     assert "domain=example.com" in line
-    assert stats(mx)["callahead"].get("tarpit", 0) >= 1
+    assert mx.queue_json("stats")["callahead"].get("tarpit", 0) >= 1
 
 
 def test_soft_rejecting_primary_is_warned_about(mxspool, sink):
@@ -316,7 +309,7 @@ def test_policy_refusal_is_passed_on_warned_and_not_cached(mxspool, sink, answer
     sink.close()
     r = rcpt_once(mx, "ghost@example.com")
     assert r.code == 250, f"refused from the cache while the primary is down: {r}"
-    assert stats(mx)["callahead"].get("cache_negative", 0) == 0, stats(mx)
+    assert mx.queue_json("stats")["callahead"].get("cache_negative", 0) == 0, mx.queue_json("stats")
     line = mx.wait_log(r"event=callahead_policy_refusal[^\n]*").group(0)
     assert "to=<ghost@example.com>" in line and f'reply="{answer}"' in line, line
     assert "hint=" in line, line
@@ -336,7 +329,7 @@ def test_no_such_address_is_still_cached(mxspool, sink, answer):
     sink.close()
     r = rcpt_once(mx, "ghost@example.com")
     assert r.code == 550 and r.text.startswith("5.1.1") and "User unknown" in r.text, r
-    assert stats(mx)["callahead"].get("cache_negative", 0) >= 1, stats(mx)
+    assert mx.queue_json("stats")["callahead"].get("cache_negative", 0) >= 1, mx.queue_json("stats")
     assert "event=callahead_policy_refusal" not in mx.log()
 
 

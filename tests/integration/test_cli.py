@@ -4,13 +4,12 @@ version, check, and configuration errors as `PATH:LINE: ...` with exit 2."""
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 
 import pytest
 
-from harness_mxspool import command, domain, render_uci
+from harness_mxspool import domain, render_uci
 from harness_util import RawSmtp, free_port, wait_until
 
 
@@ -155,8 +154,7 @@ def test_queue_output_never_passes_terminal_controls(mxspool):
     qid = qid.group(1)
 
     def q(*args):
-        p = subprocess.run(command("queue", *args, "-c", mx.config_path),
-                           capture_output=True, timeout=30)
+        p = mx.run("queue", *args, timeout=30, text=False)
         assert p.returncode == 0, p
         return p.stdout
 

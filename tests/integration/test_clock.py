@@ -15,7 +15,6 @@ Received header it wrote), so a clock that did not move fails the test
 instead of passing it trivially. The clock arithmetic itself is also
 unit-tested on every target (src/clock.rs, src/spool/retry.rs)."""
 
-import json
 import re
 import time
 from email.utils import parsedate_to_datetime
@@ -82,12 +81,6 @@ def assert_received_days_ago(t, days):
     assert abs(got - days) < 0.5, f"the daemon's clock stood {got:.2f} days back, not {days}"
 
 
-def queue(mx):
-    r = mx.run("queue", "list", "--json", timeout=20)
-    assert r.returncode == 0, r
-    return json.loads(r.stdout)
-
-
 def delays(mx, qid):
     return [int(d) for d in re.findall(rf"id={qid} event=delivery .*? delay=(\d+)s", mx.log())]
 
@@ -108,7 +101,7 @@ def test_ntp_step_forward_is_not_age(mxspool, workdir, sink_factory):
     wait_deferred_in_log(mx, res.queue_id, n + 2, timeout=45)
     assert "event=bounce" not in mx.log(), mx.log()[-3000:]
     assert max(delays(mx, res.queue_id)) < 600, delays(mx, res.queue_id)
-    (entry,) = [e for e in queue(mx) if e["id"] == res.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == res.queue_id]
     assert entry["age"] < 600, entry
     sink = sink_factory(port=port)
     (t,) = sink.wait_for_messages(1, timeout=30)
@@ -132,7 +125,7 @@ def test_restart_with_the_clock_behind_does_not_stall_the_queue(mxspool, workdir
     mx.stop()
     clock.set("-40d")
     mx.start()
-    (entry,) = [e for e in queue(mx) if e["id"] == res.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == res.queue_id]
     assert entry["age"] < 600, entry
     r = mx.run("queue", "flush", timeout=20)
     assert r.returncode == 0, r
@@ -162,7 +155,7 @@ def test_clock_stepped_back_while_running_keeps_the_schedule(mxspool, workdir, s
     wait_deferred_in_log(mx, res.queue_id, 1)
     clock.set("-30d")
     wait_deferred_in_log(mx, res.queue_id, 3, timeout=45)
-    (entry,) = [e for e in queue(mx) if e["id"] == res.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == res.queue_id]
     assert entry["age"] < 600, entry
     msg2, _ = make_message(subject="after the clock moved")
     res2 = send_mail(mx.port, "s@sender.test", ["bob@example.com"], msg2)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from harness_mxspool import domain
-from harness_util import (SilentServer, deferrals_logged, free_port, make_message, queue_entries,
+from harness_util import (SilentServer, deferrals_logged, free_port, make_message,
                           send_mail, wait_deferred_in_log, wait_until)
 
 # A body with the lines that break naive relays: dots, dot-dot, a lone dot,
@@ -174,7 +174,7 @@ def test_new_mail_for_a_primary_just_found_down_shares_the_next_attempt(mxspool,
     second, _ = make_message()
     b = send_mail(mx.port, "s@sender.test", ["bob@example.com"], second)
     assert b.accepted, b
-    (entry,) = [e for e in queue_entries(mx) if e["id"] == b.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == b.queue_id]
     assert entry["attempts"] == 0, entry
     assert "delivery temporarily suspended" in entry["last_error"], entry
     assert "connect" in entry["last_error"].lower(), entry

@@ -6,36 +6,16 @@ option is one port on which the peers of a test listen, each on its own
 127.0.0.x. mxspool's hostname mx2.test is what the zones list where "we are
 an MX"."""
 
-import socket
 import time
 
 import pytest
 
 from harness_mxspool import domain
-from harness_util import (RawSmtp, make_message, queue_entries, send_mail, wait_attempted,
-                          wait_deferred_in_log, wait_until)
+from harness_util import (RawSmtp, free_port, make_message, send_mail, wait_attempted,
+                          wait_deferred_in_log)
 
 SENDER = "sender@sender.test"
 OUR = "mx2.test"
-
-
-def common_port(*hosts):
-    """A TCP port free on every one of HOSTS a moment ago."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for h in hosts:
-            with socket.socket() as s:
-                try:
-                    s.bind((h, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return port
-    raise RuntimeError(f"no port free on all of {hosts}")
 
 
 def serve(nsd, records, origin="example.com"):
@@ -70,7 +50,7 @@ def test_mail_goes_to_the_mx_above_us_never_to_those_at_or_below(nsd, mxspool, p
     at our own preference (20) and the one below us (30) are never
     contacted, even after attempts failed; when the primary is back the mail
     is delivered to it."""
-    port = common_port("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    port = free_port("127.0.0.2", "127.0.0.3", "127.0.0.4")
     serve(nsd, [
         "@ MX 10 mail",
         f"@ MX 20 {OUR}.",
@@ -112,7 +92,7 @@ def test_we_are_the_best_mx_refused_at_rcpt(nsd, mxspool, layout):
     mx = backup(nsd, mxspool, 2525)
     r = rcpt_reply(mx)
     assert 500 <= r.code < 600 and r.text.startswith("5.4.6"), r
-    assert queue_entries(mx) == []
+    assert mx.queue_json("list") == []
 
 
 def test_ip_literal_mx_refused_at_rcpt(nsd, mxspool):
@@ -128,7 +108,7 @@ def test_cname_mx_is_followed_with_a_warning(nsd, mxspool, sink_factory):
     """Protects: an MX that is an alias (CNAME) is followed — the mail is
     accepted and delivered to the alias target's address — and a warning
     event=dns_warning kind=cname_mx is logged."""
-    port = common_port("127.0.0.2")
+    port = free_port("127.0.0.2")
     serve(nsd, ["@ MX 10 alias", f"@ MX 20 {OUR}.", "alias CNAME real", "real A 127.0.0.2"])
     primary = sink_factory(host="127.0.0.2", port=port)
     mx = backup(nsd, mxspool, port)
@@ -144,7 +124,7 @@ def test_cname_mx_is_followed_with_a_warning(nsd, mxspool, sink_factory):
 def test_no_mx_means_the_implicit_mx(nsd, mxspool, sink_factory):
     """Protects RFC 5321 5.1: a domain without MX records is its own mail
     host (its A record); mail is accepted and delivered there."""
-    port = common_port("127.0.0.2")
+    port = free_port("127.0.0.2")
     serve(nsd, ["@ A 127.0.0.2"])
     primary = sink_factory(host="127.0.0.2", port=port)
     mx = backup(nsd, mxspool, port)
@@ -162,7 +142,7 @@ def test_null_mx_refused_at_rcpt(nsd, mxspool):
     mx = backup(nsd, mxspool, 2525)
     r = rcpt_reply(mx)
     assert 500 <= r.code < 600, r
-    assert queue_entries(mx) == []
+    assert mx.queue_json("list") == []
 
 
 def test_dns_failure_is_451_never_a_guess(nsd, mxspool):
@@ -184,7 +164,7 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     The mail is delivered within a few host_check_intervals (2s) — only
     the address change can explain that — and event=host_status_change is
     logged with the old and the new address."""
-    port = common_port("127.0.0.2", "127.0.0.5")
+    port = free_port("127.0.0.2", "127.0.0.5")
     records = ["@ MX 10 mail", f"@ MX 20 {OUR}.", "@ MX 30 mail"]
     serve(nsd, records + ["mail A 127.0.0.2"])
     mx = backup(nsd, mxspool, port, retry="1h 1d", host_check_interval="2s")
@@ -192,7 +172,7 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     res = send_mail(mx.port, SENDER, ["alice@example.com"], msg)
     assert res.accepted, res
     wait_attempted(mx, res.queue_id, attempts=1, timeout=15)
-    (entry,) = [e for e in queue_entries(mx) if e["id"] == res.queue_id]
+    (entry,) = [e for e in mx.queue_json("list") if e["id"] == res.queue_id]
     assert int(entry["next_attempt"]) > time.time() + 600, \
         f"the retry interval alone must not explain a prompt delivery: {entry}"
     # The owner's dynamic address changes; the primary is up at the new one.
@@ -202,7 +182,8 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
     assert mid.encode() in t.content
     line = mx.wait_log(r"event=host_status_change[^\n]*")
     assert "127.0.0.2" in line.group(0) and "127.0.0.5" in line.group(0), line.group(0)
-    wait_until(lambda: queue_entries(mx) == [], 10, what="the queue to be empty")
+    mx.wait_log(rf"id={res.queue_id} event=removed\b")
+    assert mx.queue_json("list") == []
 
 
 @pytest.fixture
@@ -219,7 +200,7 @@ def test_dsn_goes_to_the_sender_domains_mx(nsd, mxspool, sink_factory, port25_si
     """Protects: without a smarthost, the DSN for a recipient the primary
     refuses with 5xx goes to the MX of the original sender's domain (port
     25), found through DNS: sender.test MX 10 mx.sender.test -> 127.0.0.9."""
-    port = common_port("127.0.0.2")
+    port = free_port("127.0.0.2")
     nsd.zone("sender.test", ["@ MX 10 mx", "mx A 127.0.0.9"])
     serve(nsd, ["@ MX 10 mail", f"@ MX 20 {OUR}.", "mail A 127.0.0.2"])
     primary = sink_factory(host="127.0.0.2", port=port)

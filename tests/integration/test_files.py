@@ -36,18 +36,6 @@ def test_spool_and_control_socket_are_private(mxspool):
     assert mode(mx.control_socket) & 0o077 == 0, oct(mode(mx.control_socket))
 
 
-def privileged_free_port():
-    import socket
-    for port in range(600, 1000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    pytest.skip("no free port below 1024")
-
-
 def test_the_shipped_openwrt_config_runs_the_daemon_as_its_user(mxspool, workdir):
     """The OpenWrt package runs mxspool as its own user: the shipped
     configuration says `option user 'mxspool'` (the package's USERID makes
@@ -65,7 +53,7 @@ def test_the_shipped_openwrt_config_runs_the_daemon_as_its_user(mxspool, workdir
     assert re.search(r"^\s*option user 'mxspool'", shipped, re.M), "the shipped config runs as root"
     makefile = (root / "board/openwrt/Makefile").read_text()
     assert re.search(r"USERID:=mxspool=\d+:mxspool=\d+", makefile), "the package makes no mxspool user"
-    port = privileged_free_port()
+    port = free_port(privileged=True)
     mx = mxspool([domain("example.com", free_port())], start=False, retry="1h 1d",
                  user="nobody", port=port)
     mx.start()
@@ -101,7 +89,7 @@ def test_root_never_follows_a_link_inside_spool_dir(mxspool, workdir):
     assert mx.stop() == 0
 
 
-def test_a_spool_on_an_unmounted_disk_is_not_started_on_flash(workdir, mxspool_cmd):
+def test_a_spool_on_an_unmounted_disk_is_not_started_on_flash(mxspool, workdir, mxspool_cmd):
     """spool_dir on a USB disk that is not mounted: the mount point's parent
     path is missing (or the mount point is empty). mxspool never makes the
     missing parents, which would start a new spool on the router's flash
@@ -109,9 +97,8 @@ def test_a_spool_on_an_unmounted_disk_is_not_started_on_flash(workdir, mxspool_c
     and `run` exit 2 naming the file, the line and the likely cause, and
     nothing is created. Once the disk is there, the daemon makes the spool
     directory itself (its last component only)."""
-    from harness_mxspool import Mxspool
     usb = workdir / "mnt" / "usb"
-    mx = Mxspool(workdir / "mx", [domain("example.com", free_port())],
+    mx = mxspool([domain("example.com", free_port())], start=False,
                  spool_dir=str(usb / "mxspool"))
     assert not (workdir / "mnt").exists()
     r = mxspool_cmd("check", "-c", str(mx.config_path))
@@ -156,13 +143,12 @@ def test_a_kernel_without_ipv6_still_gets_the_ipv4_listener(mxspool, workdir):
     assert mx.stop() == 0
 
 
-def test_a_spool_in_ram_is_refused_unless_allowed(workdir, mxspool_cmd):
+def test_a_spool_in_ram_is_refused_unless_allowed(mxspool, workdir, mxspool_cmd):
     """On OpenWrt /tmp and /var are RAM: a spool there loses all queued mail
     at the next reboot. `check` and `run` refuse a spool_dir on tmpfs with
     exit 2 and a message naming the file, the line and the fix, unless
     allow_volatile_spool is 1."""
     import subprocess
-    from harness_mxspool import Mxspool
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = workdir / "ram"
@@ -172,7 +158,7 @@ def test_a_spool_in_ram_is_refused_unless_allowed(workdir, mxspool_cmd):
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
-        mx = Mxspool(workdir / "mx", [domain("example.com", free_port())],
+        mx = mxspool([domain("example.com", free_port())], start=False,
                      spool_dir=str(mnt / "spool"))
         r = mxspool_cmd("check", "-c", str(mx.config_path))
         assert r.returncode == 2, r

@@ -6,7 +6,6 @@ own hostname end the connection before MAIL FROM. The mail stays queued
 (never a DSN because of the guard), a warning names the address and the
 reason, and `guard_refusals` rises."""
 
-import json
 import re
 
 import pytest
@@ -18,16 +17,8 @@ from harness_util import free_port, make_message, send_mail, wait_until
 IMPOSTOR_HOST = "127.0.0.2"
 
 
-def stats(mx):
-    r = mx.run("queue", "stats", "--json", timeout=20)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def queued(mx, qid):
-    r = mx.run("queue", "list", "--json", timeout=20)
-    assert r.returncode == 0, r.stderr
-    return [e for e in json.loads(r.stdout) if e["id"] == qid]
+    return [e for e in mx.queue_json("list") if e["id"] == qid]
 
 
 def refusals(mx):
@@ -55,8 +46,8 @@ def assert_refused_and_kept(mx, qid, dsn, reason_rx, n=2):
     assert re.search(r"\bWARN", line), f"a guard refusal is a warning: {line}"
     (e,) = queued(mx, qid)
     assert re.search(reason_rx, e["last_error"], re.I), e
-    assert stats(mx)["guard_refusals"] >= n
-    assert stats(mx)["bounced"] == 0
+    assert mx.queue_json("stats")["guard_refusals"] >= n
+    assert mx.queue_json("stats")["bounced"] == 0
     assert not dsn.sessions, f"the guard must never cause a DSN: {dsn.describe()}"
 
 
@@ -97,7 +88,8 @@ def test_impostor_with_other_greeting_never_sees_mail_then_retag_delivers(
     assert r.returncode == 0, r.stderr
     got = pf.wait_for_messages("alice", 1, timeout=20)
     assert mid.encode() in got[0]
-    wait_until(lambda: queued(mx, qid) == [], 10, what="the message to leave the queue")
+    mx.wait_log(rf"id={qid} event=removed\b")
+    assert queued(mx, qid) == []
     assert saw_mail_from(impostor) == []
     assert not dsn.sessions
 

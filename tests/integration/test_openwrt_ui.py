@@ -10,27 +10,19 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from harness_mxspool import REPO_ROOT, binary_path, domain, render_uci, runner_prefix, run_command
 from harness_tls import make_cert
-from harness_util import free_port, make_message, send_mail, wait_deferred_in_log
+from harness_util import free_port, make_message, need, send_mail, wait_deferred_in_log
 
 APP = REPO_ROOT / "board/openwrt/luci-app-mxspool"
 COLLECTOR = (REPO_ROOT / "board/openwrt/prometheus-node-exporter-lua-mxspool/files/usr/lib/lua/"
              "prometheus-collectors/mxspool.lua")
 COLLECTOR_RUNNER = REPO_ROOT / "board/openwrt/prometheus-node-exporter-lua-mxspool/tests/run-collector.lua"
 OUR = "mx2.test"
-
-
-def need(tool, package):
-    path = shutil.which(tool)
-    if not path:
-        pytest.skip(f"{tool} not installed (Debian package {package}; tests/run.sh installs it)")
-    return path
 
 
 def dnscheck(nsd, mxspool, zones, name):

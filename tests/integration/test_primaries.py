@@ -41,53 +41,6 @@ BODY = (b"Hello.\r\n.\r\n..two dots\r\n.leading dot\r\n"
         b"caf\xc3\xa9 \xe2\x82\xac\r\n" + b"z" * 900 + b"\r\nlast line\r\n")
 
 
-def _failed(request):
-    return any(getattr(request.node, "rep_" + w, None) is not None
-               and getattr(request.node, "rep_" + w).failed
-               for w in ("setup", "call"))
-
-
-def _server_fixture(request, workdir, kind, cls):
-    reason = hp.ensure(kind)
-    if reason:
-        pytest.skip(reason)
-    servers = []
-
-    def make(start=True, **kw):
-        s = cls(workdir / f"{kind[:2]}{len(servers)}", **kw)
-        servers.append(s)
-        if start:
-            s.start()
-        return s
-
-    yield make
-    failed = _failed(request)
-    for s in servers:
-        try:
-            s.stop()
-        finally:
-            if failed:
-                print(f"\n--- {s.name} (:{s.port}) log ---\n{s.log()[-20000:]}")
-
-
-@pytest.fixture
-def exim(request, workdir):
-    """Factory: exim(start=True, users=('alice', 'bob'), port=None) -> EximServer."""
-    yield from _server_fixture(request, workdir, "exim", hp.EximServer)
-
-
-@pytest.fixture
-def opensmtpd(request, workdir):
-    """Factory: opensmtpd(start=True, users=..., port=None) -> OpenSmtpd."""
-    yield from _server_fixture(request, workdir, "opensmtpd", hp.OpenSmtpd)
-
-
-@pytest.fixture
-def postgrey(request, workdir):
-    """Factory: postgrey(start=True, delay=5) -> Postgrey."""
-    yield from _server_fixture(request, workdir, "postgrey", hp.Postgrey)
-
-
 # --- checks -----------------------------------------------------------------
 
 def delivered(server, user, mid):
