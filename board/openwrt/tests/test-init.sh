@@ -319,7 +319,7 @@ check "Makefile: installs the uci-defaults script" \
 	grep -F '$(INSTALL_BIN) ./files/mxspool.defaults $(1)/etc/uci-defaults/99-mxspool' "$mk"
 
 # --- syntax and shellcheck --------------------------------------------------------
-for f in "$INIT" "$DEFAULTS" "$PKG/test.sh" "$0" "$ROOT"/cross/*.sh; do
+for f in "$INIT" "$DEFAULTS" "$PKG/test.sh" "$0" "$HERE/test-luci.sh" "$PKG/luci-app-mxspool/tests/screenshots.sh" "$ROOT"/cross/*.sh; do
 	[ -f "$f" ] || continue
 	rel=${f#"$ROOT"/}
 	case "$(head -n1 "$f")" in

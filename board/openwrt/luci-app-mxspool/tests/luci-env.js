@@ -136,11 +136,13 @@ class AbstractSection {
 		this.title = title;
 		this.description = description;
 		this.tabs = [];
+		this.tabTitles = {};
 		this.options = [];
 		this.formvalues = {};
 	}
 	tab(name, title) {
 		this.tabs.push(name);
+		this.tabTitles[name] = title;
 	}
 	option(cls, name, ...rest) {
 		return this.taboption(null, cls, name, ...rest);
@@ -366,4 +368,4 @@ function load(rel) {
 	return fn(...reqs.map(r => modules[r.module]));
 }
 
-module.exports = { env, reset, load, requires, E, Node, RESOURCES, APP };
+module.exports = { env, reset, load, requires, E, Node, RESOURCES, APP, modules };
