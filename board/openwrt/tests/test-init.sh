@@ -201,6 +201,22 @@ check "config: no tabs/spaces mix-up (options indented with a tab)" \
 mk=$PKG/Makefile
 check "Makefile: PKG_VERSION matches Cargo.toml" \
 	test "$(sed -n 's/^PKG_VERSION:=//p' "$mk")" = "$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)"
+mkvar() { sed -n "s/^$1:=//p" "$mk"; }
+check "Makefile: PKG_VERSION is digits and dots (valid for opkg and apk)" \
+	sh -c 'echo "$1" | grep -Ex "[0-9]+(\.[0-9]+)*"' _ "$(mkvar PKG_VERSION)"
+check "Makefile: PKG_RELEASE is an integer" sh -c 'echo "$1" | grep -Ex "[1-9][0-9]*"' _ "$(mkvar PKG_RELEASE)"
+check "Makefile: one licence: SPDX header = PKG_LICENSE = Cargo.toml license" \
+	sh -c 'test "$1" = "$2" && test "$2" = "$3" || { echo "SPDX $1, PKG_LICENSE $2, Cargo.toml $3"; exit 1; }' _ \
+	"$(sed -n 's/^# SPDX-License-Identifier: //p' "$mk")" "$(mkvar PKG_LICENSE)" \
+	"$(sed -n 's/^license = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")"
+check "Makefile: PKG_LICENSE_FILES exist and the LICENSE is the MIT licence" \
+	sh -c 'test "$1" = LICENSE && head -n1 "$2/LICENSE" | grep -Fx "MIT License"' _ "$(mkvar PKG_LICENSE_FILES)" "$ROOT"
+check "Makefile: PKG_SOURCE_URL in the codeload form" \
+	sh -c 'echo "$1" | grep -Ex "https://codeload\.github\.com/[^/]+/[^/]+/tar\.gz/v\\\$\(PKG_VERSION\)\?"' _ "$(mkvar PKG_SOURCE_URL)"
+# No release tarball is published yet: PKG_HASH may be skip only while the
+# README says so under "Before submitting".
+check "Makefile: PKG_HASH a sha256, or skip and said so in README.md" \
+	sh -c 'echo "$1" | grep -Ex "[0-9a-f]{64}" || { test "$1" = skip && grep -F "\`PKG_HASH\` is \`skip\`, deliberately" "$2"; }' _ "$(mkvar PKG_HASH)" "$PKG/README.md"
 check "Makefile: conffiles lists /etc/config/mxspool" \
 	sh -c 'sed -n "/^define Package\/mxspool\/conffiles/,/^endef/p" "$1" | grep -Fx /etc/config/mxspool' _ "$mk"
 check "Makefile: installs /usr/sbin/mxspool" grep -F '$(INSTALL_BIN) $(PKG_INSTALL_DIR)/bin/mxspool $(1)/usr/sbin/' "$mk"
