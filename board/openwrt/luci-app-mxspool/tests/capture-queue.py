@@ -8,6 +8,7 @@ daemon. For screenshots.sh; not a test.
 usage: capture-queue.py OUTDIR"""
 
 import os
+import shutil
 import smtplib
 import socket
 import subprocess
@@ -87,6 +88,8 @@ config domain 'example'
     finally:
         daemon.terminate()
         daemon.wait(timeout=40)
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
