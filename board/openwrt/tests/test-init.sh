@@ -236,6 +236,22 @@ check "config: no tabs/spaces mix-up (options indented with a tab)" \
 mk=$PKG/Makefile
 check "Makefile: PKG_VERSION matches Cargo.toml" \
 	test "$(sed -n 's/^PKG_VERSION:=//p' "$mk")" = "$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n1)"
+mkvar() { sed -n "s/^$1:=//p" "$mk"; }
+check "Makefile: PKG_VERSION is digits and dots (valid for opkg and apk)" \
+	sh -c 'echo "$1" | grep -Ex "[0-9]+(\.[0-9]+)*"' _ "$(mkvar PKG_VERSION)"
+check "Makefile: PKG_RELEASE is an integer" sh -c 'echo "$1" | grep -Ex "[1-9][0-9]*"' _ "$(mkvar PKG_RELEASE)"
+check "Makefile: one licence: SPDX header = PKG_LICENSE = Cargo.toml license" \
+	sh -c 'test "$1" = "$2" && test "$2" = "$3" || { echo "SPDX $1, PKG_LICENSE $2, Cargo.toml $3"; exit 1; }' _ \
+	"$(sed -n 's/^# SPDX-License-Identifier: //p' "$mk")" "$(mkvar PKG_LICENSE)" \
+	"$(sed -n 's/^license = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")"
+check "Makefile: PKG_LICENSE_FILES exist and the LICENSE is the MIT licence" \
+	sh -c 'test "$1" = LICENSE && head -n1 "$2/LICENSE" | grep -Fx "MIT License"' _ "$(mkvar PKG_LICENSE_FILES)" "$ROOT"
+check "Makefile: PKG_SOURCE_URL in the codeload form" \
+	sh -c 'echo "$1" | grep -Ex "https://codeload\.github\.com/[^/]+/[^/]+/tar\.gz/v\\\$\(PKG_VERSION\)\?"' _ "$(mkvar PKG_SOURCE_URL)"
+# No release tarball is published yet: PKG_HASH may be skip only while the
+# README says so under "Before submitting".
+check "Makefile: PKG_HASH a sha256, or skip and said so in README.md" \
+	sh -c 'echo "$1" | grep -Ex "[0-9a-f]{64}" || { test "$1" = skip && grep -F "\`PKG_HASH\` is \`skip\`, deliberately" "$2"; }' _ "$(mkvar PKG_HASH)" "$PKG/README.md"
 check "Makefile: conffiles lists /etc/config/mxspool" \
 	sh -c 'sed -n "/^define Package\/mxspool\/conffiles/,/^endef/p" "$1" | grep -Fx /etc/config/mxspool' _ "$mk"
 check "Makefile: installs /usr/sbin/mxspool" grep -F '$(INSTALL_BIN) $(PKG_INSTALL_DIR)/bin/mxspool $(1)/usr/sbin/' "$mk"
@@ -249,8 +265,112 @@ chmod +x "$TMP/bin/mxspool"
 check "test.sh: passes when --version prints PKG_VERSION" env PATH="$TMP/bin:$PATH" sh "$PKG/test.sh" mxspool 0.1.0
 check "test.sh: fails when it does not" sh -c '! env PATH="$1:$PATH" sh "$2" mxspool 9.9.9' _ "$TMP/bin" "$PKG/test.sh"
 
+# --- the uci-defaults script: the firewall rule for port 25, disabled --------------
+# Run under $SH against uci-emu.py (a stand-in for OpenWrt's uci: changes are
+# staged and reach /etc/config/firewall only on `uci commit firewall`).
+DEFAULTS=$PKG/files/mxspool.defaults
+mkdir -p "$TMP/ucibin"
+ln -sf "$HERE/uci-emu.py" "$TMP/ucibin/uci"
+# OpenWrt's default /etc/config/firewall (fw4), trimmed.
+cat >"$TMP/firewall.default" <<'FW'
+config defaults
+	option input 'REJECT'
+	option output 'ACCEPT'
+	option forward 'REJECT'
+	option synflood_protect '1'
+
+config zone
+	option name 'lan'
+	list network 'lan'
+	option input 'ACCEPT'
+	option output 'ACCEPT'
+	option forward 'ACCEPT'
+
+config zone
+	option name 'wan'
+	list network 'wan'
+	list network 'wan6'
+	option input 'REJECT'
+	option output 'ACCEPT'
+	option forward 'REJECT'
+	option masq '1'
+	option mtu_fix '1'
+
+config forwarding
+	option src 'lan'
+	option dest 'wan'
+
+config rule
+	option name 'Allow-DHCP-Renew'
+	option src 'wan'
+	option proto 'udp'
+	option dest_port '68'
+	option target 'ACCEPT'
+	option family 'ipv4'
+FW
+defaults() { # CONFDIR: run the uci-defaults script with /etc/config there
+	rm -rf "$TMP/ucisave"
+	: >"$TMP/ucilog"
+	# shellcheck disable=SC2086 # SH may be "busybox sh": split on purpose
+	env PATH="$TMP/ucibin:$PATH" UCI_CONFDIR="$1" UCI_SAVEDIR="$TMP/ucisave" UCI_LOG="$TMP/ucilog" \
+		$SH "$DEFAULTS" >"$TMP/defaults.out" 2>&1
+}
+uci_in() { # CONFDIR ARGS...: the stand-in on the committed files only
+	confdir=$1; shift
+	env UCI_CONFDIR="$confdir" UCI_SAVEDIR="$TMP/ucisave-read" "$HERE/uci-emu.py" "$@"
+}
+rule_is() { # CONFDIR OPTION VALUE
+	v=$(uci_in "$1" get "firewall.mxspool_smtp.$2") || { echo "no firewall.mxspool_smtp.$2"; cat "$1/firewall"; return 1; }
+	[ "$v" = "$3" ] || { echo "firewall.mxspool_smtp.$2='$v', want '$3'"; return 1; }
+}
+mkdir -p "$TMP/etc1"
+cp "$TMP/firewall.default" "$TMP/etc1/firewall"
+defaults "$TMP/etc1"
+check "uci-defaults: exits 0 (so it is removed after running)" test "$?" = 0
+check "uci-defaults: prints nothing" test ! -s "$TMP/defaults.out"
+check "uci-defaults: adds the rule section firewall.mxspool_smtp" \
+	test "$(uci_in "$TMP/etc1" get firewall.mxspool_smtp)" = rule
+for kv in "name Allow-SMTP-mxspool" "src wan" "proto tcp" "dest_port 25" "target ACCEPT" "family any" "enabled 0"; do
+	# shellcheck disable=SC2086 # two words: option and value
+	check "uci-defaults: rule option ${kv% *} '${kv#* }'" rule_is "$TMP/etc1" $kv
+done
+check "uci-defaults: the rule has no other options (no dest: it is an input rule)" \
+	test "$(uci_in "$TMP/etc1" show firewall.mxspool_smtp | wc -l)" = 8
+check "uci-defaults: commits the firewall config (nothing left staged)" \
+	sh -c 'grep -Fx "uci commit firewall" "$1" && test ! -e "$2/firewall.json"' _ "$TMP/ucilog" "$TMP/ucisave"
+sections_are() { # CONFDIR N: the firewall config has N sections
+	n=$(uci_in "$1" show firewall | grep -c '^firewall\.[^.]*=')
+	[ "$n" = "$2" ] || { echo "$n sections, want $2"; cat "$1/firewall"; return 1; }
+}
+check "uci-defaults: keeps the 5 sections there were, adds one" sections_are "$TMP/etc1" 6
+check "uci-defaults: the old rule is untouched" \
+	test "$(uci_in "$TMP/etc1" get 'firewall.@rule[0].name')" = Allow-DHCP-Renew
+cp "$TMP/etc1/firewall" "$TMP/firewall.after1"
+defaults "$TMP/etc1"
+check "uci-defaults (run again, as on an upgrade): exits 0" test "$?" = 0
+check "uci-defaults (run again): the firewall file is unchanged" cmp "$TMP/firewall.after1" "$TMP/etc1/firewall"
+check "uci-defaults (run again): changes nothing, commits nothing" \
+	sh -c '! grep -E "^uci (set|add|delete|commit)" "$1"' _ "$TMP/ucilog"
+# The owner enabled the rule; an upgrade runs the script again.
+sed "s/option enabled '0'/option enabled '1'/" "$TMP/firewall.after1" >"$TMP/etc1/firewall"
+defaults "$TMP/etc1"
+check "uci-defaults (rule enabled by the owner, upgrade): stays enabled" rule_is "$TMP/etc1" enabled 1
+# A rule of that name the owner made by hand (anonymous section).
+mkdir -p "$TMP/etc2"
+{ cat "$TMP/firewall.default"; printf "\nconfig rule\n\toption name 'Allow-SMTP-mxspool'\n\toption src 'wan'\n\toption dest_port '25'\n\toption proto 'tcp'\n\toption target 'ACCEPT'\n"; } >"$TMP/etc2/firewall"
+cp "$TMP/etc2/firewall" "$TMP/firewall.byhand"
+defaults "$TMP/etc2"
+check "uci-defaults (a rule named Allow-SMTP-mxspool exists): adds none" cmp "$TMP/firewall.byhand" "$TMP/etc2/firewall"
+# No firewall installed.
+mkdir -p "$TMP/etc3"
+defaults "$TMP/etc3"
+check "uci-defaults (no /etc/config/firewall): exits 0" test "$?" = 0
+check "uci-defaults (no /etc/config/firewall): creates none" test ! -e "$TMP/etc3/firewall"
+check "Makefile: installs the uci-defaults script" \
+	grep -F '$(INSTALL_BIN) ./files/mxspool.defaults $(1)/etc/uci-defaults/99-mxspool' "$mk"
+
 # --- syntax and shellcheck --------------------------------------------------------
-for f in "$INIT" "$PKG/test.sh" "$0" "$ROOT"/cross/*.sh; do
+for f in "$INIT" "$DEFAULTS" "$PKG/test.sh" "$0" "$HERE/test-luci.sh" "$PKG/luci-app-mxspool/tests/screenshots.sh" "$ROOT"/cross/*.sh; do
 	[ -f "$f" ] || continue
 	rel=${f#"$ROOT"/}
 	case "$(head -n1 "$f")" in

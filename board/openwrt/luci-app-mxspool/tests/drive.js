@@ -41,10 +41,17 @@ async function confirmModal() {
 async function everyCommand(answers, domains) {
 	const seen = [];
 	seen.missing = [];
+	/* the UCI configs the views read (uci.load, get, sections, a form.Map)
+	 * and write (a form.Map), by view */
+	seen.uciRead = {};
+	seen.uciWrite = {};
 	const run = async (rel, act) => {
 		luci.reset();
 		Object.assign(luci.env.exec, answers);
-		luci.env.uci = { mxspool: { mxspool: [{ '.name': 'main' }], domain: domains.map((d, i) => ({ '.name': `d${i}`, name: d })) } };
+		luci.env.uci = {
+			mxspool: { mxspool: [{ '.name': 'main' }], domain: domains.map((d, i) => ({ '.name': `d${i}`, name: d })) },
+			firewall: { rule: [{ '.name': 'mxspool_smtp', name: 'Allow-SMTP-mxspool', enabled: '0' }] }
+		};
 		const page = await open(rel);
 		if (act)
 			await act(page);
@@ -55,6 +62,10 @@ async function everyCommand(answers, domains) {
 			seen.push(Object.assign({ view: rel }, e));
 		for (const m of luci.env.recorded.missing)
 			seen.missing.push(`${rel}: ${m}`);
+		const rec = luci.env.recorded;
+		const maps = rec.maps.map(m => m.config);
+		seen.uciRead[rel] = [...new Set(rec.uciLoads.concat(rec.uciReads, maps))].sort();
+		seen.uciWrite[rel] = [...new Set(maps)].sort();
 	};
 	await run('view/mxspool/queue', async ({ node }) => {
 		const q = node;

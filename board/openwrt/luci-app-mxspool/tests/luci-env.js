@@ -136,11 +136,13 @@ class AbstractSection {
 		this.title = title;
 		this.description = description;
 		this.tabs = [];
+		this.tabTitles = {};
 		this.options = [];
 		this.formvalues = {};
 	}
 	tab(name, title) {
 		this.tabs.push(name);
+		this.tabTitles[name] = title;
 	}
 	option(cls, name, ...rest) {
 		return this.taboption(null, cls, name, ...rest);
@@ -179,6 +181,7 @@ class LMap {
 		this.title = title;
 		this.description = description;
 		this.sections = [];
+		this.data = modules.uci;
 		env.recorded.maps.push(this);
 	}
 	section(cls, ...args) {
@@ -204,7 +207,7 @@ const env = {
 };
 
 function reset() {
-	env.recorded = { execs: [], polls: [], modals: [], notifications: [], maps: [], uciLoads: [], missing: [] };
+	env.recorded = { execs: [], polls: [], modals: [], notifications: [], maps: [], uciLoads: [], uciReads: [], missing: [] };
 	env.exec = {};
 	env.uci = {};
 	env.execHandler = null;
@@ -266,15 +269,19 @@ const modules = {
 			return ev => f.call(ctx, ...args, ev);
 		}
 	},
+	/* A config the test did not put in env.uci does not exist: load()
+	 * rejects, as rpcd's uci.get does for a missing file. */
 	uci: {
 		load(config) {
 			env.recorded.uciLoads.push(config);
-			return Promise.resolve(config);
+			return (config in env.uci) ? Promise.resolve(config) : Promise.reject(new Error(`uci: no config ${config}`));
 		},
 		sections(config, type) {
+			env.recorded.uciReads.push(config);
 			return ((env.uci[config] || {})[type] || []).map((s, i) => Object.assign({ '.name': `cfg${i}`, '.type': type }, s));
 		},
 		get(config, sid, opt) {
+			env.recorded.uciReads.push(config);
 			for (const list of Object.values(env.uci[config] || {}))
 				for (const s of list)
 					if (s['.name'] === sid)
@@ -361,4 +368,4 @@ function load(rel) {
 	return fn(...reqs.map(r => modules[r.module]));
 }
 
-module.exports = { env, reset, load, requires, E, Node, RESOURCES, APP };
+module.exports = { env, reset, load, requires, E, Node, RESOURCES, APP, modules };

@@ -47,12 +47,14 @@ test('the menu points at views that exist, under Services', () => {
 	}
 });
 
-test('the ACL grants exactly the commands the views run, and uci mxspool only', async () => {
+test('the ACL grants exactly the commands the views run, and uci mxspool and firewall only', async () => {
 	const acl = json(ACL)['luci-app-mxspool'];
 	assert.deepEqual(Object.keys(json(ACL)), ['luci-app-mxspool']);
 	for (const side of ['read', 'write']) {
 		assert.deepEqual(Object.keys(acl[side]).sort(), ['file', 'ubus', 'uci'], side);
-		assert.deepEqual(acl[side].uci, ['mxspool'], `${side}: uci`);
+		/* firewall: the Settings page's checkbox for the port 25 rule
+		 * (rpcd grants uci access per config, never per section). */
+		assert.deepEqual(acl[side].uci, ['mxspool', 'firewall'], `${side}: uci`);
 		assert.deepEqual(JSON.parse(JSON.stringify(acl[side].ubus)), { file: ['exec'] }, `${side}: ubus`);
 		for (const [cmd, perms] of Object.entries(acl[side].file))
 			assert.deepEqual(perms, ['exec'], `${side}: ${cmd}`);
@@ -72,6 +74,12 @@ test('the ACL grants exactly the commands the views run, and uci mxspool only', 
 	}
 	for (const p of granted)
 		assert.ok(runs.some(r => fnmatch(p, r.line)), `the ACL grants '${p}', which no view runs`);
+	/* The UCI configs: read what the views read, write what their forms
+	 * write, nothing more. */
+	const union = o => [...new Set(Object.values(o).flat())].sort();
+	assert.deepEqual(acl.read.uci.slice().sort(), union(runs.uciRead), 'uci read vs the configs the views read');
+	assert.deepEqual(acl.write.uci.slice().sort(), union(runs.uciWrite), 'uci write vs the configs the views\' forms write');
+	assert.deepEqual(runs.uciWrite['view/mxspool/settings'], ['firewall', 'mxspool']);
 	/* rpcd grants an executable alone with any arguments: never that. And
 	 * every mxspool line ends with the config, so a '*' cannot replace it. */
 	for (const p of granted) {
@@ -135,6 +143,53 @@ test('the settings page has a field for every option mxspool knows, and no other
 		assert.equal(domainTabs[o], 'guard', `${o} is on the guard tab`);
 	const enabled = form.sections.mxspool.options.find(o => o.option === 'enabled');
 	assert.equal(enabled.kind, 'Flag');
+});
+
+/* The Settings page with the firewall config FW (null: none), as drive.settingsForm. */
+async function settingsWithFirewall(fw) {
+	drive.luci.reset();
+	drive.luci.env.uci = { mxspool: { mxspool: [{ '.name': 'main' }], domain: [] } };
+	if (fw)
+		drive.luci.env.uci.firewall = fw;
+	const { node } = await drive.open('view/mxspool/settings');
+	return { node, maps: drive.luci.env.recorded.maps };
+}
+
+const DHCP_RULE = { '.name': 'cfg0', name: 'Allow-DHCP-Renew', src: 'wan', proto: 'udp', dest_port: '68', target: 'ACCEPT' };
+
+test('the settings page has a checkbox for the firewall rule of board/openwrt/files/mxspool.defaults, and only for it', async () => {
+	/* The rule as the uci-defaults script adds it. */
+	const defaults = fs.readFileSync(path.join(APP, '../files/mxspool.defaults'), 'utf8');
+	const section = /^RULE=(\S+)$/m.exec(defaults)[1];
+	const name = /^NAME=(\S+)$/m.exec(defaults)[1];
+	assert.match(defaults, new RegExp(`uci -q set "firewall\\.\\$RULE\\.enabled=0"`), 'the rule is added disabled');
+	const { node, maps } = await settingsWithFirewall({ rule: [DHCP_RULE, { '.name': section, name, enabled: '0' }] });
+	assert.deepEqual(maps.map(m => m.config), ['mxspool', 'firewall']);
+	const fw = maps[1];
+	assert.equal(fw.sections.length, 1);
+	const s = fw.sections[0];
+	assert.equal(s.kind, 'TypedSection');
+	assert.equal(s.sectiontype, 'rule');
+	assert.equal(s.addremove, false, 'the page neither adds nor deletes firewall rules');
+	assert.equal(s.filter(section), true, 'the package\'s rule is shown');
+	assert.equal(s.filter('cfg0'), false, 'no other rule is shown');
+	assert.deepEqual(s.options.map(o => [o.option, o.kind, o.default, o.rmempty]), [['enabled', 'Flag', '1', false]],
+		'one checkbox, for the enabled option only, always written (absent would mean enabled)');
+	assert.equal(node.byId('mxspool-no-fw-rule'), null);
+
+	/* A rule of that name the owner made (an anonymous section) counts too. */
+	const anon = await settingsWithFirewall({ rule: [DHCP_RULE, { '.name': 'cfg1', name, enabled: '0' }] });
+	assert.equal(anon.maps[1].sections[0].filter('cfg1'), true);
+	assert.equal(anon.maps[1].sections[0].filter('cfg0'), false);
+});
+
+test('the settings page without the firewall rule says how to add it; without a firewall, says nothing', async () => {
+	const gone = await settingsWithFirewall({ rule: [DHCP_RULE] });
+	assert.deepEqual(gone.maps.map(m => m.config), ['mxspool'], 'no firewall form without the rule');
+	assert.match(gone.node.byId('mxspool-no-fw-rule').textContent, /Allow-SMTP-mxspool.*port 25/);
+	const none = await settingsWithFirewall(null);
+	assert.deepEqual(none.maps.map(m => m.config), ['mxspool']);
+	assert.equal(none.node.byId('mxspool-no-fw-rule'), null);
 });
 
 test('every example on the settings page passes its own validation, and bad values do not', async () => {

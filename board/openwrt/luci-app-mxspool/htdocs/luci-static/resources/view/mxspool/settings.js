@@ -1,6 +1,7 @@
 'use strict';
 'require view';
 'require form';
+'require uci';
 
 /*
  * Settings: every option `mxspool check` accepts (README "Configuration
@@ -9,6 +10,11 @@
  * (src/config/value.rs); the tests run both on the same samples.
  * Every Value has a placeholder that is a valid example.
  */
+
+/* The firewall rule the package's uci-defaults script adds, disabled
+ * (board/openwrt/files/mxspool.defaults). */
+var FW_RULE = 'mxspool_smtp';
+var FW_RULE_NAME = 'Allow-SMTP-mxspool';
 
 var MAX_DURATION_SECS = 4294967295;
 var UNIT = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -258,7 +264,13 @@ function flag(s, tab, name, title, descr, dflt) {
 }
 
 return view.extend({
-	render: function() {
+	/* The firewall config, when there is one (a router without the
+	 * firewall package has none): its rule for port 25 gets a checkbox. */
+	load: function() {
+		return L.resolveDefault(uci.load('firewall'), null);
+	},
+
+	render: function(firewall) {
 		var m, s, o;
 
 		m = new form.Map('mxspool', _('Mail relay'),
@@ -389,6 +401,36 @@ return view.extend({
 		o = field(s, 'guard', form.Value, 'tls_pin', _('TLS pin'), _("'sha256:BASE64' of your server's certificate public key; requires STARTTLS."), check.tlsPin, 'sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=');
 		o.modalonly = true;
 
-		return m.render();
+		var maps = [ m ], after = [];
+		var ours = function(sid) {
+			return sid === FW_RULE || uci.get('firewall', sid, 'name') === FW_RULE_NAME;
+		};
+		if (firewall && uci.sections('firewall', 'rule').some(function(r) { return ours(r['.name']); })) {
+			/* LuCI saves every form.Map of a page (view.handleSave), so the
+			 * checkbox is saved and applied with the rest. */
+			var fw = new form.Map('firewall', _('Firewall'));
+			s = fw.section(form.TypedSection, 'rule', _('Port 25 from the internet'),
+				_('A backup MX must accept connections on port 25 from the internet. The package added a firewall rule for it (Allow-SMTP-mxspool), switched off until you switch it on here. Switch it on once the settings above are right and your domain\'s MX record points at this router.'));
+			s.anonymous = true;
+			s.addremove = false;
+			/* The package's rule only: its section, or a rule of its name
+			 * (the ACL grants the whole firewall config all the same). */
+			s.filter = ours;
+			o = s.option(form.Flag, 'enabled', _('Open port 25 from the WAN'),
+				_('Accept TCP connections to port 25 of this router from the wan zone (IPv4 and IPv6).'));
+			o.default = '1';
+			o.rmempty = false;
+			maps.push(fw);
+		}
+		else if (firewall) {
+			after.push(E('div', { 'class': 'cbi-section', 'id': 'mxspool-no-fw-rule' }, [
+				E('h3', {}, _('Port 25 from the internet')),
+				E('p', {}, _('The firewall has no rule named Allow-SMTP-mxspool (the package adds one, switched off; it was removed since). A backup MX needs TCP port 25 open from the wan zone: add that rule under Network → Firewall → Traffic Rules.'))
+			]));
+		}
+
+		return Promise.all(maps.map(function(map) { return map.render(); })).then(function(nodes) {
+			return E('div', {}, nodes.concat(after));
+		});
 	}
 });
