@@ -88,19 +88,20 @@ async function everyCommand(answers, domains) {
 	return seen;
 }
 
-/* The option lists mxspool's parser knows (src/config/mod.rs). */
+/* The option lists mxspool's parser knows: its option tables
+   (src/config/main_options.rs, src/config/domain_options.rs), where each
+   entry is `name: "...",` then `form: Required|Single|List(...)`. */
 function parserOptions() {
-	const src = fs.readFileSync(path.join(luci.APP, '../../../src/config/mod.rs'), 'utf8');
-	const list = name => {
-		const m = new RegExp(`const ${name}: &\\[&str\\] = &\\[([^\\]]*)\\]`).exec(src);
-		if (!m)
-			throw new Error(`${name} not found in src/config/mod.rs`);
-		return [...m[1].matchAll(/"([a-z_]+)"/g)].map(x => x[1]);
+	const table = file => {
+		const src = fs.readFileSync(path.join(luci.APP, '../../../src/config', file), 'utf8');
+		const out = { single: [], list: [] };
+		for (const m of src.matchAll(/name: "([a-z_]+)",\s*form: (List|Single|Required)\b/g))
+			(m[2] === 'List' ? out.list : out.single).push(m[1]);
+		if (!out.single.length)
+			throw new Error(`no options found in src/config/${file}`);
+		return out;
 	};
-	return {
-		mxspool: { single: list('MAIN_SINGLE'), list: list('MAIN_LIST') },
-		domain: { single: list('DOMAIN_SINGLE'), list: list('DOMAIN_LIST') }
-	};
+	return { mxspool: table('main_options.rs'), domain: table('domain_options.rs') };
 }
 
 /* The settings form's sections and options, by section type. */
