@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::control::json_str;
-use crate::deliver::route::literal;
 use crate::dns::{DnsError, Mx, Resolver};
+use crate::outbound::route::literal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

@@ -21,6 +21,7 @@ pub mod dns;
 pub mod dnscheck;
 pub mod log;
 pub mod net;
+pub mod outbound;
 pub mod privilege;
 pub mod receive;
 pub mod smtp;

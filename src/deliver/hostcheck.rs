@@ -8,26 +8,17 @@
 //! resolved to anywhere — a delivery attempt or call-ahead included — so a
 //! change right after a failed attempt (before the first check) counts.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::route;
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, Known};
+use crate::outbound::route;
 use crate::spool::Destination;
 use crate::spool::Filter;
 
-/// Destination → the address set it last resolved to.
-pub type Known = HashMap<Destination, BTreeSet<IpAddr>>;
-
-/// Records what `dest` resolved to for an attempt (delivery, call-ahead).
-pub fn seen(ctx: &Ctx, dest: &Destination, targets: &[route::Target]) {
-    let now = targets.iter().map(|t| t.addr.ip()).collect();
-    ctx.deliverer
-        .resolved
-        .borrow_mut()
-        .insert(dest.clone(), now);
-}
+// What each destination resolved to at its last attempt is recorded by
+// `outbound::conn` (`ctx.deliverer.resolved`).
 
 /// Stores `now` for `dest`; returns the old set when it differs (a host
 /// status change). The first sighting is no change.

@@ -11,9 +11,7 @@
 
 pub mod client;
 pub mod eightbit;
-pub mod guard;
 pub mod hostcheck;
-pub mod route;
 
 use std::collections::HashSet;
 use std::rc::Rc;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Domain, OnTempfail};
 use crate::ctx::Ctx;
-use crate::deliver::client::{self, Conn};
+use crate::outbound::conn::{self as client, Conn};
 use crate::smtp::client::Event;
 use crate::smtp::{Enhanced, Reply};
 use crate::spool::CacheEntry;

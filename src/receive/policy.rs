@@ -164,7 +164,7 @@ pub async fn mx_route(
     domain: &crate::config::Domain,
     our_hostname: &str,
 ) -> Result<(), Refusal> {
-    use crate::deliver::route::{self, MxPlan, RouteError};
+    use crate::outbound::route::{self, MxPlan, RouteError};
     let name = &domain.name;
     match route::mx_plan(resolver, name, our_hostname).await {
         Ok(MxPlan::Hosts(hosts)) => {

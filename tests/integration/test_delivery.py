@@ -160,7 +160,7 @@ def test_null_sender_is_relayed_with_null_sender(mxspool, sink):
 
 
 def test_new_mail_for_a_primary_just_found_down_shares_the_next_attempt(mxspool, sink_factory):
-    """Protects the down mark (src/deliver/down.rs): right after a delivery
+    """Protects the down mark (src/ctx/down.rs): right after a delivery
     could not connect, new mail for that destination makes no connection
     attempt of its own — the queue shows it "delivery temporarily
     suspended" — and it still goes out within seconds of the primary's
