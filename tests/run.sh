@@ -7,7 +7,8 @@
 #      certificates, postgrey, nodejs and lua5.1 for the LuCI app and the
 #      metrics collector) when missing, unpacks Exim and OpenSMTPD under
 #      /var/tmp (tests/integration/real_peers.sh), and pytest when missing;
-#   2. cargo fmt --check, cargo clippy --all-targets -D warnings;
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings, the module
+#      layering check (tests/layers.py: no import cycles);
 #   3. cargo build (debug), cargo test (unit tests);
 #   4. python3 -m pytest -q tests/integration against the built binary (skip
 #      reasons printed, -rsfE; the skip count goes to the closing summary);
@@ -195,6 +196,8 @@ if [ "${MXSPOOL_SKIP_CARGO:-0}" != 1 ]; then
 	step "rustfmt/clippy components" cargo_components
 	step "cargo fmt --check" cargo fmt --all -- --check
 	step "cargo clippy" cargo clippy --all-targets -- -D warnings
+	# Modules readable bottom-up: no module uses one that uses it back.
+	step "module layers (no import cycles)" python3 tests/layers.py
 	step "cargo build" cargo build
 	step "cargo test" cargo test
 fi
