@@ -1,6 +1,7 @@
 //! Delivery: the scheduler that sleeps until the next due message, the
 //! per-destination queues and workers (bounded connections, connection
-//! reuse), the client driver, and DSNs.
+//! reuse), the delivery of a job over an `outbound` connection (`client`,
+//! with the 8-bit decision in `eightbit`), and the host check.
 //!
 //! Flow: the scheduler reads due ids from the spool's schedule index,
 //! splits each message's pending recipients by destination, and queues one
