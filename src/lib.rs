@@ -9,6 +9,7 @@
 //! (spool time: ages and retries that survive a router's clock steps).
 
 pub mod alert;
+pub mod base64;
 pub mod cli;
 pub mod clock;
 pub mod compose;

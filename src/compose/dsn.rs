@@ -345,7 +345,7 @@ fn pick_boundary(input: &DsnInput<'_>, parts: &[&[u8]]) -> String {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// `Name: value` + CRLF, folded at spaces to keep lines near 78 columns.
@@ -488,7 +488,7 @@ mod tests {
     }
 
     fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-        hay.windows(needle.len()).position(|w| w == needle)
+        memchr::memmem::find(hay, needle)
     }
 
     /// Splits `head CRLF CRLF body` and unfolds the header fields.

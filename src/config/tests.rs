@@ -961,19 +961,6 @@ fn cidrs() {
     }
 }
 
-// The tls_pin decoder: RFC 4648 test vectors, padding only at the end.
-#[test]
-fn base64() {
-    assert_eq!(base64_decode(""), Some(vec![]));
-    assert_eq!(base64_decode("Zg=="), Some(b"f".to_vec()));
-    assert_eq!(base64_decode("Zm8="), Some(b"fo".to_vec()));
-    assert_eq!(base64_decode("Zm9v"), Some(b"foo".to_vec()));
-    assert_eq!(base64_decode("+/+/"), Some(vec![0xfb, 0xff, 0xbf]));
-    for bad in ["Zg", "Zg=", "Z===", "Zg==Zm9v", "Zm9v!A==", "Zm=v"] {
-        assert_eq!(base64_decode(bad), None, "{bad}");
-    }
-}
-
 // The relay front door options (issue 6): defaults are "off" for every
 // check that needs an outside service, and the documented thresholds.
 #[test]

@@ -350,58 +350,11 @@ pub(super) fn tls_pin(v: &str) -> Result<String, String> {
     let b64 = v.strip_prefix("sha256:").ok_or(
         "must be 'sha256:' followed by the base64 SHA-256 of the certificate's public key",
     )?;
-    match base64_decode(b64) {
+    match crate::base64::decode(b64) {
         Some(d) if d.len() == 32 => Ok(v.to_string()),
         Some(_) => Err("is not a SHA-256 digest: the base64 does not decode to 32 bytes".into()),
         None => Err("has invalid base64 after 'sha256:'".into()),
     }
-}
-
-/// Standard alphabet with `=` padding (RFC 4648 section 4); None if invalid.
-pub(super) fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let bytes = s.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let chunks = bytes.len() / 4;
-    let mut out = Vec::with_capacity(chunks * 3);
-    for (ci, chunk) in bytes.chunks(4).enumerate() {
-        let mut n = 0u32;
-        let mut pad = 0;
-        for (i, &c) in chunk.iter().enumerate() {
-            if c == b'=' {
-                // Padding only at the end, at most two.
-                if ci + 1 != chunks || i < 2 {
-                    return None;
-                }
-                pad += 1;
-                n <<= 6;
-            } else {
-                if pad > 0 {
-                    return None;
-                }
-                n = (n << 6) | sextet(c)?;
-            }
-        }
-        out.push((n >> 16) as u8);
-        if pad < 2 {
-            out.push((n >> 8) as u8);
-        }
-        if pad < 1 {
-            out.push(n as u8);
-        }
-    }
-    Some(out)
 }
 
 pub(super) fn level_name(l: log::LevelFilter) -> &'static str {

@@ -242,7 +242,7 @@ fn headers(ctx: &Ctx, id: u64, chunks: u32) -> Vec<u8> {
             Ok(Some(c)) => head.extend_from_slice(&c),
             _ => break,
         }
-        if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+        if let Some(p) = memchr::memmem::find(&head, b"\r\n\r\n") {
             head.truncate(p + 2);
             break;
         }

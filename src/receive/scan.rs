@@ -185,7 +185,7 @@ pub fn insert_after_first_header(chunk0: &[u8], extra: &[u8]) -> Vec<u8> {
     let mut at = 0;
     if chunk0.first().is_some_and(|b| b.is_ascii_alphanumeric()) {
         let mut i = 0;
-        while let Some(p) = chunk0[i..].windows(2).position(|w| w == b"\r\n") {
+        while let Some(p) = memchr::memmem::find(&chunk0[i..], b"\r\n") {
             let end = i + p + 2;
             // A continuation line starts with white space (RFC 5322 2.2.3).
             if !matches!(chunk0.get(end), Some(b' ' | b'\t')) {

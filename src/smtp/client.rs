@@ -22,8 +22,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::dotstuff::DotStuffer;
 use super::reply::{Enhanced, Reply};
-use super::stuff::DotStuffer;
 
 /// Longest reply line we accept from a server (RFC 5321 says 512; real
 /// servers are sloppy, a little slack costs nothing).

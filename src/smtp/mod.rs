@@ -4,10 +4,10 @@
 pub mod address;
 pub mod client;
 mod data;
+pub mod dotstuff;
 pub mod downgrade;
 pub mod qp;
 pub mod reply;
 pub mod server;
-pub mod stuff;
 
 pub use reply::{Enhanced, Reply};

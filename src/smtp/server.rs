@@ -228,7 +228,7 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// The position of the first CRLF in `s`.
 fn find_crlf(s: &[u8]) -> Option<usize> {
-    s.windows(2).position(|w| w == b"\r\n")
+    memchr::memmem::find(s, b"\r\n")
 }
 
 impl Session {

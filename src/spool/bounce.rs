@@ -54,7 +54,7 @@ pub(super) fn make_dsn(
         // RFC 3463 X.4.7: delivery time expired.
         reports.push(report(r, "5.4.7".into()));
     }
-    let headers = original_headers(tx, id, m.chunks)?;
+    let headers = read_original_headers(tx, id, m.chunks)?;
     let dsn_id = {
         let mut next = lock(&st.shared.next_id);
         *next = (*next + 1).max(now << ID_SEQ_BITS);
@@ -149,7 +149,7 @@ fn remote_host(remote: &str) -> Option<String> {
 }
 
 /// The original message's header section, up to the empty line, capped.
-fn original_headers(
+fn read_original_headers(
     tx: &redb::WriteTransaction,
     id: QueueId,
     chunks: u32,
@@ -172,12 +172,12 @@ fn original_headers(
     }
     out.truncate(DSN_HEADER_CAP);
     // Cut at the last whole line.
-    if let Some(p) = out.windows(2).rposition(|w| w == b"\r\n") {
+    if let Some(p) = memchr::memmem::rfind(&out, b"\r\n") {
         out.truncate(p + 2);
     }
     Ok(out)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }

@@ -89,7 +89,7 @@ pub(super) enum Request {
 }
 
 /// Replies owed after the batch's commit.
-enum Owed {
+enum PendingReply {
     Unit(Sender<Result<(), SpoolError>>, Result<(), SpoolError>),
     Finished(
         Sender<Result<Finished, SpoolError>>,
@@ -98,19 +98,19 @@ enum Owed {
     Batch(Sender<Result<Batch, SpoolError>>, Result<Batch, SpoolError>),
 }
 
-impl Owed {
+impl PendingReply {
     fn fail(self, e: &SpoolError) {
         match self {
-            Owed::Unit(s, _) => drop(s.try_send(Err(e.clone()))),
-            Owed::Finished(s, _) => drop(s.try_send(Err(e.clone()))),
-            Owed::Batch(s, _) => drop(s.try_send(Err(e.clone()))),
+            PendingReply::Unit(s, _) => drop(s.try_send(Err(e.clone()))),
+            PendingReply::Finished(s, _) => drop(s.try_send(Err(e.clone()))),
+            PendingReply::Batch(s, _) => drop(s.try_send(Err(e.clone()))),
         }
     }
     fn send(self) {
         match self {
-            Owed::Unit(s, r) => drop(s.try_send(r)),
-            Owed::Finished(s, r) => drop(s.try_send(r)),
-            Owed::Batch(s, r) => drop(s.try_send(r)),
+            PendingReply::Unit(s, r) => drop(s.try_send(r)),
+            PendingReply::Finished(s, r) => drop(s.try_send(r)),
+            PendingReply::Batch(s, r) => drop(s.try_send(r)),
         }
     }
 }
@@ -283,7 +283,7 @@ impl Plan {
 struct Applying {
     plan: Plan,
     appended: Vec<QueueId>,
-    owed: Vec<Owed>,
+    owed: Vec<PendingReply>,
 }
 
 fn run_batch(shared: &Shared, st: &mut ThreadState, batch: Vec<Request>) {
@@ -388,7 +388,7 @@ fn apply(
         }
         Request::Commit { message, reply } => {
             let r = apply_commit(tx, st, &mut run.plan, message)?;
-            run.owed.push(Owed::Unit(reply, r));
+            run.owed.push(PendingReply::Unit(reply, r));
         }
         Request::Abort { id } => {
             st.broken.remove(&id);
@@ -402,7 +402,7 @@ fn apply(
             reply,
         } => {
             let r = per_request(finish(tx, st, id, report, &policy))?;
-            run.owed.push(Owed::Finished(reply, r));
+            run.owed.push(PendingReply::Finished(reply, r));
         }
         Request::Reschedule {
             filter,
@@ -412,7 +412,7 @@ fn apply(
         } => {
             let b = reschedule(tx, &filter, now, from)?;
             st.wake |= b.changed > 0;
-            run.owed.push(Owed::Batch(reply, Ok(b)));
+            run.owed.push(PendingReply::Batch(reply, Ok(b)));
         }
         Request::Retag {
             domain,
@@ -423,7 +423,7 @@ fn apply(
         } => {
             let b = retag(tx, &domain, &dest, now, from)?;
             st.wake |= b.changed > 0;
-            run.owed.push(Owed::Batch(reply, Ok(b)));
+            run.owed.push(PendingReply::Batch(reply, Ok(b)));
         }
         Request::CachePut {
             address,
@@ -431,12 +431,12 @@ fn apply(
             reply,
         } => {
             cache_put(tx, &address, &entry)?;
-            run.owed.push(Owed::Unit(reply, Ok(())));
+            run.owed.push(PendingReply::Unit(reply, Ok(())));
         }
-        Request::Barrier { reply, .. } => run.owed.push(Owed::Unit(reply, Ok(()))),
+        Request::Barrier { reply, .. } => run.owed.push(PendingReply::Unit(reply, Ok(()))),
         Request::Delete { id, reply } => {
             let r = per_request(delete_message(tx, st, id))?;
-            run.owed.push(Owed::Unit(reply, r));
+            run.owed.push(PendingReply::Unit(reply, r));
         }
     }
     Ok(())

@@ -492,8 +492,8 @@ def wait_deferred_in_log(mx, queue_id, attempts=1, timeout=15):
     """Wait until the daemon has logged ATTEMPTS deferred attempts for
     QUEUE_ID. Reads the daemon's log file only: unlike a `queue` command or
     a connection, that never wakes the daemon, so a retry timer that does
-    not fire cannot be hidden by the wait itself (issue 20: on MIPS the
-    reactor slept with no timeout and every CLI poll woke it)."""
+    not fire cannot be hidden by the wait itself (on MIPS the
+    reactor once slept with no timeout and every CLI poll woke it)."""
     wait_until(lambda: deferrals_logged(mx, queue_id) >= attempts, timeout, interval=0.2,
                what=f"{attempts} deferred attempt(s) of {queue_id} in the log "
                     f"(have {deferrals_logged(mx, queue_id)})")

@@ -1,4 +1,4 @@
-"""Load, abuse and security matrices against the real daemon (issue 9).
+"""Load, abuse and security matrices against the real daemon.
 
 Each test says what promise it protects. Bounded loops, loopback only.
 The daemon is conftest.py's `mxspool` (its teardown fails the test when the

@@ -1,4 +1,4 @@
-"""Recipient verification (CONTRACT.md "Recipient verification"; issue 4):
+"""Recipient verification:
 call-ahead to a real Postfix primary that knows some users, the persistent
 cache, the user lists, on_tempfail, and the warnings about a primary whose
 setup defeats a backup MX (scripted with the capture sink)."""

@@ -1,4 +1,4 @@
-"""The command line (CONTRACT.md "Command line" and "Configuration: UCI"):
+"""The command line:
 version, check, and configuration errors as `PATH:LINE: ...` with exit 2."""
 
 import json

@@ -1,4 +1,4 @@
-"""A router's clock (issue 17, part 1): OpenWrt has no real-time clock. It
+"""A router's clock: OpenWrt has no real-time clock. It
 boots weeks behind and steps the clock when NTP syncs, and again after
 every power cut. Ages, retry spans and expiry must measure time that really
 passed: a step forward is not age (no mail returned for it), a step back or

@@ -1,4 +1,4 @@
-"""Crash rounds (issue 9): kill -9 at random moments while several clients
+"""Crash rounds: kill -9 at random moments while several clients
 send mail and, in half the rounds, while deliveries are in flight; restart
 each time. At the end every message that got 250 must be delivered;
 duplicates (a delivery whose bookkeeping died with the daemon) are allowed

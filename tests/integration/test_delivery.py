@@ -1,4 +1,4 @@
-"""Delivery (CONTRACT.md "Delivery" and "Receiving"): store-and-forward to a
+"""Delivery: store-and-forward to a
 real Postfix primary, byte-exact; our Received header; the primary down and
 back on the same port; dot-stuffing and line ends on the wire."""
 

@@ -1,4 +1,4 @@
-"""Backup-MX delivery by DNS (CONTRACT.md "DNS rules", "Delivery"; issue 3),
+"""Backup-MX delivery by DNS,
 against a real authoritative NSD serving zones the tests write and change.
 
 Every MX host resolves to a loopback address 127.0.0.x; the domain's `port`
@@ -189,7 +189,7 @@ def test_host_status_change_redelivers_at_once(nsd, mxspool, sink_factory):
 @pytest.fixture
 def port25_sink(sink_factory):
     """A sink on 127.0.0.9:25: without a smarthost, DSNs go to the sender
-    domain's MX on port 25 (CONTRACT: smarthost)."""
+    domain's MX on port 25."""
     try:
         return sink_factory(host="127.0.0.9", port=25, hostname="mx.sender.test")
     except PermissionError:

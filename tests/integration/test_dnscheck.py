@@ -1,5 +1,4 @@
-"""`mxspool dnscheck DOMAIN` (CONTRACT.md "Command line", "DNS rules"; issue
-3) against a real authoritative NSD: each misconfiguration of a backup-MX
+"""`mxspool dnscheck DOMAIN` against a real authoritative NSD: each misconfiguration of a backup-MX
 layout gives its finding (a `PROBLEM:` or `ADVICE:` line followed by its
 `fix:` line) and the exit status the contract says: 1 if any problem, 0
 with only advice or nothing. mxspool's hostname is mx2.test."""

@@ -1,4 +1,4 @@
-"""Non-delivery (CONTRACT.md "Delivery"): per-recipient 5xx returned to the
+"""Non-delivery: per-recipient 5xx returned to the
 sender with an RFC 3464 DSN sent through the smarthost; 4xx retried until
 the retry span ends, then returned; nothing ever returned to <>."""
 

@@ -1,5 +1,5 @@
-"""Durability (CONTRACT.md: "250 after DATA means the message and its
-envelope are on stable storage; a crash after it loses nothing")."""
+"""Durability (the README's promise: "250 after DATA means the message and
+its envelope are on stable storage; a crash after it loses nothing")."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""Files and privileges (issue 17, part 4): queued mail is readable by the
+"""Files and privileges: queued mail is readable by the
 daemon's user only, and root never follows a symbolic link inside
 spool_dir (the daemon's user could plant one to be handed any file)."""
 

@@ -1,4 +1,4 @@
-"""The dynamic-IP guard (issue 5, CONTRACT.md "Delivery"): before any
+"""The dynamic-IP guard: before any
 message is handed over, mxspool checks it talks to the owner's server. An
 offline_address is never connected to; our own listen address, a greeting
 or EHLO naming someone other than expect_greeting, or a greeting naming our

@@ -1,4 +1,4 @@
-"""The router owner's view (issue 18): `dnscheck --json`, the LuCI pages
+"""The router owner's view: `dnscheck --json`, the LuCI pages
 (board/openwrt/luci-app-mxspool, run in Node with stand-ins for LuCI) and
 the Prometheus collector (board/openwrt/prometheus-node-exporter-lua-mxspool,
 run by lua5.1), all fed with the real daemon's output, so a change of the
@@ -59,7 +59,7 @@ LAYOUTS = [
 @pytest.mark.parametrize("name,records,problems,advice", LAYOUTS)
 def test_dnscheck_json_has_the_text_forms_findings_codes_and_exit_status(
         nsd, mxspool, name, records, problems, advice):
-    """Protects `dnscheck DOMAIN --json` (CONTRACT "Command line"): one
+    """Protects `dnscheck DOMAIN --json`: one
     object with domain, the MX hosts, problems and advice as {code, text,
     fix}, the same findings and the same exit status as the text form
     (1 with a problem, 0 otherwise)."""

@@ -1,4 +1,4 @@
-"""Operations (issue 7, CONTRACT.md "Command line"): the control socket and
+"""Operations: the control socket and
 every `mxspool queue` command with and without --json, reload on SIGHUP
 without losing mail, graceful stop on SIGTERM, and the privilege drop."""
 
@@ -301,7 +301,7 @@ def test_sighup_reload_valid_and_invalid_while_mail_flows(mxspool, sink):
 # --- SIGTERM ----------------------------------------------------------------
 
 def test_sigterm_during_data_then_restart_delivers_every_250(mxspool, sink_factory, down_port):
-    """Protects the graceful stop (issue 7): after SIGTERM an idle session
+    """Protects the graceful stop: after SIGTERM an idle session
     gets its 421, and sessions in the middle of DATA get no 250 when they
     finish (a 421 or the connection closed: what arrives after the stop is
     never executed). Silent or stalled clients cannot hold the daemon: it

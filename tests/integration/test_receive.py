@@ -1,4 +1,4 @@
-"""Receiving (CONTRACT.md "Behaviour on the wire" / Receiving): greeting,
+"""Receiving: greeting,
 EHLO, relay protection, size limits, bare CR/LF, recipient and hop limits,
 pipelining, connection limits. The destination is a capture sink, so a test
 can also prove what was (not) passed on."""

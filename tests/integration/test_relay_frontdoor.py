@@ -1,4 +1,4 @@
-"""The relay front door (issue 6) against real peers: dnsmasq serving a
+"""The relay front door against real peers: dnsmasq serving a
 test DNSBL zone, spamd, clamd with a signature database written here, and
 a capture sink (harness_sink.py) standing in for the owner's server on an
 alternate port.

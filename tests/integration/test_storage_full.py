@@ -1,4 +1,4 @@
-"""Storage full (issue 9, CONTRACT.md: "Storage full or spool over its limit:
+"""Storage full ("Storage full or spool over its limit:
 452 4.3.1, never a silent loss"): the spool lives on a small tmpfs the test
 mounts; it fills up, clients get 452 4.3.1, nothing acknowledged is lost or
 damaged, and service returns when space does."""

@@ -3,7 +3,7 @@ else touching the daemon while the test waits: no `queue` command, no new
 connection, no signal. The waits read the daemon's log file and the peers'
 own state, which never wake the daemon.
 
-Why (issue 20): the MIPS router build slept in epoll with no timeout while
+Why: the MIPS router build slept in epoll with no timeout while
 a retry was due (rustix left polling's timerfd unarmed); the suite did not
 see it because its waits polled `queue list`, and every poll woke the
 daemon, which then noticed the overdue retry. These tests fail on such a
@@ -116,7 +116,7 @@ def test_callahead_budget_ends_while_the_primary_hangs(mxspool):
 class TrickleServer(SilentServer):
     """Answers like an SMTP server, except the reply after the body, which
     it sends one byte every TRICKLE seconds: every read meets its timeout,
-    the transaction never ends (the slow-drip peer of issue 17)."""
+    the transaction never ends (a slow-drip peer)."""
 
     def __init__(self, trickle=2.0):
         self.trickle = trickle

@@ -1,4 +1,4 @@
-"""STARTTLS both ways (issue 5, CONTRACT.md "Behaviour on the wire"):
+"""STARTTLS both ways:
 receiving with rustls (TLS 1.2 and 1.3 only, plaintext behind STARTTLS
 discarded, EHLO state forgotten, `with ESMTPS`), bad certificate files as
 configuration errors, and opportunistic TLS when delivering (a real Postfix
@@ -311,7 +311,7 @@ def pem_der(path):
 
 
 def test_sighup_reloads_certificate_and_keeps_old_one_when_new_is_bad(tls_relay, workdir, certs):
-    """Protects certificate renewal without a restart (issue 7: reload
+    """Protects certificate renewal without a restart (reload
     applies TLS files): after SIGHUP the new certificate is served; a broken
     one is refused with its reason logged, and the running one stays."""
     mx = tls_relay

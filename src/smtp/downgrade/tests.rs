@@ -47,7 +47,7 @@ fn split_at<'a>(msg: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
