@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{HostPort, Score};
+use crate::config::{Config, HostPort, Score};
 use crate::ctx::Ctx;
 use crate::smtp::Reply;
 use crate::spool::{self, QueueId};
@@ -238,102 +238,133 @@ pub async fn check(
         return Ok(0);
     }
     let cfg = ctx.config();
-    let m = &cfg.main;
-    let qid = spool::format_id(id);
-    let reject = |reason: &'static str, reply: Reply, detail: String| {
-        ctx.stats.borrow_mut().reject(reason);
-        log::info!(
-            "id={qid} event=reject stage=DATA client=[{ip}] reason={reason} {detail} reply=\"{}\"",
-            reply.one_line()
-        );
-        reply
+    let scan = Scan {
+        ctx,
+        cfg: &cfg,
+        id,
+        qid: spool::format_id(id),
+        ip,
     };
     // Everything appended so far must be readable before we stream it.
     if let Err(e) = ctx.spool.barrier().await {
-        return Err(reject(
+        return Err(scan.spool_error(e));
+    }
+    if let Some(hp) = &cfg.main.clamd {
+        scan.virus(hp, chunks).await?;
+    }
+    match &cfg.main.spamd {
+        Some(hp) => scan.spam(hp, chunks, size).await,
+        None => Ok(0),
+    }
+}
+
+/// One message's scan: what its log lines and refusals need.
+struct Scan<'a> {
+    ctx: &'a Ctx,
+    cfg: &'a Config,
+    id: QueueId,
+    qid: String,
+    ip: IpAddr,
+}
+
+impl Scan<'_> {
+    /// Counts and logs a refusal; returns its reply.
+    fn reject(&self, reason: &'static str, reply: Reply, detail: String) -> Reply {
+        self.ctx.stats.borrow_mut().reject(reason);
+        log::info!(
+            "id={} event=reject stage=DATA client=[{}] reason={reason} {detail} reply=\"{}\"",
+            self.qid,
+            self.ip,
+            reply.one_line()
+        );
+        reply
+    }
+
+    fn spool_error(&self, e: impl std::fmt::Display) -> Reply {
+        self.reject(
             "spool_error",
             Reply::enh(451, (4, 3, 0), "Local error in processing, try again later"),
             format!("error=\"{e}\""),
-        ));
+        )
     }
-    let skipped = |scanner: &str, e: String| -> Result<(), Reply> {
-        if m.scan_required {
-            Err(reject(
+
+    /// A scanner could not be asked: refused when `scan_required`, else
+    /// accepted unscanned (logged).
+    fn skipped(&self, scanner: &str, e: String) -> Result<(), Reply> {
+        if self.cfg.main.scan_required {
+            Err(self.reject(
                 "scan_unavailable",
                 reply_unavailable(),
                 format!("scanner={scanner} error=\"{e}\""),
             ))
         } else {
             log::warn!(
-                "id={qid} event=scan_skipped scanner={scanner} error=\"{e}\" action=\"accepted unscanned (scan_required 0)\""
+                "id={} event=scan_skipped scanner={scanner} error=\"{e}\" action=\"accepted unscanned (scan_required 0)\"",
+                self.qid
             );
             Ok(())
         }
-    };
-    if let Some(hp) = &m.clamd {
-        match within(m.scan_timeout, clamd_scan(ctx, hp, id, chunks)).await {
-            Ok(ClamVerdict::Clean) => log::debug!("id={qid} event=virus_scan result=clean"),
-            Ok(ClamVerdict::Infected(name)) => {
-                return Err(reject(
-                    "virus",
-                    reply_554(format!("Message rejected: virus found: {name}")),
-                    format!("virus=\"{name}\""),
-                ));
+    }
+
+    async fn virus(&self, hp: &HostPort, chunks: u32) -> Result<(), Reply> {
+        let m = &self.cfg.main;
+        match within(m.scan_timeout, clamd_scan(self.ctx, hp, self.id, chunks)).await {
+            Ok(ClamVerdict::Clean) => {
+                log::debug!("id={} event=virus_scan result=clean", self.qid);
+                Ok(())
             }
-            Err(e) => skipped("clamd", e)?,
+            Ok(ClamVerdict::Infected(name)) => Err(self.reject(
+                "virus",
+                reply_554(format!("Message rejected: virus found: {name}")),
+                format!("virus=\"{name}\""),
+            )),
+            Err(e) => self.skipped("clamd", e),
         }
     }
-    let mut delta = 0;
-    if let Some(hp) = &m.spamd {
-        match within(m.scan_timeout, spamd_scan(ctx, hp, id, chunks, size)).await {
-            Ok(v) => {
-                let tag = m.spam_tag_score;
-                log::info!(
-                    "id={qid} event=spam_scan score={} required={tag} spamd_required={} symbols=\"{}\"",
-                    v.score,
-                    v.threshold,
-                    v.symbols
-                );
-                if v.score >= m.spam_reject_score {
-                    return Err(reject(
-                        "spam",
-                        reply_554(format!(
-                            "Message rejected as spam (score {} >= {})",
-                            v.score, m.spam_reject_score
-                        )),
-                        format!("score={}", v.score),
-                    ));
-                }
-                let extra = spam_headers(v.score, tag);
-                delta = extra.len() as i64;
-                let chunk0 = match ctx.spool.chunk(id, 0) {
-                    Ok(Some(c)) => c,
-                    Ok(None) => Vec::new(),
-                    Err(e) => {
-                        return Err(reject(
-                            "spool_error",
-                            Reply::enh(
-                                451,
-                                (4, 3, 0),
-                                "Local error in processing, try again later",
-                            ),
-                            format!("error=\"{e}\""),
-                        ));
-                    }
-                };
-                let new = insert_after_first_header(&chunk0, &extra);
-                if let Err(e) = ctx.spool.replace_chunk(id, 0, new, delta).await {
-                    return Err(reject(
-                        "spool_error",
-                        Reply::enh(451, (4, 3, 0), "Local error in processing, try again later"),
-                        format!("error=\"{e}\""),
-                    ));
-                }
-            }
-            Err(e) => skipped("spamd", e)?,
+
+    /// Refuses spam over `spam_reject_score`; otherwise adds the X-Spam
+    /// headers. Ok: the bytes added.
+    async fn spam(&self, hp: &HostPort, chunks: u32, size: u64) -> Result<i64, Reply> {
+        let m = &self.cfg.main;
+        let v = match within(
+            m.scan_timeout,
+            spamd_scan(self.ctx, hp, self.id, chunks, size),
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => return self.skipped("spamd", e).map(|()| 0),
+        };
+        let tag = m.spam_tag_score;
+        log::info!(
+            "id={} event=spam_scan score={} required={tag} spamd_required={} symbols=\"{}\"",
+            self.qid,
+            v.score,
+            v.threshold,
+            v.symbols
+        );
+        if v.score >= m.spam_reject_score {
+            return Err(self.reject(
+                "spam",
+                reply_554(format!(
+                    "Message rejected as spam (score {} >= {})",
+                    v.score, m.spam_reject_score
+                )),
+                format!("score={}", v.score),
+            ));
         }
+        let extra = spam_headers(v.score, tag);
+        let delta = extra.len() as i64;
+        let chunk0 = match self.ctx.spool.chunk(self.id, 0) {
+            Ok(c) => c.unwrap_or_default(),
+            Err(e) => return Err(self.spool_error(e)),
+        };
+        let new = insert_after_first_header(&chunk0, &extra);
+        if let Err(e) = self.ctx.spool.replace_chunk(self.id, 0, new, delta).await {
+            return Err(self.spool_error(e));
+        }
+        Ok(delta)
     }
-    Ok(delta)
 }
 
 async fn within<T>(
