@@ -4,7 +4,7 @@
 //! (RFC 6533: `message/global-delivery-status`, `message/global-headers`,
 //! `utf-8` address type, UTF-8 text).
 
-use super::token;
+use super::{FOLD, MAX_HOST, MAX_LINE, token};
 use crate::time::rfc5322;
 
 /// What happened to one recipient, for the report.
@@ -55,15 +55,10 @@ pub struct DsnInput<'a> {
     pub utf8: bool,
 }
 
-/// Fold target for lines we write (RFC 5322 2.1.1 SHOULD).
-const WIDTH: usize = 78;
-/// Hard line limit without CRLF (RFC 5322 2.1.1 MUST).
-const MAX_LINE: usize = 998;
 /// Caps for network-derived values, chosen so that even an unfoldable
 /// value plus its field name stays under `MAX_LINE`.
 const MAX_DIAG: usize = 900;
 const MAX_ADDR: usize = 256;
-const MAX_HOST: usize = 255;
 
 /// Builds the whole DSN message (headers and body, CRLF line ends, every
 /// line under 1000 octets, 7-bit unless UTF-8 addresses or 8-bit original
@@ -361,7 +356,7 @@ fn wrap(out: &mut String, first: &str, text: &str, rest: &str) {
     // Never break before the first word: there is nothing to put first.
     let mut any_word = false;
     for word in text.split(' ').filter(|w| !w.is_empty()) {
-        if any_word && cur.len() + 1 + word.len() > WIDTH {
+        if any_word && cur.len() + 1 + word.len() > FOLD {
             line(out, &cur);
             cur = rest.to_string();
         }

@@ -6,6 +6,13 @@
 pub mod dsn;
 pub mod received;
 
+/// Fold target for lines we write (RFC 5322 2.1.1 SHOULD).
+pub(crate) const FOLD: usize = 78;
+/// Hard line limit without CRLF (RFC 5322 2.1.1 MUST).
+pub(crate) const MAX_LINE: usize = 998;
+/// Longest host name we copy (RFC 1035).
+pub(crate) const MAX_HOST: usize = 255;
+
 /// Atom characters only (host names, queue ids); `unknown` if none. Both
 /// the DSN and the Received header put such tokens into header lines,
 /// where nothing else may get through.

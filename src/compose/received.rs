@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 // Our own tokens (hostname, protocol, queue id) come from config and code,
 // but they end up in a header line too: keep only atom characters.
-use super::token;
+use super::{FOLD, MAX_HOST, token};
 
 pub struct ReceivedInfo<'a> {
     /// HELO/EHLO argument as the client gave it (None if it gave none).
@@ -25,11 +25,8 @@ pub struct ReceivedInfo<'a> {
 const MAX_HELO: usize = 64;
 /// Longest recipient we copy, in octets (RFC 5321 4.5.3.1.3: path ≤ 256).
 const MAX_RCPT: usize = 256;
-/// Longest `by` host name (RFC 1035 limit) and `with`/`id` token.
-const MAX_HOST: usize = 255;
+/// Longest `with`/`id` token.
 const MAX_TOKEN: usize = 64;
-/// Fold target (RFC 5322 2.1.1 SHOULD).
-const FOLD: usize = 78;
 
 /// `Received: from HELO ([IP]) by HOST with ESMTP id ID for <R>; DATE` +
 /// CRLF, folded under 78 columns where it can be, never over 998. Text from
